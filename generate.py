@@ -1,0 +1,21 @@
+"""Chat with a base model plus LoRA adapter: browser UI (default), terminal (--cli=True) or batch.
+
+    python generate.py --base_model=smollm2-135m-instruct --lora_weights=lora_out
+    python generate.py --cli=True
+    python generate.py --eval_prompts_file=prompts.json --eval_output_file=answers.json
+
+Run with --help for every flag and its default. The logic lives in sftkit/generation.py.
+"""
+import sys
+
+from sftkit import flags
+from sftkit.generation import GenerateConfig, GenerationError, main
+from sftkit.models import ModelError
+from sftkit.prompts import PromptError
+
+if __name__ == "__main__":
+    try:
+        flags.main(GenerateConfig, main, prog="generate.py", summary=__doc__.split("\n\n")[0])
+    except (GenerationError, ModelError, PromptError) as exc:
+        print(f"generate.py: error: {exc}", file=sys.stderr)
+        sys.exit(1)
