@@ -1,0 +1,1 @@
+"""Fine-tuning: settings, data, the training loop, checkpoints, validation metrics and export."""

@@ -1,0 +1,109 @@
+"""Checkpoints that resume exactly: adapter, optimizer, scheduler, RNG, step and data position.
+
+Layout of ``checkpoint-N/``: ``adapter_model.safetensors`` + ``adapter_config.json`` (usable as
+``--lora_weights``), ``optimizer.pt`` (tensors only, loaded with ``weights_only=True``),
+``scheduler.json``, ``rng_state_<rank>.safetensors`` and ``trainer_state.json``. Under DeepSpeed
+the optimizer lives in DeepSpeed's own ``ds/`` sub-folder instead. Every folder is written under a
+temporary name and renamed when complete, so a crash never leaves a half checkpoint behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sftkit.train.distributed import barrier
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically (temp file, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """``checkpoint-N`` folders in ``output_dir``, oldest step first."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in out.iterdir() if p.is_dir() and (m := CHECKPOINT.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_resume(resume: str, output_dir: str) -> Path:
+    """The checkpoint folder ``--resume_from_checkpoint`` names ('latest' or a path)."""
+    if resume.lower() in ("latest", "true"):
+        found = list_checkpoints(output_dir)
+        if not found:
+            raise FileNotFoundError(f"--resume_from_checkpoint={resume}: no checkpoint-N folder in {output_dir}")
+        return found[-1]
+    path = Path(resume)
+    if not (path / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"--resume_from_checkpoint={resume}: not a checkpoint folder (no trainer_state.json); "
+                                f"give a checkpoint-N folder from a previous run, or 'latest'")
+    return path
+
+
+def _rng_state(device: str) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.startswith("cuda"):
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def save_checkpoint(output_dir: str, step: int, *, world, save_adapter, optimizer, scheduler, engine,
+                    trainer_state: dict, save_total_limit: int) -> Path:
+    """Write ``checkpoint-<step>`` (all ranks call this; each writes its own RNG state)."""
+    final = Path(output_dir) / f"checkpoint-{step}"
+    staging = Path(output_dir) / f".checkpoint-{step}.partial"
+    if world.is_main:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    barrier()
+    save_adapter(staging)  # collective under ZeRO-3; only the main process writes
+    if engine is not None:
+        engine.save_checkpoint(str(staging / "ds"), tag="state", exclude_frozen_parameters=True)
+    elif world.is_main:
+        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+    if world.is_main:
+        write_json(staging / "scheduler.json", scheduler.state_dict())
+        write_json(staging / "trainer_state.json", trainer_state)
+    save_file({k: v.contiguous() for k, v in _rng_state(world.device).items()},
+              str(staging / f"rng_state_{world.rank}.safetensors"))
+    barrier()
+    if world.is_main:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        if save_total_limit > 0:
+            for old in list_checkpoints(output_dir)[:-save_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return final
+
+
+def load_checkpoint(path: Path, *, world, model, optimizer, scheduler, engine) -> dict:
+    """Restore adapter, optimizer, scheduler and this rank's RNG; return the trainer state."""
+    from peft import set_peft_model_state_dict
+
+    if engine is not None:
+        engine.load_checkpoint(str(path / "ds"), tag="state", load_module_strict=False,
+                               load_optimizer_states=True, load_lr_scheduler_states=False)
+    else:
+        set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors"), device=world.device))
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=world.device, weights_only=True))
+    scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
+    rng_file = path / f"rng_state_{world.rank}.safetensors"
+    if rng_file.is_file():
+        rng = load_file(str(rng_file))
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and world.device.startswith("cuda"):
+            torch.cuda.set_rng_state(rng["cuda"], world.device)
+    return json.loads((path / "trainer_state.json").read_text())

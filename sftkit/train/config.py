@@ -1,0 +1,137 @@
+"""Settings of finetune.py: one dataclass, the single place every default lives.
+
+Flag names follow h2oGPT's finetune.py so commands written for it keep working.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from sftkit.flags import FlagError, flag
+from sftkit.models import DEFAULT_BASE_MODEL
+
+FINALIZED_DATA = "oig_work/oig_instruct_cleaned.json"
+BUNDLED_SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
+VAL_METRICS = ("bleu", "sacrebleu", "rouge", "meteor")
+LR_SCHEDULERS = ("cosine", "linear", "constant")
+
+
+@dataclass
+class TrainConfig:
+    base_model: str = flag(DEFAULT_BASE_MODEL, "Base model: a local directory, a hub id, or a built-in alias.")
+    tokenizer_base_model: str = flag("", "Tokenizer to use (empty: the base model's).")
+    data_path: str = flag("", "Training data: json/jsonl(.gz)/parquet file, a directory of them, or a hub "
+                              f"dataset id (empty: {FINALIZED_DATA} if present, else the bundled data/sample).")
+    data_col_dict: dict = flag({}, "Rename columns before reading rows, e.g. {'question': 'instruction', "
+                                   "'answer': 'output'}.")
+    prompt_type: str = flag("human_bot", "How conversations are written: plain, instruct, human_bot or chat "
+                                         "(the tokenizer's chat template).")
+    valid_path: str = flag("", "Validation data (same formats as data_path); empty: hold out val_set_size rows.")
+    data_mix_in_path: str = flag("", "A second dataset to mix into the training data.")
+    data_mix_in_factor: float = flag(0.0, "Rows of data_mix_in_path per training row (0.1 adds 10%; "
+                                          "sampled with replacement when above its size).")
+    data_mix_in_col_dict: dict = flag({}, "Column renames for data_mix_in_path.")
+    data_mix_in_prompt_type: str = flag("", "Prompt type for data_mix_in_path (empty: prompt_type).")
+    output_dir: str = flag("lora_out", "Where the adapter, tokenizer, config, metrics, logs and checkpoints go.")
+    lora_weights: str = flag("", "Continue training from this LoRA adapter directory.")
+    batch_size: int = flag(8, "Global batch size (sequences per optimizer step, over all processes).")
+    micro_batch_size: int = flag(4, "Sequences per forward pass on each process.")
+    gradient_checkpointing: bool = flag(False, "Recompute activations in the backward pass to save memory.")
+    fp16: bool = flag(False, "Train in float16.")
+    bf16: bool = flag(False, "Train in bfloat16 (default on GPUs that support it; float32 on the CPU).")
+    train_8bit: bool = flag(False, "Load the base model in 8-bit (bitsandbytes) and train LoRA on top.")
+    train_4bit: bool = flag(False, "Load the base model in 4-bit nf4 (QLoRA) and train LoRA on top.")
+    num_epochs: float = flag(1.0, "Passes over the training data (fractions allowed).")
+    max_steps: int = flag(-1, "Stop after this many optimizer steps (-1: run num_epochs).")
+    learning_rate: float = flag(3e-4, "Peak learning rate.")
+    lr_scheduler: str = flag("cosine", "Learning-rate schedule after warmup: cosine, linear or constant.")
+    weight_decay: float = flag(0.0, "AdamW weight decay.")
+    max_grad_norm: float = flag(1.0, "Clip gradients to this norm (0: no clipping).")
+    val_set_size: float = flag(0.05, "Rows held out for validation when valid_path is empty (below 1: a fraction; "
+                                     "0: no validation).")
+    val_metrics: list[str] = flag([], "Metrics on generated answers at each evaluation: bleu, sacrebleu, rouge, "
+                                      "meteor (comma-separated).")
+    val_max_new_tokens: int = flag(64, "Longest generated answer when computing val_metrics.")
+    eval_steps: int = flag(0, "Evaluate every this many steps (0: every eval_epochs epochs).")
+    eval_epochs: float = flag(1.0, "Evaluate every this many epochs when eval_steps is 0; always at the end.")
+    lora_r: int = flag(8, "LoRA rank.")
+    lora_alpha: int = flag(16, "LoRA alpha (scaling = alpha / r).")
+    lora_dropout: float = flag(0.05, "Dropout on the LoRA path.")
+    lora_target_modules: list[str] = flag([], "Layer names to adapt (empty: every linear layer inside the "
+                                              "transformer blocks, detected per architecture).")
+    train_on_inputs: bool = flag(False, "Also learn the prompt and human turns (default: only bot answers).")
+    group_by_length: bool = flag(False, "Batch rows of similar length together to waste less padding.")
+    pack: bool = flag(False, "Concatenate rows into full cutoff_len sequences, each row attending only to itself.")
+    resume_from_checkpoint: str = flag("", "Resume from a checkpoint-N folder, or 'latest' for the newest one "
+                                           "in output_dir.")
+    cutoff_len: int = flag(512, "Longest sequence in tokens; longer rows are truncated (or dropped).")
+    drop_truncations: bool = flag(False, "Drop rows longer than cutoff_len instead of truncating them.")
+    ddp: bool = flag(True, "Use DistributedDataParallel when launched with torchrun on several processes.")
+    local_files_only: bool = flag(False, "Never reach a model hub; load only local files.")
+    trust_remote_code: bool = flag(False, "Run model code shipped with a hub checkpoint (only if you trust it).")
+    warmup_steps: int = flag(10, "Linear learning-rate warmup steps.")
+    logging_steps: int = flag(1, "Log a summary line every this many steps.")
+    save_steps: int = flag(200, "Save a checkpoint-N folder every this many steps (0: only at the end).")
+    save_total_limit: int = flag(3, "Keep at most this many checkpoint-N folders (0: keep all).")
+    add_eos_token: bool = flag(True, "End each row with the EOS token, so the model learns to stop.")
+    seed: int = flag(42, "Seed for data order, the validation split, LoRA init and dropout.")
+    report_to: str = flag("tensorboard", "Where to log besides stdout: tensorboard or none.")
+    deepspeed: str = flag("", "A DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json); 'auto' values are "
+                              "filled from these flags.")
+    config: str = flag("", "A YAML recipe of these flags (e.g. configs/smollm2_lora.yaml); flags override it.")
+
+    def __post_init__(self):
+        self.val_metrics = [m.strip().lower() for m in self.val_metrics if m.strip()]
+        self.report_to = self.report_to.strip().lower()
+        checks = [
+            (self.batch_size >= 1, "--batch_size must be at least 1"),
+            (self.micro_batch_size >= 1, "--micro_batch_size must be at least 1"),
+            (self.cutoff_len >= 2, "--cutoff_len must be at least 2 tokens"),
+            (self.num_epochs > 0 or self.max_steps > 0, "set --num_epochs above 0 or --max_steps"),
+            (self.val_set_size >= 0 and (self.val_set_size < 1 or self.val_set_size.is_integer()),
+             "--val_set_size is a fraction below 1 or a whole number of rows"),
+            (self.lora_r >= 1, "--lora_r must be at least 1"),
+            (self.data_mix_in_factor >= 0, "--data_mix_in_factor must not be negative"),
+            (not (self.train_8bit and self.train_4bit), "--train_8bit and --train_4bit are exclusive"),
+            (not (self.fp16 and self.bf16), "--fp16 and --bf16 are exclusive"),
+            (self.lr_scheduler in LR_SCHEDULERS, f"--lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}"),
+            (self.report_to in ("tensorboard", "none"), "--report_to must be tensorboard or none"),
+            (math.isfinite(self.learning_rate) and self.learning_rate > 0, "--learning_rate must be above 0"),
+        ]
+        unknown = [m for m in self.val_metrics if m not in VAL_METRICS]
+        checks.append((not unknown, f"--val_metrics: unknown {unknown}; choose from {', '.join(VAL_METRICS)}"))
+        for ok, message in checks:
+            if not ok:
+                raise FlagError(message)
+
+    def resolved_data_path(self) -> str:
+        """The training data to read: the flag, else finalized OIG data, else the bundled sample."""
+        if self.data_path:
+            return self.data_path
+        return FINALIZED_DATA if Path(FINALIZED_DATA).is_file() else str(BUNDLED_SAMPLE)
+
+    def gradient_accumulation(self, world_size: int) -> int:
+        """batch_size / (micro_batch_size * world_size), or a FlagError saying how to fix it."""
+        per_pass = self.micro_batch_size * world_size
+        if self.batch_size % per_pass:
+            raise FlagError(f"--batch_size={self.batch_size} is not a multiple of --micro_batch_size="
+                            f"{self.micro_batch_size} x {world_size} processes; use e.g. --batch_size="
+                            f"{max(per_pass, self.batch_size // per_pass * per_pass)}")
+        return self.batch_size // per_pass
+
+
+@dataclass
+class ExportConfig:
+    """Settings of ``finetune.py export``: merge a LoRA adapter into its base model."""
+
+    base_model: str = flag(DEFAULT_BASE_MODEL, "Base model the adapter was trained on (directory, hub id or alias).")
+    lora_weights: str = flag("lora_out", "The adapter directory (finetune.py's output_dir or a checkpoint-N).")
+    output_dir: str = flag("merged", "Where to write the standalone merged model (must not exist).")
+    dtype: str = flag("float32", "Dtype of the saved weights: float32, bfloat16 or float16.")
+    local_files_only: bool = flag(False, "Never reach a model hub; load only local files.")
+    trust_remote_code: bool = flag(False, "Run model code shipped with a hub checkpoint (only if you trust it).")
+
+    def __post_init__(self):
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise FlagError("--dtype must be float32, bfloat16 or float16")

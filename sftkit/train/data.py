@@ -1,0 +1,215 @@
+"""Reading training rows from files or the hub and turning each into a conversation.
+
+Accepted rows (after ``data_col_dict`` renames):
+
+* ``instruction`` (+ optional ``input``) + ``output``: alpaca style;
+* ``messages``: a list of ``{"role", "content"}`` (or ShareGPT ``{"from", "value"}``);
+* ``input`` or ``text``: ``<human>: …\\n<bot>: …`` text (``create_data.py finalize`` output, raw OIG).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sftkit.prompts import PromptError, Turn, check_turns, split_turns
+
+DATA_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".parquet")
+KNOWN_COLUMNS = ("instruction", "messages", "input", "text")
+_ROLE_NAMES = {"system": "system", "user": "human", "human": "human", "assistant": "bot", "bot": "bot",
+               "gpt": "bot", "model": "bot"}
+
+
+class DataError(ValueError):
+    """Data that cannot be used: the message names the file (and row) and says what to do."""
+
+
+@dataclass
+class Conversation:
+    """One usable row: its turns, and where it came from (for error messages and stats)."""
+
+    turns: list[Turn]
+    source: str
+
+
+@dataclass
+class ReadStats:
+    rows: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+def data_files(path: str) -> list[Path]:
+    """The data files at ``path``: the file itself, or every data file in a directory (sorted)."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(DATA_SUFFIXES))
+        if not files:
+            raise DataError(f"{path}: directory holds no {', '.join(DATA_SUFFIXES)} files")
+        return files
+    if p.is_file():
+        if not p.name.endswith(DATA_SUFFIXES):
+            raise DataError(f"{path}: unsupported file type; use one of {', '.join(DATA_SUFFIXES)}")
+        return [p]
+    return []
+
+
+def _read_json_file(path: Path) -> list[dict]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    else:
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {number} is not valid JSON ({exc.msg}); expected one JSON "
+                                f"object per line, or a JSON list") from None
+    bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise DataError(f"{path}: row {bad} is a {type(rows[bad]).__name__}, expected a JSON object")
+    return rows
+
+
+def _read_parquet(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow raises many types for a damaged file
+        raise DataError(f"{path}: cannot read parquet ({exc})") from None
+
+
+def _read_hub(name: str) -> list[dict]:
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(name, split="train")
+    except Exception as exc:  # offline, unknown id, no train split: all mean the same to the user
+        raise DataError(f"{name}: no such file or directory, and not a loadable hub dataset "
+                        f"({str(exc).splitlines()[0][:200]}). Give a json/jsonl/parquet file or directory.") from None
+    return [dict(r) for r in dataset]
+
+
+def read_rows(path: str) -> list[tuple[str, dict]]:
+    """Every row at ``path`` as ``(where, row)``; ``where`` is ``file:row`` for error messages."""
+    files = data_files(path)
+    if not files:
+        return [(f"{path}:{i}", row) for i, row in enumerate(_read_hub(path))]
+    out = []
+    for f in files:
+        rows = _read_parquet(f) if f.name.endswith(".parquet") else _read_json_file(f)
+        out.extend((f"{f}:{i}", row) for i, row in enumerate(rows))
+    return out
+
+
+def rename_columns(row: dict, col_dict: dict) -> dict:
+    if not col_dict:
+        return row
+    return {col_dict.get(k, k): v for k, v in row.items()}
+
+
+def row_to_turns(row: dict) -> list[Turn]:
+    """The conversation in a row (see the module docstring), or PromptError/DataError saying why not."""
+    if row.get("instruction") is not None:
+        if row.get("output") is None:
+            raise DataError("alpaca-style row has 'instruction' but no 'output'")
+        human = str(row["instruction"]).strip()
+        if str(row.get("input") or "").strip():
+            human += "\n\n" + str(row["input"]).strip()
+        turns = [("human", human), ("bot", str(row["output"]).strip())]
+        if str(row.get("system") or "").strip():
+            turns.insert(0, ("system", str(row["system"]).strip()))
+    elif row.get("messages") is not None:
+        turns = _messages_to_turns(row["messages"])
+    elif isinstance(row.get("input"), str) or isinstance(row.get("text"), str):
+        text = row["input"] if isinstance(row.get("input"), str) else row["text"]
+        turns = split_turns(text)
+    else:
+        raise DataError(f"no usable column (found {sorted(row)[:8]}); expected one of {', '.join(KNOWN_COLUMNS)} "
+                        f"or map yours with --data_col_dict")
+    if any(role == "bot" and not text for role, text in turns):
+        raise PromptError("a bot turn is empty")
+    check_turns(turns)
+    return turns
+
+
+def _messages_to_turns(messages) -> list[Turn]:
+    if not isinstance(messages, list):
+        raise DataError(f"'messages' must be a list, got {type(messages).__name__}")
+    turns = []
+    for m in messages:
+        if not isinstance(m, dict):
+            raise DataError("each message must be an object with 'role' and 'content'")
+        role = m.get("role", m.get("from"))
+        content = m.get("content", m.get("value"))
+        if role not in _ROLE_NAMES or not isinstance(content, str):
+            raise DataError(f"message with role {role!r}: expected role in {sorted(_ROLE_NAMES)} and text content")
+        turns.append((_ROLE_NAMES[role], content.strip()))
+    return turns
+
+
+def load_conversations(path: str, col_dict: dict | None = None) -> tuple[list[Conversation], ReadStats]:
+    """Read ``path`` into conversations; unusable rows are counted by reason, never silently lost.
+
+    A dataset where no row is usable is a DataError naming the first problem.
+    """
+    rows = read_rows(path)
+    if not rows:
+        raise DataError(f"{path}: the dataset is empty")
+    stats = ReadStats(rows=len(rows))
+    conversations, first_problem = [], None
+    for where, row in rows:
+        try:
+            turns = row_to_turns(rename_columns(row, col_dict or {}))
+        except (DataError, PromptError) as exc:
+            stats.skip(str(exc).split(";")[0].split(" (found")[0])
+            first_problem = first_problem or f"{where}: {exc}"
+            continue
+        conversations.append(Conversation(turns, where))
+    if not conversations:
+        raise DataError(f"{path}: no usable rows out of {len(rows)}; first problem: {first_problem}")
+    return conversations, stats
+
+
+def mix_in(base: list, extra: list, factor: float, seed: int) -> list:
+    """``base`` plus ``round(factor * len(base))`` rows of ``extra`` (with replacement beyond its size)."""
+    want = round(factor * len(base))
+    if want <= 0 or not extra:
+        return list(base)
+    rng = random.Random(seed)
+    picked = []
+    while len(picked) + len(extra) <= want:
+        picked.extend(extra)
+    picked.extend(rng.sample(extra, want - len(picked)))
+    return list(base) + picked
+
+
+def split_validation(items: list, val_set_size: float, seed: int) -> tuple[list, list]:
+    """Hold out ``val_set_size`` items (a count, or a fraction when below 1), chosen by ``seed``."""
+    count = round(val_set_size * len(items)) if val_set_size < 1 else int(val_set_size)
+    if val_set_size > 0:
+        count = max(count, 1)
+    if count >= len(items):
+        raise DataError(f"--val_set_size={val_set_size} leaves no training rows out of {len(items)}; "
+                        f"lower it or give --valid_path")
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:count])
+    return [x for i, x in enumerate(items) if i not in held], [items[i] for i in sorted(held)]

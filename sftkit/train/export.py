@@ -1,0 +1,44 @@
+"""Merge a LoRA adapter into its base model and save a standalone Hugging Face model directory."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from sftkit import models
+from sftkit.train.config import ExportConfig
+
+
+class ExportError(RuntimeError):
+    """An export that cannot run as asked; the message says what to do."""
+
+
+def export_merged(config: ExportConfig) -> Path:
+    """Load base (unquantized) + adapter, merge, and write safetensors + tokenizer atomically."""
+    import torch
+
+    out = Path(config.output_dir)
+    if out.exists():
+        raise ExportError(f"--output_dir={out} already exists; choose a new directory or remove it first")
+    model = models.load_model(config.base_model, device="cpu", dtype=getattr(torch, config.dtype),
+                              local_files_only=config.local_files_only, trust_remote_code=config.trust_remote_code)
+    model = models.apply_adapter(model, config.lora_weights, base_model=config.base_model)
+    merged = model.merge_and_unload()
+    tokenizer_dir = config.lora_weights if (Path(config.lora_weights) / "tokenizer_config.json").is_file() \
+        else config.base_model
+    tokenizer = models.load_tokenizer(tokenizer_dir, local_files_only=config.local_files_only,
+                                      trust_remote_code=config.trust_remote_code)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        merged.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    n_params = sum(p.numel() for p in merged.parameters())
+    print(f"export: merged {config.lora_weights} into {config.base_model} -> {out} "
+          f"({n_params / 1e6:.1f}M parameters, {config.dtype}, safetensors)")
+    return out
