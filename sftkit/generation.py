@@ -37,6 +37,8 @@ class GenerateConfig:
     prompt_type: str = flag("human_bot", "Prompt format, the same as training used: plain, instruct, "
                                          "human_bot or chat (the tokenizer's chat template).")
     system_prompt: str = flag("", "Text put before the conversation (empty: none).")
+    stop: list[str] = flag([], "Extra strings that end an answer (comma-separated), besides the end-of-sequence "
+                               "token and the prompt type's own (<human>: and <bot>: for human_bot).")
     load_8bit: bool = flag(False, "Load the base model in 8-bit through bitsandbytes.")
     load_4bit: bool = flag(False, "Load the base model in 4-bit nf4 through bitsandbytes.")
     local_files_only: bool = flag(False, "Never reach a model hub; load from local files and caches only.")
@@ -183,8 +185,8 @@ def build_prompt(tokenizer, history: list[tuple[str, str]], message: str, config
 # ---------------------------------------------------------------- stopping
 
 def answer_stop_strings(config: GenerateConfig, tokenizer) -> list[str]:
-    """The prompt type's stop strings (e.g. ``<human>:`` and ``<bot>:`` for human_bot)."""
-    return [s for s in stop_strings(config.prompt_type, tokenizer) if s]
+    """The prompt type's stop strings (``<human>:`` and ``<bot>:`` for human_bot) and ``--stop``."""
+    return [s for s in [*stop_strings(config.prompt_type, tokenizer), *config.stop] if s]
 
 
 def cut_at_stop(text: str, stops: Iterable[str]) -> tuple[str, bool]:
