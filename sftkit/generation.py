@@ -558,16 +558,23 @@ def answer_batch(model, tokenizer, prompts: list[str], config: GenerateConfig, *
                 on_rows(new)
             bar.update(len(chunk))
     if config.reward_model:
-        add_scores(rows, config)
+        add_scores(rows, load_scorer(config))
     return rows
 
 
-def add_scores(rows: list[dict], config: GenerateConfig) -> list[dict]:
-    """Add the reward model's ``score`` of each answer to its row (same scorer as the grade stage)."""
-    from sftkit.data.scorers import RewardModelScorer
+def load_scorer(config: GenerateConfig):
+    """The reward model of ``--reward_model``, the same scorer as the grade stage of create_data.py."""
+    from sftkit.data.scorers import RewardModelScorer, ScorerError
 
-    scorer = RewardModelScorer(config.reward_model, device=config.device, local_files_only=config.local_files_only,
-                               trust_remote_code=config.trust_remote_code)
+    try:
+        return RewardModelScorer(config.reward_model, device=config.device, local_files_only=config.local_files_only,
+                                 trust_remote_code=config.trust_remote_code)
+    except ScorerError as exc:
+        raise GenerationError(str(exc)) from None
+
+
+def add_scores(rows: list[dict], scorer) -> list[dict]:
+    """Add the reward model's ``score`` of each (prompt, response) to its row."""
     scores = scorer.score([r["prompt"] for r in rows], [r["response"] for r in rows])
     for row, score in zip(rows, scores):
         row["score"] = float(score)
@@ -623,6 +630,7 @@ def run_batch(config: GenerateConfig, model=None, tokenizer=None) -> list[dict]:
     done = _read_progress(progress, prompts)
     if done:
         print(f"sftkit: resuming {output}: {len(done)} of {len(prompts)} prompts already answered", file=sys.stderr)
+    scorer = load_scorer(config) if config.reward_model else None  # fail before generating, not after
     if model is None:
         model, tokenizer = load_for_generation(config)
     with progress.open("w", encoding="utf-8") as fh:
@@ -638,8 +646,8 @@ def run_batch(config: GenerateConfig, model=None, tokenizer=None) -> list[dict]:
 
         rows = done + answer_batch(model, tokenizer, prompts[len(done):], replace(config, reward_model=None),
                                    on_rows=save)
-    if config.reward_model:
-        add_scores(rows, config)
+    if scorer is not None:
+        add_scores(rows, scorer)
     write_json_atomic(output, rows)
     progress.unlink()
     seconds = sum(r["seconds"] for r in rows)

@@ -385,3 +385,39 @@ def test_help_lists_every_flag_with_its_default():
         assert f"--{field.name}=" in result.stdout
     assert "--server_name=str  ['127.0.0.1']" in result.stdout
     assert "--prompt_type=str  ['human_bot']" in result.stdout
+
+
+def tiny_reward_model(tokenizer_dir, out_dir) -> str:
+    """A tiny single-logit sequence-classification model with the tiny tokenizer, saved like a real one."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(2)
+    model = LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, num_labels=1, pad_token_id=tokenizer.pad_token_id))
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return str(out_dir)
+
+
+def test_batch_mode_scores_each_answer_with_a_reward_model(tiny_llama, llama, tmp_path):
+    from sftkit.generation import run_batch
+
+    config, model, tokenizer = llama
+    reward = tiny_reward_model(tiny_llama, tmp_path / "reward")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('"What is the capital of France?"\n{"instruction": "Who are you?"}\n')
+    out = tmp_path / "scored.json"
+    rows = run_batch(replace(config, eval_prompts_file=str(prompts), eval_output_file=str(out),
+                             reward_model=reward, batch_size=2), model, tokenizer)
+    assert json.loads(out.read_text()) == rows
+    assert [set(r) for r in rows] == [{"prompt", "response", "seconds", "new_tokens", "score"}] * 2
+    assert all(0.0 < r["score"] < 1.0 for r in rows)
+    assert rows[0]["score"] != rows[1]["score"]
+
+    missing = replace(config, eval_prompts_file=str(prompts), eval_output_file=str(tmp_path / "b.json"),
+                      reward_model=str(tmp_path / "no_reward_model"))
+    with pytest.raises(GenerationError, match="cannot load reward model"):
+        run_batch(missing, model, tokenizer)
+    assert not (tmp_path / "b.json").exists() and not (tmp_path / "b.json.partial.jsonl").exists()
