@@ -451,6 +451,10 @@ def _train(config: TrainConfig, world) -> dict:
     # 6. final outputs
     save_final(model, tokenizer, output_dir, save_adapter, world.is_main)
     final = metrics_summary()
+    if engine is None:  # replicas must hold identical adapters; ZeRO shards them instead
+        checksum = f"{sum(float(p.detach().double().sum()) for p in params):.10e}"
+        final["run"]["rank_adapter_checksums"] = [c for part in distributed.all_gather_strings([checksum])
+                                                  for c in part]
     last_train = next((h for h in reversed(history) if "loss" in h), {})
     last_eval = next((h for h in reversed(history) if "eval_loss" in h), {})
     final.update({"train_loss": last_train.get("loss"), "tokens_per_s": run_tokens / max(run_seconds, 1e-9),

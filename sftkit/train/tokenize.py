@@ -67,8 +67,8 @@ def tokenize_conversation(turns, tokenizer, prompt_type: str, *, train_on_inputs
         labels[-1] = eos  # a template's own EOS after the last answer is part of answering
     if labels:
         labels[0] = IGNORE
-    last_start = spans[-1][0]
-    return Example(ids, labels, prompt=text[:last_start], reference=text[last_start:spans[-1][1]].strip())
+    last_answer = next(body for role, body in reversed(turns) if role == "bot")
+    return Example(ids, labels, prompt=text[:spans[-1][0]], reference=last_answer)
 
 
 def tokenize_all(conversations: list[Conversation], tokenizer, prompt_type: str, cutoff_len: int, *,
