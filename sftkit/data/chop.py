@@ -1,0 +1,85 @@
+"""Stage 3, chop: drop rows whose turns are too short or too long, short ones by seeded chance.
+
+Rows with a mean human or bot turn below ``min_turn_mean_chars`` always go; rows below a key of
+``short_turn_keep`` are kept with its probability (the lowest that applies); rows with a turn over
+``max_turn_chars`` go. Each row's draw comes from its id and ``--seed``, so a run is reproducible
+whatever the batching or sharding. The turn statistics are kept as columns.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from sftkit.data import DataError
+from sftkit.data.config import DataConfig
+from sftkit.data.hashing import uniform_draws
+from sftkit.data.lengths import STAT_COLUMNS, turn_length_stats
+from sftkit.data.manifest import cached_step, digests
+from sftkit.data.parquet_io import ParquetSink, count_rows, iter_batches, read_schema
+from sftkit.data.stats import StageStats
+from sftkit.data.workdir import check_shard, part_name, shard_mask, stage_dir, stage_parts
+
+VERSION = 1
+
+
+def keep_thresholds(short_turn_keep: dict) -> list[tuple[float, float]]:
+    """``{chars: probability}`` as sorted ``(chars, probability)`` pairs, checked."""
+    try:
+        pairs = sorted((float(k), float(v)) for k, v in short_turn_keep.items())
+    except (TypeError, ValueError):
+        raise DataError(f"--short_turn_keep={short_turn_keep!r}: expected a mapping of characters to "
+                        "probabilities such as {30: 0.2, 50: 0.5}") from None
+    if any(not 0.0 <= p <= 1.0 for _, p in pairs):
+        raise DataError(f"--short_turn_keep={short_turn_keep!r}: probabilities must lie in [0, 1]")
+    return pairs
+
+
+def keep_probability(mean_chars: np.ndarray, thresholds: list[tuple[float, float]]) -> np.ndarray:
+    """Per row, the lowest probability among the thresholds its mean turn length is below (else 1)."""
+    probability = np.ones(len(mean_chars))
+    for chars, p in thresholds:
+        probability = np.where(mean_chars < chars, np.minimum(probability, p), probability)
+    return probability
+
+
+def chop_batch(batch: pa.RecordBatch, cfg: DataConfig, stats: StageStats) -> pa.RecordBatch:
+    """Add the turn statistics and keep the rows that pass; count the others by reason."""
+    lengths = turn_length_stats(batch.column("text"))
+    ids = batch.column("id").to_numpy()
+    thresholds = keep_thresholds(cfg.short_turn_keep)
+    too_short = (lengths["human_len_mean"] < cfg.min_turn_mean_chars) | (lengths["bot_len_mean"] < cfg.min_turn_mean_chars)
+    too_long = (lengths["human_len_max"] > cfg.max_turn_chars) | (lengths["bot_len_max"] > cfg.max_turn_chars)
+    kept_by_draw = ((uniform_draws(ids, cfg.seed, 1) < keep_probability(lengths["human_len_mean"], thresholds))
+                    & (uniform_draws(ids, cfg.seed, 2) < keep_probability(lengths["bot_len_mean"], thresholds)))
+    stats.drop("turn_too_short", int(too_short.sum()))
+    stats.drop("turn_too_long", int((too_long & ~too_short).sum()))
+    stats.drop("short_turn_draw", int((~kept_by_draw & ~too_short & ~too_long).sum()))
+    keep = ~too_short & ~too_long & kept_by_draw
+    for name in STAT_COLUMNS:
+        batch = batch.append_column(name, pa.array(lengths[name]))
+    return batch.filter(pa.array(keep))
+
+
+def chop(cfg: DataConfig, inputs, out) -> StageStats:
+    stats = StageStats("chop", rows_in=count_rows(inputs))
+    schema = read_schema(inputs[0])
+    schema = pa.schema(list(schema) + [(n, pa.float32() if n.endswith("mean") else pa.int32()) for n in STAT_COLUMNS])
+    with ParquetSink(out, schema) as sink:
+        for batch in iter_batches(inputs, cfg.batch_rows):
+            mine = shard_mask(batch.column("id").to_numpy(), cfg.shard_index, cfg.num_shards)
+            stats.drop("other_shard", int((~mine).sum()))
+            sink.write(chop_batch(batch.filter(pa.array(mine)), cfg, stats))
+    stats.rows_out = sink.rows
+    return stats
+
+
+def run(cfg: DataConfig) -> StageStats:
+    check_shard(cfg.shard_index, cfg.num_shards)
+    keep_thresholds(cfg.short_turn_keep)
+    inputs = stage_parts(cfg.work_dir, "detox", "chop")
+    out = stage_dir(cfg.work_dir, "chop") / f"{part_name(cfg.shard_index, cfg.num_shards)}.parquet"
+    settings = {"version": VERSION, "seed": cfg.seed, "min_turn_mean_chars": cfg.min_turn_mean_chars,
+                "short_turn_keep": keep_thresholds(cfg.short_turn_keep), "max_turn_chars": cfg.max_turn_chars,
+                "shard": [cfg.shard_index, cfg.num_shards]}
+    return cached_step("chop", out.with_suffix(".manifest.json"), digests(inputs), settings, [out],
+                       lambda: chop(cfg, inputs, out))

@@ -1,0 +1,46 @@
+"""The data card: counts kept and dropped by every stage and reason, as JSON and Markdown."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sftkit.data.config import DataConfig
+from sftkit.data.download import resolve_files
+from sftkit.data.manifest import stored_stats
+from sftkit.data.stats import StageStats
+from sftkit.data.workdir import stage_dir, stage_parts
+
+
+def earlier_stages(cfg: DataConfig) -> list[StageStats]:
+    """Each earlier stage's counts, merged over its files or shards, from the manifests it wrote."""
+    download_dir = stage_dir(cfg.work_dir, "download")
+    stages = [StageStats("download")]
+    for name in resolve_files(cfg):
+        stages[0] = stages[0].merge(stored_stats(download_dir / f"{name}.manifest.json"))
+    for stage in ("detox", "chop", "grade"):
+        merged = StageStats(stage)
+        for part in stage_parts(cfg.work_dir, stage, "finalize"):
+            merged = merged.merge(stored_stats(part.with_suffix(".manifest.json")))
+        stages.append(merged)
+    return stages
+
+
+def build(stages: list[StageStats], output: Path, sources: dict[str, int], settings: dict) -> dict:
+    return {"output": output.name, "rows": stages[-1].rows_out, "rows_by_source": dict(sorted(sources.items())),
+            "stages": [dict(s.to_dict(), balanced=s.balanced()) for s in stages], "settings": settings}
+
+
+def markdown(card: dict) -> str:
+    lines = [f"# Data card: {card['output']}", "", f"{card['rows']:,} rows.", "",
+             "| stage | rows in | added | dropped (by reason) | rows out |", "| --- | ---: | --- | --- | ---: |"]
+    for s in card["stages"]:
+        added = ", ".join(f"{k} +{v:,}" for k, v in s["added"].items()) or "-"
+        dropped = ", ".join(f"{k} {v:,}" for k, v in s["dropped"].items()) or "-"
+        lines.append(f"| {s['stage']} | {s['rows_in']:,} | {added} | {dropped} | {s['rows_out']:,} |")
+    notes = [f"- {s['stage']}: {note}" for s in card["stages"] for note in s["notes"]]
+    if notes:
+        lines += ["", "Notes:", *notes]
+    lines += ["", "| source | rows |", "| --- | ---: |"]
+    lines += [f"| {name} | {n:,} |" for name, n in card["rows_by_source"].items()]
+    lines += ["", "Settings:", "", "```json", json.dumps(card["settings"], indent=1, sort_keys=True), "```", ""]
+    return "\n".join(lines)

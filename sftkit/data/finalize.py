@@ -1,0 +1,126 @@
+"""Stage 5, finalize: last clean, seeded shuffle, and the training file with its data card.
+
+Writes ``<work_dir>/oig_instruct_cleaned.json``, a JSON list of ``{"id", "input", "prompt_type",
+"source"}`` in the ``<human>: …\\n<bot>: …`` format that finetune.py reads, and
+``oig_instruct_cleaned.card.json`` / ``.card.md``. With ``--num_shards`` > 1 each shard writes
+``oig_instruct_cleaned.part-<i>-of-<n>.json`` instead. The shuffle never holds more than
+``shuffle_bucket_rows`` rows: rows are dealt to random buckets on disk, then each bucket is
+shuffled in memory; the order depends only on the row ids and ``--seed``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from sftkit.data import datacard
+from sftkit.data.config import DataConfig
+from sftkit.data.hashing import uniform_draws
+from sftkit.data.manifest import cached_step, digests
+from sftkit.data.parquet_io import ParquetSink, atomic_write_text, count_rows, iter_batches
+from sftkit.data.stats import StageStats
+from sftkit.data.workdir import FINAL_JSON, check_shard, shard_mask, stage_parts
+
+VERSION = 1
+ROW_SCHEMA = pa.schema([("id", pa.uint64()), ("text", pa.string()), ("source", pa.string())])
+
+
+def any_of_pattern(words: list[str]) -> str | None:
+    """A case-insensitive regex matching any of ``words``, whole words where they start or end with one."""
+    parts = []
+    for word in words:
+        word = word.strip()
+        if word:
+            parts.append(("\\b" if word[0].isalnum() else "") + re.escape(word) + ("\\b" if word[-1].isalnum() else ""))
+    return "(?i)(?:" + "|".join(parts) + ")" if parts else None
+
+
+def clean_drops(texts: pa.Array, cfg: DataConfig) -> dict[str, np.ndarray]:
+    """Masks of rows dropped for a censored word or an unhelpful phrase (first reason wins)."""
+    drops = {}
+    taken = np.zeros(len(texts), dtype=bool)
+    for reason, words in (("censored_word", cfg.censor_words), ("unhelpful_answer", cfg.unhelpful_phrases)):
+        pattern = any_of_pattern(words)
+        mask = (pc.match_substring_regex(texts, pattern).to_numpy(zero_copy_only=False) if pattern
+                else np.zeros(len(texts), dtype=bool))
+        drops[reason] = mask & ~taken
+        taken |= mask
+    return drops
+
+
+def output_path(cfg: DataConfig) -> Path:
+    if cfg.num_shards == 1:
+        return Path(cfg.work_dir) / FINAL_JSON
+    stem = Path(FINAL_JSON).stem
+    return Path(cfg.work_dir) / f"{stem}.part-{cfg.shard_index:05d}-of-{cfg.num_shards:05d}.json"
+
+
+def card_paths(out: Path) -> tuple[Path, Path]:
+    return out.with_suffix(".card.json"), out.with_suffix(".card.md")
+
+
+def finalize(cfg: DataConfig, inputs: list[Path], out: Path) -> StageStats:
+    stats = StageStats("finalize", rows_in=count_rows(inputs))
+    n_buckets = max(1, math.ceil(stats.rows_in / cfg.shuffle_bucket_rows))
+    scratch = out.parent / f".finalize-{os.getpid()}"
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    sources: Counter = Counter()
+    try:
+        sinks = [ParquetSink(scratch / f"bucket-{b:05d}.parquet", ROW_SCHEMA).__enter__() for b in range(n_buckets)]
+        for batch in iter_batches(inputs, cfg.batch_rows, ["id", "text", "source"]):
+            keep = shard_mask(batch.column("id").to_numpy(), cfg.shard_index, cfg.num_shards)
+            stats.drop("other_shard", int((~keep).sum()))
+            for reason, mask in clean_drops(batch.column("text"), cfg).items():
+                stats.drop(reason, int((mask & keep).sum()))
+                keep &= ~mask
+            batch = batch.filter(pa.array(keep))
+            buckets = (uniform_draws(batch.column("id").to_numpy(), cfg.seed, 3) * n_buckets).astype(np.int64)
+            for b in np.unique(buckets):
+                sinks[b].write(batch.filter(pa.array(buckets == b)))
+        for sink in sinks:
+            sink.__exit__(None, None, None)
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write("[")
+            for sink in sinks:
+                table = pq.read_table(sink.path)
+                ids = table.column("id").to_numpy()
+                order = np.argsort(uniform_draws(ids, cfg.seed, 4), kind="stable")
+                texts, row_sources = table.column("text").to_pylist(), table.column("source").to_pylist()
+                for i in order:
+                    record = {"id": f"{int(ids[i]):016x}", "input": texts[i], "prompt_type": "human_bot",
+                              "source": row_sources[i]}
+                    fh.write(("\n" if stats.rows_out == 0 else ",\n") + json.dumps(record, ensure_ascii=False))
+                    stats.rows_out += 1
+                    sources[row_sources[i]] += 1
+            fh.write("\n]\n")
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        tmp.unlink(missing_ok=True)
+    card = datacard.build(datacard.earlier_stages(cfg) + [stats], out, sources, dataclasses.asdict(cfg))
+    card_json, card_md = card_paths(out)
+    atomic_write_text(card_json, json.dumps(card, indent=1))
+    atomic_write_text(card_md, datacard.markdown(card))
+    return stats
+
+
+def run(cfg: DataConfig) -> StageStats:
+    check_shard(cfg.shard_index, cfg.num_shards)
+    inputs = stage_parts(cfg.work_dir, "grade", "finalize")
+    out = output_path(cfg)
+    settings = {"version": VERSION, "seed": cfg.seed, "censor_words": cfg.censor_words,
+                "unhelpful_phrases": cfg.unhelpful_phrases, "shard": [cfg.shard_index, cfg.num_shards]}
+    stats = cached_step("finalize", out.with_suffix(".manifest.json"), digests(inputs), settings,
+                        [out, *card_paths(out)], lambda: finalize(cfg, inputs, out))
+    print(f"[finalize] wrote {out} ({stats.rows_out:,} rows) and its data card {card_paths(out)[1].name}")
+    return stats
