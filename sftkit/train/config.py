@@ -89,7 +89,7 @@ class TrainConfig:
             (self.micro_batch_size >= 1, "--micro_batch_size must be at least 1"),
             (self.cutoff_len >= 2, "--cutoff_len must be at least 2 tokens"),
             (self.num_epochs > 0 or self.max_steps > 0, "set --num_epochs above 0 or --max_steps"),
-            (self.val_set_size >= 0 and (self.val_set_size < 1 or self.val_set_size.is_integer()),
+            (self.val_set_size >= 0 and (self.val_set_size < 1 or float(self.val_set_size).is_integer()),
              "--val_set_size is a fraction below 1 or a whole number of rows"),
             (self.lora_r >= 1, "--lora_r must be at least 1"),
             (self.data_mix_in_factor >= 0, "--data_mix_in_factor must not be negative"),
