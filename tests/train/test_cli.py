@@ -1,0 +1,59 @@
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sftkit.train.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # finetune.py lives at the top level
+
+
+def run(*args):
+    """finetune.py's main in this process (same code path as the script, without re-importing torch)."""
+    import finetune
+
+    try:
+        finetune.main(list(args))
+        return 0
+    except SystemExit as exc:
+        return exc.code
+
+
+def test_help_lists_every_flag_with_its_default(capsys):
+    import dataclasses
+
+    assert run("--help") in (0, None)
+    out = capsys.readouterr().out
+    for f in dataclasses.fields(TrainConfig):
+        assert f"--{f.name}=" in out
+    assert "['smollm2-135m-instruct']" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt_type=alpacca"], "unknown prompt_type 'alpacca'"),
+    (["--data_path={missing}"], "missing.json: no such file"),
+    (["--batch_size=3", "--micro_batch_size=2"], "not a multiple"),
+    (["--lerning_rate=1"], "did you mean --learning_rate"),
+    (["--data_path={nobot}"], "no usable rows out of 2.*no bot turn"),
+])
+def test_bad_input_is_one_clear_line(args, message, tiny_llama, tmp_path, capsys):
+    (tmp_path / "nobot.json").write_text(json.dumps([{"input": "<human>: hi"}, {"text": "just text"}]))
+    args = [a.format(missing=tmp_path / "missing.json", nobot=tmp_path / "nobot.json") for a in args]
+    code = run(f"--base_model={tiny_llama}", f"--output_dir={tmp_path / 'out'}", *args)
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert re.search(message, err.splitlines()[-1]), err[-1000:]
+
+
+def test_shipped_recipes_are_valid_flags():
+    from sftkit.flags import parse
+
+    recipes = sorted((REPO / "configs").glob("*.yaml"))
+    assert recipes
+    for recipe in recipes:
+        assert isinstance(yaml.safe_load(recipe.read_text()), dict)
+        parse(TrainConfig, {"config": str(recipe)}, environ={})
