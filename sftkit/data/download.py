@@ -84,7 +84,6 @@ def convert(raw: Path, name: str, out: Path, rejects: Path, cfg: DataConfig) -> 
                 open(tmp_rejects, "w", encoding="utf-8") as bad, \
                 tqdm(desc=f"convert {name}", unit=" lines", leave=False) as bar:
             for number, line in enumerate(lines, 1):
-                bar.update()
                 line = line.rstrip(b"\r\n")
                 if not line.strip():
                     continue
@@ -100,6 +99,7 @@ def convert(raw: Path, name: str, out: Path, rejects: Path, cfg: DataConfig) -> 
                     columns[key].append(value)
                 if len(columns["text"]) >= cfg.batch_rows:
                     flush(sink)
+                    bar.update(number - bar.n)
             flush(sink)
             rejected = sum(stats.dropped.values())
             bad.close()

@@ -51,9 +51,8 @@ def stale_reason(manifest_path: str | os.PathLike, inputs: list[dict], settings:
     outputs = [Path(p) for p in outputs]
     manifest = _load(manifest_path)
     if manifest is None:
-        existing = [str(p) for p in outputs if p.exists()]
-        if existing:
-            raise DataError(f"{', '.join(existing)} already exists but was not written by this pipeline "
+        if outputs[0].exists():  # the main output; side files (rejects, cards) are always rewritten
+            raise DataError(f"{outputs[0]} already exists but was not written by this pipeline "
                             f"(no manifest {manifest_path.name}); move it away or choose another --work_dir")
         return "no previous run"
     if manifest["inputs"] != inputs:

@@ -170,7 +170,6 @@ class RewardModelScorer:
 
         self.name_or_path = name_or_path
         self.batch_size = batch_size
-        self.max_length = max_length
         self.device = _default_device(device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_files_only,
@@ -183,6 +182,7 @@ class RewardModelScorer:
                 f"cannot load reward model {name_or_path!r}: {type(exc).__name__}: {exc}. Pass a local "
                 "directory of a sequence-classification model (--reward_model=DIR), allow the download, or "
                 "switch it off with --use_reward_model=false") from None
+        self.max_length = min(max_length, self.tokenizer.model_max_length)  # never past the model's positions
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
