@@ -52,7 +52,7 @@ def test_parallel_workers_give_the_same_rows(downloaded, tmp_path_factory):
 def test_detoxify_scores_are_kept_and_thresholded(downloaded, tiny_detoxify):
     checkpoint, config_dir = tiny_detoxify
     cfg = sample_config(downloaded, detoxify=True, detoxify_checkpoint=str(checkpoint),
-                        detoxify_config_path=str(config_dir), detoxify_threshold=0.5, device="cpu")
+                        detoxify_config_path=str(config_dir), detoxify_threshold=0.97, device="cpu")
     stats = run(cfg)
     scored = pq.read_table(downloaded / "2_detox" / "scored" / "part-00000-of-00001.parquet")
     heads = [n for n in scored.column_names if n.startswith("detoxify_")]
@@ -60,11 +60,11 @@ def test_detoxify_scores_are_kept_and_thresholded(downloaded, tiny_detoxify):
                      "detoxify_insult", "detoxify_identity_attack"]
     over = np.zeros(scored.num_rows, bool)
     for head in heads:
-        over |= scored.column(head).to_numpy() >= 0.5
+        over |= scored.column(head).to_numpy() >= 0.97
     over &= scored.column("profanity_prob").to_numpy() < 0.25
     assert stats.dropped["detoxify"] == over.sum() > 0
     out = pq.read_table(downloaded / "2_detox" / "part-00000-of-00001.parquet")
-    assert all((out.column(h).to_numpy() < 0.5).all() for h in heads)
+    assert out.num_rows > 0 and all((out.column(h).to_numpy() < 0.97).all() for h in heads)
 
 
 def test_detoxify_without_weights_stops_before_writing(downloaded):
