@@ -1,5 +1,6 @@
 """create_data.py end to end: the pytest form and the command line, over a local HTTP server."""
 import dataclasses
+import gzip
 import json
 import os
 import socket
@@ -7,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -43,7 +43,7 @@ def check_final(work_dir: Path) -> list[dict]:
     for stage in stages:
         assert stage["rows_in"] + sum(stage["added"].values()) - sum(stage["dropped"].values()) == stage["rows_out"]
     assert all(a["rows_out"] == b["rows_in"] for a, b in zip(stages, stages[1:]))
-    assert stages[0]["rows_in"] == sum(1 for f in FILES for line in __import__("gzip").open(SAMPLE / f) if line.strip())
+    assert stages[0]["rows_in"] == sum(1 for f in FILES for line in gzip.open(SAMPLE / f) if line.strip())
     return rows
 
 

@@ -9,6 +9,7 @@ shuffled in memory; the order depends only on the row ids and ``--seed``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -76,22 +77,22 @@ def finalize(cfg: DataConfig, inputs: list[Path], out: Path) -> StageStats:
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     sources: Counter = Counter()
     try:
-        sinks = [ParquetSink(scratch / f"bucket-{b:05d}.parquet", ROW_SCHEMA).__enter__() for b in range(n_buckets)]
-        for batch in iter_batches(inputs, cfg.batch_rows, ["id", "text", "source"]):
-            keep = shard_mask(batch.column("id").to_numpy(), cfg.shard_index, cfg.num_shards)
-            stats.drop("other_shard", int((~keep).sum()))
-            for reason, mask in clean_drops(batch.column("text"), cfg).items():
-                stats.drop(reason, int((mask & keep).sum()))
-                keep &= ~mask
-            batch = batch.filter(pa.array(keep))
-            buckets = (uniform_draws(batch.column("id").to_numpy(), cfg.seed, 3) * n_buckets).astype(np.int64)
-            for b in np.unique(buckets):
-                sinks[b].write(batch.filter(pa.array(buckets == b)))
-        for sink in sinks:
-            sink.__exit__(None, None, None)
+        with contextlib.ExitStack() as stack:  # pass 1: deal the kept rows to random buckets on disk
+            sinks = [stack.enter_context(ParquetSink(scratch / f"bucket-{b:05d}.parquet", ROW_SCHEMA))
+                     for b in range(n_buckets)]
+            for batch in iter_batches(inputs, cfg.batch_rows, ["id", "text", "source"]):
+                keep = shard_mask(batch.column("id").to_numpy(), cfg.shard_index, cfg.num_shards)
+                stats.drop("other_shard", int((~keep).sum()))
+                for reason, mask in clean_drops(batch.column("text"), cfg).items():
+                    stats.drop(reason, int((mask & keep).sum()))
+                    keep &= ~mask
+                batch = batch.filter(pa.array(keep))
+                buckets = (uniform_draws(batch.column("id").to_numpy(), cfg.seed, 3) * n_buckets).astype(np.int64)
+                for b in np.unique(buckets):
+                    sinks[b].write(batch.filter(pa.array(buckets == b)))
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write("[")
-            for sink in sinks:
+            for sink in sinks:  # pass 2: shuffle each bucket in memory, stream it out
                 table = pq.read_table(sink.path)
                 ids = table.column("id").to_numpy()
                 order = np.argsort(uniform_draws(ids, cfg.seed, 4), kind="stable")

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 
@@ -17,7 +19,7 @@ def tiny_reward_model(tmp_path_factory):
     return build_reward_model(tmp_path_factory.mktemp("tiny_reward"))
 
 
-SAMPLE = __import__("pathlib").Path(__file__).resolve().parents[2] / "data" / "sample"
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
 
 
 def sample_config(work_dir, **overrides):
