@@ -58,12 +58,13 @@ def data_files(path: str) -> list[Path]:
     return []
 
 
-def _read_json_file(path: Path) -> list[dict]:
+def _read_json_file(path: Path) -> list:
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8") as fh:
+        # Raw scraped data carries stray non-UTF-8 bytes; they become U+FFFD rather than losing the file.
+        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
             text = fh.read()
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
     stripped = text.lstrip()
     if stripped.startswith("["):
@@ -79,12 +80,12 @@ def _read_json_file(path: Path) -> list[dict]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {number} is not valid JSON ({exc.msg}); expected one JSON "
-                                f"object per line, or a JSON list") from None
-    bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
-    if bad is not None:
-        raise DataError(f"{path}: row {bad} is a {type(rows[bad]).__name__}, expected a JSON object")
+                rows.append(InvalidLine(f"line {number} is not valid JSON ({exc.msg})"))
     return rows
+
+
+class InvalidLine(str):
+    """A JSON-lines line that does not parse: skipped and counted like any other unusable row."""
 
 
 def _read_parquet(path: Path) -> list[dict]:
@@ -177,6 +178,10 @@ def load_conversations(path: str, col_dict: dict | None = None) -> tuple[list[Co
     conversations, first_problem = [], None
     for where, row in rows:
         try:
+            if isinstance(row, InvalidLine):
+                raise DataError(f"invalid JSON; {row}")
+            if not isinstance(row, dict):
+                raise DataError(f"row is a {type(row).__name__}, not a JSON object")
             turns = row_to_turns(rename_columns(row, col_dict or {}))
         except (DataError, PromptError) as exc:
             stats.skip(str(exc).split(";")[0].split(" (found")[0])

@@ -51,9 +51,12 @@ def test_bad_rows_are_counted_and_bad_files_name_themselves(tmp_path):
 
     with pytest.raises(DataError, match="no usable rows.*no usable column"):
         load_conversations(str(path), {"input": "other"})
-    (tmp_path / "broken.jsonl").write_text('{"input": 1}\n{oops\n')
-    with pytest.raises(DataError, match=r"broken.jsonl: line 2"):
-        load_conversations(str(tmp_path / "broken.jsonl"))
+    (tmp_path / "broken.jsonl").write_text(json.dumps({"input": HB}) + '\n{oops\n[1, 2]\n')
+    convs, stats = load_conversations(str(tmp_path / "broken.jsonl"))
+    assert len(convs) == 1 and stats.skipped == {"invalid JSON": 1, "row is a list, not a JSON object": 1}
+    (tmp_path / "broken.json").write_text('[{"input": 1},')
+    with pytest.raises(DataError, match=r"broken.json: invalid JSON at line 1"):
+        load_conversations(str(tmp_path / "broken.json"))
     (tmp_path / "empty.json").write_text("[]")
     with pytest.raises(DataError, match="empty"):
         load_conversations(str(tmp_path / "empty.json"))
