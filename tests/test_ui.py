@@ -6,7 +6,6 @@ import shutil
 import socket
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
