@@ -52,8 +52,6 @@ def test_bad_input_is_one_clear_line(args, message, tiny_llama, tmp_path, capsys
 def test_shipped_recipes_are_valid_flags():
     from sftkit.flags import parse
 
-    recipes = sorted((REPO / "configs").glob("*.yaml"))
-    assert recipes
-    for recipe in recipes:
+    for recipe in (REPO / "configs" / "smollm2_lora.yaml", REPO / "configs" / "smollm2_qlora.yaml"):
         assert isinstance(yaml.safe_load(recipe.read_text()), dict)
         parse(TrainConfig, {"config": str(recipe)}, environ={})
