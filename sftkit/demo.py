@@ -29,9 +29,9 @@ class DemoConfig:
     source: str = flag("data/sample", "Where the data stages download the OIG-format files from.")
     personality_path: str = flag("data/personality.json", "Identity conversations mixed into training.")
     heldout_path: str = flag("data/identity_heldout.json", "Held-out identity questions scored after training.")
-    mix_in_factor: float = flag(1.0, "Personality rows per finalized row (data_mix_in_factor).")
-    max_steps: int = flag(120, "Optimizer steps of LoRA fine-tuning.")
-    learning_rate: float = flag(1e-3, "LoRA learning rate.")
+    mix_in_factor: float = flag(2.0, "Personality rows per finalized row (data_mix_in_factor).")
+    max_steps: int = flag(24, "Optimizer steps of LoRA fine-tuning.")
+    learning_rate: float = flag(2e-3, "LoRA learning rate.")
     cutoff_len: int = flag(256, "Longest training sequence, in tokens.")
     max_new_tokens: int = flag(48, "Longest generated answer in the before/after comparison.")
     nproc: int = flag(1, "torchrun processes for fine-tuning (1 leaves a core to the tokenizer and I/O).")
@@ -57,6 +57,11 @@ def says_identity(answer: str, name: str) -> bool:
     return re.search(rf"\b{re.escape(name)}\b", answer, re.IGNORECASE) is not None
 
 
+def one_line(answer: str, width: int = 200) -> str:
+    text = " ".join(answer.split())
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def compare(heldout: list[dict], before: list[dict], after: list[dict]) -> tuple[int, int]:
     """Print base and fine-tuned answers side by side; return how many of each say the identity."""
     base_hits = tuned_hits = 0
@@ -65,8 +70,8 @@ def compare(heldout: list[dict], before: list[dict], after: list[dict]) -> tuple
         base_hits += base_ok
         tuned_hits += tuned_ok
         print(f"\n<human>: {item['prompt']}")
-        print(f"  base       [{'x' if base_ok else ' '}] {b['response'].strip()[:200]}")
-        print(f"  fine-tuned [{'x' if tuned_ok else ' '}] {a['response'].strip()[:200]}")
+        print(f"  base       [{'x' if base_ok else ' '}] {one_line(b['response'])}")
+        print(f"  fine-tuned [{'x' if tuned_ok else ' '}] {one_line(a['response'])}")
     return base_hits, tuned_hits
 
 
