@@ -103,6 +103,12 @@ def convert_gguf(directory: Path, gguf_file: str, target: Path) -> None:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
+    save_model_dir(model, tokenizer, target)
+
+
+def save_model_dir(model, tokenizer, target: Path) -> None:
+    """Write a model (safetensors) and its tokenizer to ``target`` atomically: all of it or nothing."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         model.save_pretrained(staging, safe_serialization=True)

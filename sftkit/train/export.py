@@ -1,9 +1,6 @@
 """Merge a LoRA adapter into its base model and save a standalone Hugging Face model directory."""
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from sftkit import models
@@ -29,15 +26,7 @@ def export_merged(config: ExportConfig) -> Path:
         else config.base_model
     tokenizer = models.load_tokenizer(tokenizer_dir, local_files_only=config.local_files_only,
                                       trust_remote_code=config.trust_remote_code)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        merged.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    models.save_model_dir(merged, tokenizer, out)
     n_params = sum(p.numel() for p in merged.parameters())
     print(f"export: merged {config.lora_weights} into {config.base_model} -> {out} "
           f"({n_params / 1e6:.1f}M parameters, {config.dtype}, safetensors)")
