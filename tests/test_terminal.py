@@ -92,11 +92,16 @@ def test_ctrl_c_stops_the_answer_but_not_the_chat(llama):
 
 
 @pytest.mark.slow
-def test_generate_cli_over_stdin_with_a_real_sigint(tiny_llama):
+def test_generate_cli_over_stdin_with_a_real_sigint(tmp_path):
+    # A long context and a seed whose greedy answer runs to max_new_tokens, so the answer streams for
+    # seconds and Ctrl-C surely lands while it does (seed 0 ends its answer after ~30 tokens).
+    from tests.tiny_models import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / "long_context", seed=1, max_position_embeddings=4096)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "generate.py", f"--base_model={tiny_llama}", "--cli=True", "--local_files_only=True",
-         "--max_new_tokens=460", "--repetition_penalty=1.0"],
+        [sys.executable, "generate.py", f"--base_model={model_dir}", "--cli=True", "--local_files_only=True",
+         "--max_new_tokens=1500", "--repetition_penalty=1.0"],
         cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         proc.stdin.write("Tell me a long story\n")

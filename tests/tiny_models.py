@@ -38,7 +38,8 @@ def build_tokenizer(out_dir: str | Path, vocab_size: int = 384):
     return fast
 
 
-def build_tiny_model(out_dir: str | Path, arch: str = "llama", seed: int = 0) -> Path:
+def build_tiny_model(out_dir: str | Path, arch: str = "llama", seed: int = 0,
+                     max_position_embeddings: int = 512) -> Path:
     """Save a tiny ``arch`` ('llama' or 'gpt_neox') causal LM and its tokenizer to ``out_dir``."""
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
@@ -46,7 +47,7 @@ def build_tiny_model(out_dir: str | Path, arch: str = "llama", seed: int = 0) ->
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer(out_dir)
     common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+                  num_attention_heads=4, max_position_embeddings=max_position_embeddings, bos_token_id=tokenizer.bos_token_id,
                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
     if arch == "llama":
