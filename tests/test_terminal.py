@@ -102,7 +102,9 @@ def test_generate_cli_over_stdin_with_a_real_sigint(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "generate.py", f"--base_model={model_dir}", "--cli=True", "--local_files_only=True",
          "--max_new_tokens=1500", "--repetition_penalty=1.0"],
-        cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # Start with Ctrl-C live, as from a terminal: a suite run as a background job inherits SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         proc.stdin.write("Tell me a long story\n")
         proc.stdin.flush()
