@@ -15,13 +15,18 @@ def main(argv=None):
     from sftkit.train.config import ExportConfig, TrainConfig
     from sftkit.train.errors import run_reporting_errors
 
-    if argv[:1] == ["export"]:
+    # torch loads only once a run starts, so --help and flag errors answer at once.
+    def export(config):
         from sftkit.train.export import export_merged
+        return export_merged(config)
 
-        return flags.main(ExportConfig, run_reporting_errors(export_merged), argv[1:], prog="finetune.py export",
+    def train(config):
+        from sftkit.train.loop import train
+        return train(config)
+
+    if argv[:1] == ["export"]:
+        return flags.main(ExportConfig, run_reporting_errors(export), argv[1:], prog="finetune.py export",
                           summary="Merge a LoRA adapter into its base model; write a standalone model directory.")
-    from sftkit.train.loop import train
-
     return flags.main(TrainConfig, run_reporting_errors(train), argv, prog="finetune.py",
                       summary=__doc__.strip().splitlines()[0])
 

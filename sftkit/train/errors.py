@@ -14,11 +14,11 @@ USER_ERRORS = (FlagError, ModelError, PromptError, DataError, FileNotFoundError)
 
 def run_reporting_errors(run):
     """Wrap an entry point so errors the user can fix print as ``finetune.py: error: …``."""
-    from sftkit.train.export import ExportError
-    from sftkit.train.loop import TrainError
-
     @functools.wraps(run)
     def wrapped(config):
+        from sftkit.train.export import ExportError
+        from sftkit.train.loop import TrainError  # imports torch: only once a run starts
+
         try:
             return run(config)
         except (*USER_ERRORS, ExportError, TrainError) as exc:
