@@ -6,12 +6,11 @@ block of README.md; ``python -m sftkit.docs --check`` exits 1 when a block is st
 from __future__ import annotations
 
 import importlib
-import os
 import re
 import sys
 from pathlib import Path
 
-from sftkit import flags
+from sftkit import atomic, flags
 
 # NAME in the README marker -> the dataclass that owns those flags.
 SETTINGS = {
@@ -49,9 +48,7 @@ def main(argv: list[str]) -> int:
             print("README.md flag tables are stale: run `python -m sftkit.docs`", file=sys.stderr)
             return 1
         return 0
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(fresh)
-    os.replace(tmp, path)
+    atomic.write_text(path, fresh)
     return 0
 
 

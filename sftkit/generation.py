@@ -12,7 +12,6 @@ import os
 import queue
 import re
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -20,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from sftkit import atomic
 from sftkit.flags import flag
 from sftkit.models import DEFAULT_BASE_MODEL, ModelError, apply_adapter, load_model, load_tokenizer
 from sftkit.prompts import get_prompt_type, render_prompt, stop_strings
@@ -581,18 +581,6 @@ def add_scores(rows: list[dict], scorer) -> list[dict]:
     return rows
 
 
-def write_json_atomic(path: Path, data) -> None:
-    """Write JSON to a temp file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, ensure_ascii=False, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def _progress_path(output: Path) -> Path:
     return output.with_name(output.name + ".partial.jsonl")
@@ -648,7 +636,7 @@ def run_batch(config: GenerateConfig, model=None, tokenizer=None) -> list[dict]:
                                    on_rows=save)
     if scorer is not None:
         add_scores(rows, scorer)
-    write_json_atomic(output, rows)
+    atomic.write_json(output, rows)
     progress.unlink()
     seconds = sum(r["seconds"] for r in rows)
     tokens = sum(r["new_tokens"] for r in rows)

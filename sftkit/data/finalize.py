@@ -28,7 +28,8 @@ from sftkit.data import datacard
 from sftkit.data.config import DataConfig
 from sftkit.data.hashing import uniform_draws
 from sftkit.data.manifest import cached_step, digests
-from sftkit.data.parquet_io import ParquetSink, atomic_write_text, count_rows, iter_batches
+from sftkit import atomic
+from sftkit.data.parquet_io import ParquetSink, count_rows, iter_batches
 from sftkit.data.stats import StageStats
 from sftkit.data.workdir import FINAL_JSON, check_shard, shard_mask, stage_parts
 
@@ -110,8 +111,8 @@ def finalize(cfg: DataConfig, inputs: list[Path], out: Path) -> StageStats:
         tmp.unlink(missing_ok=True)
     card = datacard.build(datacard.earlier_stages(cfg) + [stats], out, sources, dataclasses.asdict(cfg))
     card_json, card_md = card_paths(out)
-    atomic_write_text(card_json, json.dumps(card, indent=1))
-    atomic_write_text(card_md, datacard.markdown(card))
+    atomic.write_text(card_json, json.dumps(card, indent=1))
+    atomic.write_text(card_md, datacard.markdown(card))
     return stats
 
 

@@ -27,7 +27,8 @@ from sftkit.data.config import DataConfig
 from sftkit.data.detox import plain_text
 from sftkit.data.manifest import cached_step, digests, sha256_file
 from sftkit.data.parallel import ordered_map, resolve_workers
-from sftkit.data.parquet_io import ParquetSink, atomic_write_text, count_rows, iter_batches, read_schema
+from sftkit import atomic
+from sftkit.data.parquet_io import ParquetSink, count_rows, iter_batches, read_schema
 from sftkit.data.readability import ensure_cmudict, flesch_kincaid_grades
 from sftkit.data.scorers import RewardModelScorer, profane_flags
 from sftkit.data.stats import StageStats
@@ -105,7 +106,7 @@ class RewardCache:
     def __init__(self, directory: Path, description: dict):
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(directory / "model.json", json.dumps(description, indent=1, sort_keys=True))
+        atomic.write_text(directory / "model.json", json.dumps(description, indent=1, sort_keys=True))
         units = sorted(directory.glob("unit-*.parquet"))
         tables = [pq.read_table(p, columns=["id", "reward"]) for p in units]
         self.ids = np.concatenate([t.column("id").to_numpy() for t in tables]) if tables else np.empty(0, np.uint64)

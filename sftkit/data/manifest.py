@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from sftkit import atomic
 from sftkit.data import DataError
-from sftkit.data.parquet_io import atomic_write_text
 from sftkit.data.stats import StageStats
 
 MANIFEST_VERSION = 1
@@ -80,7 +80,7 @@ def write_manifest(manifest_path: str | os.PathLike, step: str, inputs: list[dic
     """Record a finished step. Written last, after its outputs are in place."""
     manifest = {"version": MANIFEST_VERSION, "step": step, "inputs": inputs, "settings": normalize(settings),
                 "outputs": digests(outputs), "stats": stats.to_dict()}
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
+    atomic.write_text(manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
 
 
 def cached_step(name: str, manifest_path: str | os.PathLike, inputs: list[dict], settings: dict,

@@ -61,11 +61,3 @@ def count_rows(paths: Iterable[str | os.PathLike]) -> int:
 def read_schema(path: str | os.PathLike) -> pa.Schema:
     return pq.read_schema(path)
 
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a small text file through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -17,16 +17,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from sftkit import atomic
 from sftkit.train.distributed import barrier
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
-
-def write_json(path: Path, data) -> None:
-    """Write JSON atomically (temp file, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -74,8 +69,8 @@ def save_checkpoint(output_dir: str, step: int, *, world, save_adapter, optimize
     elif world.is_main:
         torch.save(optimizer.state_dict(), staging / "optimizer.pt")
     if world.is_main:
-        write_json(staging / "scheduler.json", scheduler.state_dict())
-        write_json(staging / "trainer_state.json", trainer_state)
+        atomic.write_json(staging / "scheduler.json", scheduler.state_dict())
+        atomic.write_json(staging / "trainer_state.json", trainer_state)
     save_file({k: v.contiguous() for k, v in _rng_state(world.device).items()},
               str(staging / f"rng_state_{world.rank}.safetensors"))
     barrier()

@@ -19,7 +19,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from sftkit import models
+from sftkit import atomic, models
 from sftkit.flags import FlagError
 from sftkit.prompts import PromptError, get_prompt_type, stop_strings
 from sftkit.train import checkpoint, distributed
@@ -436,7 +436,7 @@ def _train(config: TrainConfig, world) -> dict:
         if (config.save_steps and step % config.save_steps == 0) or step == total_steps:
             save(step)
             if world.is_main:
-                checkpoint.write_json(output_dir / "metrics.json", metrics_summary())
+                atomic.write_json(output_dir / "metrics.json", metrics_summary())
     bar.close()
 
     # 6. final outputs
@@ -453,7 +453,7 @@ def _train(config: TrainConfig, world) -> dict:
                   "peak_memory_gib": peak_memory_gib(world.device),
                   **{k: v for k, v in last_eval.items() if k.startswith("eval_")}})
     if world.is_main:
-        checkpoint.write_json(output_dir / "metrics.json", final)
+        atomic.write_json(output_dir / "metrics.json", final)
         if writer:
             writer.close()
         t = data_stats["train"]
