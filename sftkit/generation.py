@@ -581,7 +581,6 @@ def add_scores(rows: list[dict], scorer) -> list[dict]:
     return rows
 
 
-
 def _progress_path(output: Path) -> Path:
     return output.with_name(output.name + ".partial.jsonl")
 

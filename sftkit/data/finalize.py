@@ -24,11 +24,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sftkit import atomic
 from sftkit.data import datacard
 from sftkit.data.config import DataConfig
 from sftkit.data.hashing import uniform_draws
 from sftkit.data.manifest import cached_step, digests
-from sftkit import atomic
 from sftkit.data.parquet_io import ParquetSink, count_rows, iter_batches
 from sftkit.data.stats import StageStats
 from sftkit.data.workdir import FINAL_JSON, check_shard, shard_mask, stage_parts

@@ -22,12 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from sftkit import atomic
 from sftkit.data import DataError
 from sftkit.data.config import DataConfig
 from sftkit.data.detox import plain_text
 from sftkit.data.manifest import cached_step, digests, sha256_file
 from sftkit.data.parallel import ordered_map, resolve_workers
-from sftkit import atomic
 from sftkit.data.parquet_io import ParquetSink, count_rows, iter_batches, read_schema
 from sftkit.data.readability import ensure_cmudict, flesch_kincaid_grades
 from sftkit.data.scorers import RewardModelScorer, profane_flags

@@ -23,7 +23,6 @@ from sftkit.train.distributed import barrier
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
-
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
     """``checkpoint-N`` folders in ``output_dir``, oldest step first."""
     out = Path(output_dir)
