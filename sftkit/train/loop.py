@@ -341,9 +341,7 @@ def _train(config: TrainConfig, world) -> dict:
         writer = SummaryWriter(str(output_dir / "logs"))
     if world.is_main:
         run_config = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-        with open(output_dir / ".run_config.yaml.tmp", "w") as fh:
-            yaml.safe_dump(run_config, fh, sort_keys=False)
-        os.replace(output_dir / ".run_config.yaml.tmp", output_dir / "run_config.yaml")
+        atomic.write_text(output_dir / "run_config.yaml", yaml.safe_dump(run_config, sort_keys=False))
 
     def metrics_summary() -> dict:
         return {"step": step, "total_steps": total_steps, "history": history, "data": data_stats,
