@@ -16,10 +16,9 @@ Offline, on the bundled sample: python create_data.py all --source=data/sample
 """
 import sys
 
-from sftkit import flags
-from sftkit.data import DataError
+from sftkit import cli, flags
 from sftkit.data.config import DataConfig
-from sftkit.data.pipeline import STAGES, run
+from sftkit.data.pipeline import run
 
 
 def _stage_from_env(stage: str) -> None:
@@ -46,23 +45,5 @@ def test_finalize_to_json():
     _stage_from_env("finalize")
 
 
-def main(argv: list[str]) -> None:
-    stages = " | ".join([*STAGES, "all"])
-    usage = f"usage: create_data.py {{{stages}}} [--flag=value ...]"
-    if not argv or argv[0].startswith("-"):
-        if any(a in ("-h", "--help") for a in argv):
-            flags.main(DataConfig, None, argv=["--help"], prog=f"create_data.py {{{stages}}}", summary=__doc__)
-            return
-        raise SystemExit(f"{usage}\nname a stage first; --help lists every flag")
-    stage, rest = argv[0], argv[1:]
-    if stage not in STAGES and stage != "all":
-        raise SystemExit(f"{usage}\nunknown stage {stage!r}")
-    try:
-        flags.main(DataConfig, lambda cfg: run(stage, cfg), argv=rest, prog=f"create_data.py {stage}")
-    except DataError as exc:
-        print(f"create_data.py {stage}: error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli.data_main(sys.argv[1:], summary=__doc__)

@@ -6,16 +6,7 @@
 
 Run with --help for every flag and its default. The logic lives in sftkit/generation.py.
 """
-import sys
-
-from sftkit import flags
-from sftkit.generation import GenerateConfig, GenerationError, main
-from sftkit.models import ModelError
-from sftkit.prompts import PromptError
+from sftkit import cli
 
 if __name__ == "__main__":
-    try:
-        flags.main(GenerateConfig, main, prog="generate.py", summary=__doc__.split("\n\n")[0])
-    except (GenerationError, ModelError, PromptError) as exc:
-        print(f"generate.py: error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    cli.generate_main(summary=__doc__.split("\n\n")[0])

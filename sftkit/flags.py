@@ -18,9 +18,10 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from sftkit import errors
+from sftkit.errors import FlagError
 
-class FlagError(ValueError):
-    """A flag, recipe key or environment variable that cannot be used as given."""
+
 
 
 def flag(default: Any, help: str, env: str | None = None, **kwargs) -> Any:
@@ -216,16 +217,13 @@ def main(cls, run: Callable[[Any], Any], argv: list[str] | None = None, prog: st
          summary: str = "") -> Any:
     """Entry point helper: ``--help``, then parse flags into ``cls`` and call ``run(config)``.
 
-    A FlagError becomes one clear line on stderr and exit status 2.
+    Any :class:`~sftkit.errors.SftkitError` (a bad flag included) becomes one line on stderr
+    and exit status 2, with its traceback only when the config has ``debug=True``.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     prog = prog or Path(sys.argv[0]).name
     if any(a in ("-h", "--help") for a in argv):
         print(help_text(cls, prog, summary))
         return None
-    try:
-        config = parse(cls, read_argv(argv))
-    except FlagError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    return run(config)
+    config = errors.report(prog, lambda: parse(cls, read_argv(argv)))
+    return errors.report(prog, lambda: run(config), debug=bool(getattr(config, "debug", False)))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from sftkit import atomic
+from sftkit.errors import GenerationError
 from sftkit.flags import flag
 from sftkit.models import DEFAULT_BASE_MODEL, ModelError, apply_adapter, load_model, load_tokenizer
 from sftkit.prompts import get_prompt_type, render_prompt, stop_strings
@@ -68,8 +69,6 @@ class GenerateConfig:
     config: str | None = flag(None, "YAML recipe with any of these flags.", env="SFTKIT_GENERATE_CONFIG")
 
 
-class GenerationError(ValueError):
-    """Input that cannot be answered as given; the message says what to fix."""
 
 
 # ---------------------------------------------------------------- loading

@@ -15,9 +15,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sftkit.errors import ModelError
 
-class ModelError(RuntimeError):
-    """A model, tokenizer or adapter that cannot be loaded as asked; the message says what to do."""
+
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from sftkit.errors import PromptError
+
 HUMAN = "<human>:"
 BOT = "<bot>:"
 ROLES = ("system", "human", "bot")
@@ -24,8 +26,6 @@ Turn = tuple[str, str]
 _TURN_MARKER = re.compile(r"(<human>:|<bot>:)")
 
 
-class PromptError(ValueError):
-    """A conversation or prompt type that cannot be rendered."""
 
 
 @dataclass(frozen=True)

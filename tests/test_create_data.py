@@ -121,7 +121,7 @@ def test_command_line_errors_are_one_clear_line(tmp_path):
         port = sock.getsockname()[1]
     offline = run(["create_data.py", "download", f"--source=http://127.0.0.1:{port}/", "--files=x.jsonl",
                    "--retries=1", f"--work_dir={tmp_path}"])
-    assert offline.returncode == 1 and "--source=data/sample" in offline.stderr and "Traceback" not in offline.stderr
+    assert offline.returncode == 2 and "--source=data/sample" in offline.stderr and "Traceback" not in offline.stderr
     unknown = run(["create_data.py", "detox", "--profanity_treshold=0.3"])
     assert unknown.returncode == 2 and "did you mean --profanity_threshold" in unknown.stderr
     assert run(["create_data.py", "polish"]).returncode != 0

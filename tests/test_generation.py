@@ -358,19 +358,19 @@ def test_batch_mode_end_to_end_through_the_cli(tiny_llama, tmp_path):
     assert "resuming" in done.stderr and "generate: 3 answers" in done.stderr
 
     again = run_generate(*common)
-    assert again.returncode == 1 and "exists; pass --overwrite=True" in again.stderr
+    assert again.returncode == 2 and "exists; pass --overwrite=True" in again.stderr
     assert json.loads(out.read_text()) == rows
 
     partial.write_text(json.dumps({"prompt": "another prompt", "response": "x", "seconds": 1,
                                    "new_tokens": 1}) + "\n")
     other = run_generate(*common, "--overwrite=True")
-    assert other.returncode == 1 and "holds answers to other prompts" in other.stderr
+    assert other.returncode == 2 and "holds answers to other prompts" in other.stderr
 
 
 def test_cli_errors_are_one_clear_line(tiny_llama, tmp_path):
     result = run_generate(f"--base_model={tiny_llama}", "--eval_prompts_file=missing.json",
                           f"--eval_output_file={tmp_path / 'a.json'}")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip() == "generate.py: error: --eval_prompts_file=missing.json: no such file"
     typo = run_generate("--max_new_token=5")
     assert typo.returncode == 2 and "did you mean --max_new_tokens" in typo.stderr

@@ -5,6 +5,4 @@ download → detox → chop → grade → finalize. ``sftkit.data.pipeline`` is 
 stage lives in its own module and the filters and scorers they use live beside them.
 """
 
-
-class DataError(RuntimeError):
-    """Input, settings or an environment that a stage cannot work with; the message says what to do."""
+from sftkit.errors import DataError  # noqa: E402  (re-exported: the stages raise it)

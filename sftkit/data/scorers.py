@@ -14,11 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sftkit.data import DataError
+from sftkit.errors import ScorerError
 
 
-class ScorerError(DataError):
-    """A scorer that cannot load or run; the message says how to fix it."""
 
 
 def profanity_probs(texts: list[str]) -> np.ndarray:

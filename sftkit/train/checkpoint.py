@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sftkit import atomic
+from sftkit.errors import TrainError
 from sftkit.train.distributed import barrier
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -37,11 +38,11 @@ def resolve_resume(resume: str, output_dir: str) -> Path:
     if resume.lower() in ("latest", "true"):
         found = list_checkpoints(output_dir)
         if not found:
-            raise FileNotFoundError(f"--resume_from_checkpoint={resume}: no checkpoint-N folder in {output_dir}")
+            raise TrainError(f"--resume_from_checkpoint={resume}: no checkpoint-N folder in {output_dir}")
         return found[-1]
     path = Path(resume)
     if not (path / "trainer_state.json").is_file():
-        raise FileNotFoundError(f"--resume_from_checkpoint={resume}: not a checkpoint folder (no trainer_state.json); "
+        raise TrainError(f"--resume_from_checkpoint={resume}: not a checkpoint folder (no trainer_state.json); "
                                 f"give a checkpoint-N folder from a previous run, or 'latest'")
     return path
 

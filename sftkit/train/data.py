@@ -14,6 +14,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sftkit.errors import DataError
 from sftkit.prompts import PromptError, Turn, check_turns, split_turns
 
 DATA_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".parquet")
@@ -22,8 +23,6 @@ _ROLE_NAMES = {"system": "system", "user": "human", "human": "human", "assistant
                "gpt": "bot", "model": "bot"}
 
 
-class DataError(ValueError):
-    """Data that cannot be used: the message names the file (and row) and says what to do."""
 
 
 @dataclass

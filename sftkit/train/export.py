@@ -4,11 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from sftkit import models
+from sftkit.errors import ExportError
 from sftkit.train.config import ExportConfig
 
 
-class ExportError(RuntimeError):
-    """An export that cannot run as asked; the message says what to do."""
 
 
 def export_merged(config: ExportConfig) -> Path:

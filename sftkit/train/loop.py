@@ -20,6 +20,7 @@ import yaml
 from tqdm import tqdm
 
 from sftkit import atomic, models
+from sftkit.errors import TrainError
 from sftkit.flags import FlagError
 from sftkit.prompts import PromptError, get_prompt_type, stop_strings
 from sftkit.train import checkpoint, distributed
@@ -30,8 +31,6 @@ from sftkit.train.metrics import compute_metrics
 from sftkit.train.tokenize import IGNORE, Example, tokenize_all
 
 
-class TrainError(RuntimeError):
-    """A run that cannot start as configured; the message says what to do."""
 
 
 # ---------------------------------------------------------------- model

@@ -1,23 +1,20 @@
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from sftkit import cli
 from sftkit.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))  # finetune.py lives at the top level
 
 
 def run(*args):
     """finetune.py's main in this process (same code path as the script, without re-importing torch)."""
-    import finetune
-
     try:
-        finetune.main(list(args))
+        cli.finetune_main(list(args))
         return 0
     except SystemExit as exc:
         return exc.code

@@ -1,0 +1,58 @@
+"""The three command lines, shared by the top-level scripts and the installed console scripts.
+
+``create_data.py`` / ``sftkit-data``, ``finetune.py`` / ``sftkit-finetune`` and ``generate.py`` /
+``sftkit-generate`` run the same functions below, so a clone and a ``pip install`` behave alike.
+Heavy libraries (torch, transformers) load only once a run starts: ``--help`` answers at once.
+"""
+from __future__ import annotations
+
+import sys
+
+from sftkit import flags
+
+DATA_SUMMARY = "Raw conversation files to a clean instruct dataset, in five resumable stages."
+FINETUNE_SUMMARY = "LoRA / 8-bit / 4-bit / full fine-tuning, under torchrun or DeepSpeed."
+GENERATE_SUMMARY = "Chat with a base model plus LoRA adapter: browser UI (default), terminal (--cli=True) or batch."
+
+
+def data_main(argv: list[str] | None = None, summary: str = DATA_SUMMARY) -> None:
+    from sftkit.data.config import DataConfig
+    from sftkit.data.pipeline import STAGES, run
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    stages = " | ".join([*STAGES, "all"])
+    usage = f"usage: create_data.py {{{stages}}} [--flag=value ...]"
+    if not argv or argv[0].startswith("-"):
+        if any(a in ("-h", "--help") for a in argv):
+            flags.main(DataConfig, None, argv=["--help"], prog=f"create_data.py {{{stages}}}", summary=summary)
+            return
+        raise SystemExit(f"{usage}\nname a stage first; --help lists every flag")
+    stage, rest = argv[0], argv[1:]
+    if stage not in STAGES and stage != "all":
+        raise SystemExit(f"{usage}\nunknown stage {stage!r}")
+    flags.main(DataConfig, lambda cfg: run(stage, cfg), argv=rest, prog=f"create_data.py {stage}")
+
+
+def finetune_main(argv: list[str] | None = None, summary: str = FINETUNE_SUMMARY):
+    from sftkit.train.config import ExportConfig, TrainConfig
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+
+    def export(config):
+        from sftkit.train.export import export_merged
+        return export_merged(config)
+
+    def train(config):
+        from sftkit.train.loop import train
+        return train(config)
+
+    if argv[:1] == ["export"]:
+        return flags.main(ExportConfig, export, argv[1:], prog="finetune.py export",
+                          summary="Merge a LoRA adapter into its base model; write a standalone model directory.")
+    return flags.main(TrainConfig, train, argv, prog="finetune.py", summary=summary)
+
+
+def generate_main(argv: list[str] | None = None, summary: str = GENERATE_SUMMARY):
+    from sftkit.generation import GenerateConfig, main
+
+    return flags.main(GenerateConfig, main, argv, prog="generate.py", summary=summary)
