@@ -108,6 +108,11 @@ def _type_name(tp: Any) -> str:
 
 def _unknown(cls, names: list[str], where: str) -> FlagError:
     known = [f.name for f in dataclasses.fields(cls)]
+    # Flags another tool (h2oGPT) has that mean nothing here: named with the reason, not guessed at.
+    unsupported = getattr(cls, "__unsupported_flags__", {})
+    explained = [f"--{name} has no meaning here: {unsupported[name]}" for name in names if name in unsupported]
+    if explained:
+        return FlagError("; ".join(explained))
     parts = []
     for name in names:
         close = difflib.get_close_matches(name, known, n=1)

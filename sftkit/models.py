@@ -120,14 +120,15 @@ def save_model_dir(model, tokenizer, target: Path) -> None:
 
 
 def load_tokenizer(base_model: str, *, local_files_only: bool = False, trust_remote_code: bool = False,
-                   padding_side: str = "right"):
+                   padding_side: str = "right", token: str | bool | None = None):
     """A tokenizer with a pad token (the EOS token when the model has none)."""
     from transformers import AutoTokenizer
 
     path = resolve_base_model(base_model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            path, local_files_only=local_files_only, trust_remote_code=trust_remote_code
+            path, local_files_only=local_files_only, trust_remote_code=trust_remote_code,
+            **({"token": token} if token is not None else {})
         )
     except OSError as exc:
         raise ModelError(_not_found(base_model, path, exc)) from None
@@ -185,10 +186,12 @@ def quantization_config(load_8bit: bool, load_4bit: bool, compute_dtype):
 
 
 def load_model(base_model: str, *, device: str | None = None, dtype=None, load_8bit: bool = False,
-               load_4bit: bool = False, local_files_only: bool = False, trust_remote_code: bool = False):
+               load_4bit: bool = False, local_files_only: bool = False, trust_remote_code: bool = False,
+               **hub_options):
     """A causal LM on ``device`` (default: this rank's GPU, else the CPU), optionally 8/4-bit quantized.
 
     Weights load through safetensors; remote code runs only when ``trust_remote_code`` is set.
+    ``hub_options`` (``token``, ``attn_implementation``) go to ``from_pretrained`` as given.
     """
     from transformers import AutoModelForCausalLM
 
@@ -196,7 +199,7 @@ def load_model(base_model: str, *, device: str | None = None, dtype=None, load_8
     dtype = dtype or pick_dtype(device)
     path = resolve_base_model(base_model)
     kwargs = dict(dtype=dtype, local_files_only=local_files_only, trust_remote_code=trust_remote_code,
-                  use_safetensors=None)
+                  use_safetensors=None, **hub_options)
     quant = quantization_config(load_8bit, load_4bit, dtype)
     if quant is not None:
         kwargs.update(quantization_config=quant, device_map={"": device})

@@ -2,9 +2,12 @@
 
 Layout of ``checkpoint-N/``: ``adapter_model.safetensors`` + ``adapter_config.json`` (usable as
 ``--lora_weights``), ``optimizer.pt`` (tensors only, loaded with ``weights_only=True``),
-``scheduler.json``, ``rng_state_<rank>.safetensors`` and ``trainer_state.json``. Under DeepSpeed
-the optimizer lives in DeepSpeed's own ``ds/`` sub-folder instead. Every folder is written under a
-temporary name and renamed when complete, so a crash never leaves a half checkpoint behind.
+``scheduler.json``, ``rng_state_<rank>.safetensors``, ``run_settings.json`` (the settings that
+trained it, checked on resume: sftkit/train/run_record.py) and ``trainer_state.json`` in the shape
+Hugging Face's ``TrainerState.save_to_json`` writes (``global_step``, ``epoch``, ``log_history``…),
+so tools made for Trainer checkpoints read it. Under DeepSpeed the optimizer lives in DeepSpeed's
+own ``ds/`` sub-folder instead. Every folder is written under a temporary name and renamed when
+complete, so a crash never leaves a half checkpoint behind.
 """
 from __future__ import annotations
 
@@ -47,6 +50,52 @@ def resolve_resume(resume: str, output_dir: str) -> Path:
     return path
 
 
+# sftkit's log records name the learning rate "lr"; Trainer's log_history names it "learning_rate".
+_LOG_RENAMES = {"lr": "learning_rate"}
+
+
+def to_trainer_state(state: dict) -> dict:
+    """sftkit's ``{"step", "epoch", "history", …}`` as a Hugging Face ``TrainerState`` JSON object.
+
+    Every key is a TrainerState field (``TrainerState.load_from_json`` accepts it), sorted and
+    indented as ``save_to_json`` writes them.
+    """
+    log_history = [{_LOG_RENAMES.get(k, k): v for k, v in record.items()} for record in state["history"]]
+    evals = [r for r in state["history"] if isinstance(r.get("eval_loss"), (int, float))]
+    best = min(evals, key=lambda r: r["eval_loss"]) if evals else None
+    return {
+        "best_global_step": best["step"] if best else None,
+        "best_metric": best["eval_loss"] if best else None,
+        "best_model_checkpoint": None,
+        "epoch": state["epoch"],
+        "eval_steps": state.get("eval_steps", 0),
+        "global_step": state["step"],
+        "is_hyper_param_search": False,
+        "is_local_process_zero": True,
+        "is_world_process_zero": True,
+        "log_history": log_history,
+        "logging_steps": state.get("logging_steps", 1),
+        "max_steps": state.get("max_steps", state["step"]),
+        "num_input_tokens_seen": int(state.get("num_input_tokens_seen", 0)),
+        "num_train_epochs": state.get("num_train_epochs", 0),
+        "save_steps": state.get("save_steps", 0),
+        "stateful_callbacks": {},
+        "total_flos": 0.0,
+        "train_batch_size": state.get("train_batch_size"),
+        "trial_name": None,
+        "trial_params": None,
+    }
+
+
+def from_trainer_state(data: dict) -> dict:
+    """sftkit's ``{"step", "epoch", "history"}`` from a trainer_state.json (Trainer's shape, or sftkit's older one)."""
+    if "global_step" not in data:
+        return data
+    back = {v: k for k, v in _LOG_RENAMES.items()}
+    history = [{back.get(k, k): v for k, v in record.items()} for record in data.get("log_history", [])]
+    return {"step": data["global_step"], "epoch": data.get("epoch", 0), "history": history}
+
+
 def _rng_state(device: str) -> dict[str, torch.Tensor]:
     state = {"cpu": torch.get_rng_state()}
     if device.startswith("cuda"):
@@ -55,8 +104,12 @@ def _rng_state(device: str) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(output_dir: str, step: int, *, world, save_adapter, optimizer, scheduler, engine,
-                    trainer_state: dict, save_total_limit: int) -> Path:
-    """Write ``checkpoint-<step>`` (all ranks call this; each writes its own RNG state)."""
+                    trainer_state: dict, save_total_limit: int, settings: dict | None = None) -> Path:
+    """Write ``checkpoint-<step>`` (all ranks call this; each writes its own RNG state).
+
+    ``trainer_state`` is sftkit's ``{"step", "epoch", "history", …}``; ``settings`` the run's
+    settings (run_record.settings_of), stored for the resume check.
+    """
     final = Path(output_dir) / f"checkpoint-{step}"
     staging = Path(output_dir) / f".checkpoint-{step}.partial"
     if world.is_main:
@@ -70,7 +123,11 @@ def save_checkpoint(output_dir: str, step: int, *, world, save_adapter, optimize
         torch.save(optimizer.state_dict(), staging / "optimizer.pt")
     if world.is_main:
         atomic.write_json(staging / "scheduler.json", scheduler.state_dict())
-        atomic.write_json(staging / "trainer_state.json", trainer_state)
+        # As TrainerState.save_to_json writes it: sorted keys, indent 2, a final newline.
+        atomic.write_text(staging / "trainer_state.json",
+                          json.dumps(to_trainer_state(trainer_state), indent=2, sort_keys=True) + "\n")
+        if settings is not None:
+            atomic.write_json(staging / "run_settings.json", settings)
     save_file({k: v.contiguous() for k, v in _rng_state(world.device).items()},
               str(staging / f"rng_state_{world.rank}.safetensors"))
     barrier()
@@ -101,4 +158,4 @@ def load_checkpoint(path: Path, *, world, model, optimizer, scheduler, engine) -
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and world.device.startswith("cuda"):
             torch.cuda.set_rng_state(rng["cuda"], world.device)
-    return json.loads((path / "trainer_state.json").read_text())
+    return from_trainer_state(json.loads((path / "trainer_state.json").read_text()))

@@ -81,6 +81,23 @@ class TrainConfig:
                               "filled from these flags.")
     config: str = flag("", "A YAML recipe of these flags (e.g. configs/smollm2_lora.yaml); flags override it.")
 
+    # ------------------------------------------------------------ h2oGPT command compatibility, run record
+    run_id: str = flag("", "A name for this run, shown in the log lines and saved in run_config.yaml.")
+    save_code: bool = flag(False, "Copy the code that ran (finetune.py and the sftkit package) into "
+                                  "output_dir/code/, next to the adapter it trained.")
+    llama_flash_attn: bool = flag(False, "Use flash attention (attn_implementation=flash_attention_2, needs the "
+                                         "flash-attn package and a GPU); default: the model's own choice (sdpa).")
+    use_auth_token: str = flag("", "Hub access token for gated or private models (True: the token saved by "
+                                   "'hf auth login' or $HF_TOKEN; empty: none).")
+    resume_download: bool = flag(True, "Accepted for h2oGPT commands: hub downloads always resume an "
+                                       "interrupted file.")
+
+    # h2oGPT finetune.py flags with no meaning here: rejected by name with the reason (sftkit/flags.py).
+    __unsupported_flags__ = {
+        "llama_type": "the architecture and tokenizer class are read from the model's config.json; "
+                      "drop the flag",
+    }
+
     def __post_init__(self):
         self.val_metrics = [m.strip().lower() for m in self.val_metrics if m.strip()]
         self.report_to = self.report_to.strip().lower()
@@ -112,13 +129,26 @@ class TrainConfig:
         return FINALIZED_DATA if Path(FINALIZED_DATA).is_file() else str(BUNDLED_SAMPLE)
 
     def gradient_accumulation(self, world_size: int) -> int:
-        """batch_size / (micro_batch_size * world_size), or a FlagError saying how to fix it."""
-        per_pass = self.micro_batch_size * world_size
-        if self.batch_size % per_pass:
-            raise FlagError(f"--batch_size={self.batch_size} is not a multiple of --micro_batch_size="
-                            f"{self.micro_batch_size} x {world_size} processes; use e.g. --batch_size="
-                            f"{max(per_pass, self.batch_size // per_pass * per_pass)}")
-        return self.batch_size // per_pass
+        """Micro-batches per optimizer step on each process, computed as h2oGPT does (integer division).
+
+        A batch_size that is not a multiple of micro_batch_size x processes is rounded down (at
+        least one micro-batch): see :meth:`effective_batch_size`.
+        """
+        return max(1, self.batch_size // (self.micro_batch_size * world_size))
+
+    def effective_batch_size(self, world_size: int) -> int:
+        """Sequences per optimizer step over all processes, as actually trained."""
+        return self.gradient_accumulation(world_size) * self.micro_batch_size * world_size
+
+    def hub_options(self) -> dict:
+        """Extra from_pretrained arguments: hub token and attention implementation (only when asked)."""
+        token = self.use_auth_token.strip()
+        options = {"attn_implementation": "flash_attention_2"} if self.llama_flash_attn else {}
+        if token.lower() in ("true", "1"):
+            options["token"] = True
+        elif token and token.lower() not in ("false", "0", "none"):
+            options["token"] = token
+        return options
 
 
 @dataclass

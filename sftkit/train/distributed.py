@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from sftkit.flags import FlagError
+from sftkit.lock import exit_with_parent
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,13 @@ class World:
 
 
 def setup(use_deepspeed: bool) -> World:
-    """Join the process group torchrun (or a DeepSpeed launcher) describes in the environment."""
+    """Join the process group torchrun (or a DeepSpeed launcher) describes in the environment.
+
+    A launched worker also ends when its launcher dies (``kill -9`` of torchrun), so an orphan
+    never trains beside a resumed run.
+    """
+    if launched():
+        exit_with_parent()
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     size = int(os.environ.get("WORLD_SIZE", 1))
@@ -45,6 +52,11 @@ def setup(use_deepspeed: bool) -> World:
     elif size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return World(rank, local_rank, size, device)
+
+
+def launched() -> bool:
+    """Whether a launcher (torchrun, deepspeed) started this process as one of its workers."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
 
 
 def teardown() -> None:

@@ -6,7 +6,6 @@ differ only in how the model is wrapped and how a step is taken.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import resource
@@ -16,14 +15,14 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from tqdm import tqdm
 
 from sftkit import atomic, models
 from sftkit.errors import TrainError
 from sftkit.flags import FlagError
 from sftkit.prompts import PromptError, get_prompt_type, stop_strings
-from sftkit.train import checkpoint, distributed
+from sftkit.lock import LOCK_NAME
+from sftkit.train import checkpoint, distributed, run_record
 from sftkit.train.batching import collate, epoch_plan, token_losses
 from sftkit.train.config import TrainConfig
 from sftkit.train.data import DataError, load_conversations, mix_in, split_validation
@@ -40,7 +39,7 @@ def build_model(config: TrainConfig, device: str, dtype: torch.dtype):
 
     model = models.load_model(config.base_model, device=device, dtype=dtype, load_8bit=config.train_8bit,
                               load_4bit=config.train_4bit, local_files_only=config.local_files_only,
-                              trust_remote_code=config.trust_remote_code)
+                              trust_remote_code=config.trust_remote_code, **config.hub_options())
     model.config.use_cache = False
     checkpointing = {"use_reentrant": False}
     if config.train_8bit or config.train_4bit:
@@ -131,14 +130,15 @@ def peak_memory_gib(device: str) -> float:
 
 
 class Log:
-    """Lines and progress bars from the main process only."""
+    """Lines and progress bars from the main process only (prefixed with the run's --run_id, if any)."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, run_id: str = ""):
         self.enabled = enabled
+        self.prefix = f"[{run_id}] " if run_id else ""
 
     def __call__(self, message: str) -> None:
         if self.enabled:
-            tqdm.write(message)
+            tqdm.write(self.prefix + message)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -210,7 +210,7 @@ def check_output_dir(config: TrainConfig) -> None:
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
         raise TrainError(f"--output_dir={out} is a file; choose a directory")
-    if out.is_dir() and any(out.iterdir()) and not config.resume_from_checkpoint:
+    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not config.resume_from_checkpoint:
         raise TrainError(f"--output_dir={out} already exists and is not empty; choose a new directory, or "
                          f"continue it with --resume_from_checkpoint=latest")
 
@@ -249,19 +249,21 @@ def train(config: TrainConfig) -> dict:
     """Fine-tune as configured; return the final metrics (also written to output_dir/metrics.json)."""
     world = distributed.setup(use_deepspeed=bool(config.deepspeed))
     try:
-        return _train(config, world)
+        with run_record.one_writer(config.output_dir, world.is_main):  # one run per output_dir
+            return _train(config, world)
     finally:
         distributed.teardown()
 
 
 def _train(config: TrainConfig, world) -> dict:
-    log = Log(world.is_main)
+    log = Log(world.is_main, config.run_id)
     if world.size > 1 and not config.ddp and not config.deepspeed:
         raise FlagError(f"--ddp=False but {world.size} processes were launched; run one process, or keep --ddp")
     grad_accum = config.gradient_accumulation(world.size)
     check_output_dir(config)
     resume_from = checkpoint.resolve_resume(config.resume_from_checkpoint, config.output_dir) \
         if config.resume_from_checkpoint else None
+    settings = run_record.begin(config, world, resume_from, log)  # resume check, effective batch, --save_code
     distributed.barrier()
     output_dir = Path(config.output_dir)
     if world.is_main:
@@ -271,7 +273,8 @@ def _train(config: TrainConfig, world) -> dict:
     # 1. tokenizer and model
     tokenizer = models.load_tokenizer(config.tokenizer_base_model or config.base_model,
                                       local_files_only=config.local_files_only,
-                                      trust_remote_code=config.trust_remote_code)
+                                      trust_remote_code=config.trust_remote_code,
+                                      token=config.hub_options().get("token"))
     dtype = models.pick_dtype(world.device, config.fp16, config.bf16)
     model = build_model(config, world.device, dtype)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -298,7 +301,7 @@ def _train(config: TrainConfig, world) -> dict:
         f"skipped {sum(data_stats['rows_skipped'].values()) + t['skipped_no_answer_in_cutoff'] + t['skipped_render']}"
         + (f"; mixed in {data_stats['mix_in']['rows_added']} rows of {config.data_mix_in_path}"
            if "mix_in" in data_stats else ""))
-    log(f"plan: {total_steps} steps ({steps_per_epoch}/epoch), batch {config.batch_size} = micro "
+    log(f"plan: {total_steps} steps ({steps_per_epoch}/epoch), batch {settings['effective_batch_size']} = micro "
         f"{config.micro_batch_size} x {world.size} processes x {grad_accum} accumulation")
 
     # 3. optimizer, schedule, wrapping
@@ -338,9 +341,8 @@ def _train(config: TrainConfig, world) -> dict:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(output_dir / "logs"))
-    if world.is_main:
-        run_config = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-        atomic.write_text(output_dir / "run_config.yaml", yaml.safe_dump(run_config, sort_keys=False))
+    if world.is_main:  # appends a resume, never rewrites what trained the adapter
+        run_record.record_start(output_dir, settings, resume_from, step)
 
     def metrics_summary() -> dict:
         return {"step": step, "total_steps": total_steps, "history": history, "data": data_stats,
@@ -364,10 +366,13 @@ def _train(config: TrainConfig, world) -> dict:
         return result
 
     def save(at_step: int) -> None:
-        state = {"step": at_step, "epoch": at_step / steps_per_epoch, "history": history}
+        state = {"step": at_step, "epoch": at_step / steps_per_epoch, "history": history, "max_steps": total_steps,
+                 "logging_steps": config.logging_steps, "eval_steps": eval_every, "save_steps": config.save_steps,
+                 "num_train_epochs": math.ceil(total_steps / steps_per_epoch),
+                 "train_batch_size": config.micro_batch_size}
         checkpoint.save_checkpoint(config.output_dir, at_step, world=world, save_adapter=save_adapter,
                                    optimizer=optimizer, scheduler=scheduler, engine=engine, trainer_state=state,
-                                   save_total_limit=config.save_total_limit)
+                                   save_total_limit=config.save_total_limit, settings=settings)
 
     # 5. the loop
     wrapped.train()

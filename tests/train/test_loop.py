@@ -86,8 +86,6 @@ def test_continue_from_lora_weights_and_mix_in(tiny_llama, tmp_path):
 
 
 def test_bad_settings_are_clear_errors(tiny_llama, tmp_path):
-    with pytest.raises(FlagError, match="batch_size=6 is not a multiple"):
-        train(tiny_config(tiny_llama, tmp_path, batch_size=6, micro_batch_size=4))
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     with pytest.raises(TrainError, match="already exists.*resume_from_checkpoint"):
