@@ -263,8 +263,8 @@ def _train(config: TrainConfig, world) -> dict:
     check_output_dir(config)
     resume_from = checkpoint.resolve_resume(config.resume_from_checkpoint, config.output_dir) \
         if config.resume_from_checkpoint else None
-    settings = run_record.begin(config, world, resume_from, log)  # resume check, effective batch, --save_code
     distributed.barrier()
+    settings = run_record.begin(config, world, resume_from, log)  # resume check, effective batch, --save_code
     output_dir = Path(config.output_dir)
     if world.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -313,7 +313,7 @@ def _train(config: TrainConfig, world) -> dict:
     if config.deepspeed:
         import deepspeed
 
-        ds_config = distributed.deepspeed_config(config.deepspeed, batch_size=config.batch_size,
+        ds_config = distributed.deepspeed_config(config.deepspeed, batch_size=per_step * config.micro_batch_size,
                                                  micro_batch_size=config.micro_batch_size,
                                                  gradient_accumulation=grad_accum,
                                                  max_grad_norm=config.max_grad_norm, dtype=dtype)
