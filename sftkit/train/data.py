@@ -37,9 +37,22 @@ class Conversation:
 class ReadStats:
     rows: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    repaired_utf8: int = 0  # rows kept with U+FFFD in place of invalid UTF-8 bytes
+    first_repaired: str = ""
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def summary(self) -> str:
+        """One line on rows skipped (by reason) or repaired while reading; empty when there were none."""
+        parts = []
+        if self.skipped:
+            parts.append(f"{sum(self.skipped.values())} rows skipped (" +
+                         ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped.items())) + ")")
+        if self.repaired_utf8:
+            parts.append(f"{self.repaired_utf8} rows repaired (invalid UTF-8 replaced by U+FFFD; first at "
+                         f"{self.first_repaired})")
+        return "; ".join(parts)
 
 
 def data_files(path: str) -> list[Path]:
@@ -58,29 +71,71 @@ def data_files(path: str) -> list[Path]:
 
 
 def _read_json_file(path: Path) -> list:
+    """The rows of a JSON array or JSON-lines file.
+
+    A JSON-lines line that is not UTF-8 or not JSON becomes an :class:`InvalidLine` (skipped and
+    counted); a JSON array with stray non-UTF-8 bytes is read with U+FFFD in their place and the
+    rows that hold one are marked :class:`Repaired`.
+    """
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
-        # Raw scraped data carries stray non-UTF-8 bytes; they become U+FFFD rather than losing the file.
-        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
-            text = fh.read()
+        with opener(path, "rb") as fh:
+            raw = fh.read()
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
-    stripped = text.lstrip()
-    if stripped.startswith("["):
+    stripped = raw.lstrip()
+    if stripped.startswith(b"["):
+        return _read_json_array(path, raw)
+    if stripped.startswith(b"{"):
+        whole = _parse_whole_object(raw)
+        if whole is not None:
+            raise DataError(f"{path}: expected a list of rows (a JSON array, or one JSON object per line), got "
+                            f"one JSON object with keys {sorted(whole)[:8]}; put the rows in a list, or write "
+                            f"them one per line")
+    rows = []
+    for number, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
         try:
-            rows = json.loads(text)
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            rows.append(InvalidLine(f"invalid UTF-8; line {number}: byte {exc.start} is not UTF-8"))
+            continue
+        try:
+            rows.append(json.loads(text))
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
-    else:
-        rows = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                rows.append(InvalidLine(f"line {number} is not valid JSON ({exc.msg})"))
+            rows.append(InvalidLine(f"invalid JSON; line {number} is not valid JSON ({exc.msg})"))
     return rows
+
+
+def _parse_whole_object(raw: bytes) -> dict | None:
+    """The file as one JSON object when it is one spread over several lines (pretty-printed), else None."""
+    if len(raw.strip().splitlines()) < 2:
+        return None
+    try:
+        value = json.loads(raw.decode("utf-8", errors="replace"))
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _read_json_array(path: Path, raw: bytes) -> list:
+    try:
+        text, repaired = raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        text, repaired = raw.decode("utf-8", errors="replace"), True
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    if repaired:
+        rows = [Repaired(row) if isinstance(row, dict) and "\ufffd" in json.dumps(row, ensure_ascii=False) else row
+                for row in rows]
+    return rows
+
+
+class Repaired(dict):
+    """A row whose invalid UTF-8 bytes were replaced by U+FFFD: used, and counted as repaired."""
 
 
 class InvalidLine(str):
@@ -178,7 +233,7 @@ def load_conversations(path: str, col_dict: dict | None = None) -> tuple[list[Co
     for where, row in rows:
         try:
             if isinstance(row, InvalidLine):
-                raise DataError(f"invalid JSON; {row}")
+                raise DataError(str(row))
             if not isinstance(row, dict):
                 raise DataError(f"row is a {type(row).__name__}, not a JSON object")
             turns = row_to_turns(rename_columns(row, col_dict or {}))
@@ -186,6 +241,9 @@ def load_conversations(path: str, col_dict: dict | None = None) -> tuple[list[Co
             stats.skip(str(exc).split(";")[0].split(" (found")[0])
             first_problem = first_problem or f"{where}: {exc}"
             continue
+        if isinstance(row, Repaired):
+            stats.repaired_utf8 += 1
+            stats.first_repaired = stats.first_repaired or where
         conversations.append(Conversation(turns, where))
     if not conversations:
         raise DataError(f"{path}: no usable rows out of {len(rows)}; first problem: {first_problem}")

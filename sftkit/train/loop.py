@@ -78,7 +78,10 @@ def build_data(config: TrainConfig, tokenizer, log) -> tuple[list[Example], list
             raise PromptError("--prompt_type=chat needs a tokenizer with a chat template; this one has none")
     path = config.resolved_data_path()
     train_convs, read_stats = load_conversations(path, config.data_col_dict)
-    stats: dict = {"data_path": path, "rows_read": read_stats.rows, "rows_skipped": read_stats.skipped}
+    stats: dict = {"data_path": path, "rows_read": read_stats.rows, "rows_skipped": read_stats.skipped,
+                   "rows_repaired_utf8": read_stats.repaired_utf8}
+    if read_stats.summary():
+        log(f"data: {path}: {read_stats.summary()}")
     if config.valid_path:
         val_convs, val_read = load_conversations(config.valid_path, config.data_col_dict)
         stats["valid_rows_skipped"] = val_read.skipped
