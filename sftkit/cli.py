@@ -3,6 +3,8 @@
 ``create_data.py`` / ``sftkit-data``, ``finetune.py`` / ``sftkit-finetune`` and ``generate.py`` /
 ``sftkit-generate`` run the same functions below, so a clone and a ``pip install`` behave alike.
 Heavy libraries (torch, transformers) load only once a run starts: ``--help`` answers at once.
+Each returns None: a console script passes the return value to ``sys.exit``, and anything else
+would end a successful run with exit status 1.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ def data_main(argv: list[str] | None = None, summary: str = DATA_SUMMARY) -> Non
     flags.main(DataConfig, lambda cfg: run(stage, cfg), argv=rest, prog=f"create_data.py {stage}")
 
 
-def finetune_main(argv: list[str] | None = None, summary: str = FINETUNE_SUMMARY):
+def finetune_main(argv: list[str] | None = None, summary: str = FINETUNE_SUMMARY) -> None:
     from sftkit.train.config import ExportConfig, TrainConfig
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -47,12 +49,13 @@ def finetune_main(argv: list[str] | None = None, summary: str = FINETUNE_SUMMARY
         return train(config)
 
     if argv[:1] == ["export"]:
-        return flags.main(ExportConfig, export, argv[1:], prog="finetune.py export",
-                          summary="Merge a LoRA adapter into its base model; write a standalone model directory.")
-    return flags.main(TrainConfig, train, argv, prog="finetune.py", summary=summary)
+        flags.main(ExportConfig, export, argv[1:], prog="finetune.py export",
+                   summary="Merge a LoRA adapter into its base model; write a standalone model directory.")
+    else:
+        flags.main(TrainConfig, train, argv, prog="finetune.py", summary=summary)
 
 
-def generate_main(argv: list[str] | None = None, summary: str = GENERATE_SUMMARY):
+def generate_main(argv: list[str] | None = None, summary: str = GENERATE_SUMMARY) -> None:
     from sftkit.generation import GenerateConfig, main
 
-    return flags.main(GenerateConfig, main, argv, prog="generate.py", summary=summary)
+    flags.main(GenerateConfig, main, argv, prog="generate.py", summary=summary)

@@ -123,10 +123,18 @@ class TrainConfig:
                 raise FlagError(message)
 
     def resolved_data_path(self) -> str:
-        """The training data to read: the flag, else finalized OIG data, else the bundled sample."""
+        """The training data to read: the flag, else finalized OIG data, else the bundled sample.
+
+        The sample ships with the repository, not the installed package: without a clone, say what to give.
+        """
         if self.data_path:
             return self.data_path
-        return FINALIZED_DATA if Path(FINALIZED_DATA).is_file() else str(BUNDLED_SAMPLE)
+        if Path(FINALIZED_DATA).is_file():
+            return FINALIZED_DATA
+        if not BUNDLED_SAMPLE.is_dir():
+            raise FlagError(f"give --data_path (no {FINALIZED_DATA} here, and the bundled sample data/sample "
+                            f"comes with the repository, not the installed package)")
+        return str(BUNDLED_SAMPLE)
 
     def gradient_accumulation(self, world_size: int) -> int:
         """Micro-batches per optimizer step on each process, computed as h2oGPT does (integer division).
