@@ -232,3 +232,36 @@ def test_readme_data_card_matches_a_fresh_run(tmp_path):
     table = re.search(r"^\| stage .*?\n(?=\n)", card, re.MULTILINE | re.DOTALL).group(0)
     block = re.search(r"<!-- BEGIN sample-card -->\n(.*?)<!-- END sample-card -->", README.read_text(), re.DOTALL)
     assert table in block.group(1), f"README's sample data card is stale; the fresh run gives:\n{table}"
+
+
+# ------------------------------------------------------------------ file names the README promises
+FILE_NAME = re.compile(r"`([\w./-]+\.(?:json|yaml|safetensors|py|md|txt))`")
+
+
+def section(text: str, heading: str) -> str:
+    """The README text under ``heading`` up to the next heading of the same or a higher level."""
+    level = heading.split(" ")[0]
+    start = text.index(heading + "\n")
+    rest = text[start + len(heading):]
+    ends = [m.start() for m in re.finditer(r"^#{1,%d} " % len(level), rest, re.MULTILINE)]
+    return rest[:ends[0]] if ends else rest
+
+
+def test_readme_training_file_names_are_the_files_a_run_writes(tiny_llama, tmp_path):
+    """Every file name the training parts of the README mention is a repository file or one a run writes."""
+    from sftkit.train.loop import train
+    from tests.train.helpers import tiny_config
+
+    text = README.read_text()
+    names = set()
+    for heading in ("### 2. Fine-tuning: `finetune.py`", "### Training"):
+        names |= set(FILE_NAME.findall(section(text, heading)))
+    assert {"run_config.yaml", "trainer_state.json", "metrics.json"} <= names
+    train(tiny_config(tiny_llama, tmp_path, max_steps=1, save_steps=1, save_code=True, report_to="tensorboard"))
+    out = tmp_path / "out"
+    written = {p.name for p in out.rglob("*")}
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                                 check=True).stdout.split())
+    tracked |= {Path(t).name for t in tracked}  # "`configs/deepspeed/zero1.json`, `zero2.json`"
+    missing = sorted(n for n in names if n not in written and n not in tracked)
+    assert not missing, f"README.md names files that neither the repository nor a training run has: {missing}"
