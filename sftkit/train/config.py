@@ -35,7 +35,8 @@ class TrainConfig:
     data_mix_in_prompt_type: str = flag("", "Prompt type for data_mix_in_path (empty: prompt_type).")
     output_dir: str = flag("lora_out", "Where the adapter, tokenizer, config, metrics, logs and checkpoints go.")
     lora_weights: str = flag("", "Continue training from this LoRA adapter directory.")
-    batch_size: int = flag(8, "Global batch size (sequences per optimizer step, over all processes).")
+    batch_size: int = flag(8, "Global batch size (sequences per optimizer step, over all processes); rounded "
+                              "down to a multiple of micro_batch_size x processes, as h2oGPT does.")
     micro_batch_size: int = flag(4, "Sequences per forward pass on each process.")
     gradient_checkpointing: bool = flag(False, "Recompute activations in the backward pass to save memory.")
     fp16: bool = flag(False, "Train in float16.")
@@ -88,7 +89,8 @@ class TrainConfig:
     llama_flash_attn: bool = flag(False, "Use flash attention (attn_implementation=flash_attention_2, needs the "
                                          "flash-attn package and a GPU); default: the model's own choice (sdpa).")
     use_auth_token: str = flag("", "Hub access token for gated or private models (True: the token saved by "
-                                   "'hf auth login' or $HF_TOKEN; empty: none).")
+                                   "'hf auth login' or $HF_TOKEN; empty: none). Never written to run_config.yaml.",
+                               env="HUGGINGFACE_API_TOKEN")
     resume_download: bool = flag(True, "Accepted for h2oGPT commands: hub downloads always resume an "
                                        "interrupted file.")
 
