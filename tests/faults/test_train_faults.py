@@ -145,7 +145,8 @@ def test_a_changed_flag_after_a_kill_is_refused(tiny_llama, tmp_path, reference)
 def test_workers_exit_when_torchrun_is_killed_and_release_the_output_dir(tiny_llama, tmp_path):
     data = write_rows(tmp_path / "data.json")
     out = tmp_path / "out"
-    flags = {**FLAGS, "base_model": tiny_llama, "data_path": data, "output_dir": str(out), "max_steps": 100000}
+    flags = {**FLAGS, "base_model": tiny_llama, "data_path": data, "output_dir": str(out), "max_steps": 100000,
+             "save_total_limit": 2}
     launcher = subprocess.Popen([str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node=2",
                                  f"--master_port={free_port()}", str(REPO / "finetune.py"),
                                  *(f"--{k}={v}" for k, v in flags.items())],
