@@ -105,6 +105,9 @@ def test_resume_refuses_changed_data_content_under_the_same_path(tiny_llama, tmp
 
 def test_resume_allows_safe_changes_and_appends_to_run_config(tiny_llama, tmp_path):
     _first_half(tiny_llama, tmp_path)
+    for leftover in (".checkpoint-3.partial", ".final.x1y2"):  # what a kill -9 mid-write leaves
+        (tmp_path / "out" / leftover).mkdir()
+        (tmp_path / "out" / leftover / "adapter_model.safetensors").write_bytes(b"half")
     train(tiny_config(tiny_llama, tmp_path, max_steps=4, save_steps=1, logging_steps=2, eval_steps=1,
                       lr_scheduler="constant", resume_from_checkpoint="latest", run_id="second"))
     first, resumed = read_run_config(tmp_path / "out")
@@ -113,6 +116,7 @@ def test_resume_allows_safe_changes_and_appends_to_run_config(tiny_llama, tmp_pa
     assert entry["at_step"] == 2 and entry["from"].endswith("checkpoint-2")
     assert entry["changed"]["max_steps"] == {"was": 2, "now": 4}
     assert "learning_rate" not in entry["changed"]
+    assert not list((tmp_path / "out").glob(".checkpoint-*.partial")) and not list((tmp_path / "out").glob(".final.*"))
 
 
 def test_differences_treat_unknown_settings_as_meaningful():
