@@ -341,14 +341,17 @@ def render_conversation(turns: list[Turn], prompt_type: str | int, tokenizer=Non
 
 
 def render_prompt(history: list[Turn], message: str, prompt_type: str | int, tokenizer=None,
-                  system: str | None = None) -> str:
+                  system: str | None = None, input: str | None = None) -> str:
     """The text to generate from: earlier turns, the new human message, then the answer's opening.
 
     It equals the training text of the same conversation up to where the answer starts (for
-    ``human_bot``: ``…<human>: message\\n<bot>:``).
+    ``human_bot``: ``…<human>: message\\n<bot>:``). ``input`` is an alpaca-style input that goes
+    with the message (``### Input:`` for instruct).
     """
     spec = get_prompt_type(prompt_type)
     turns: list[Turn] = ([("system", system)] if system else []) + list(history) + [("human", message)]
+    if input:
+        turns.append(("input", input))
     if spec.name == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise PromptError("prompt_type 'chat' needs a tokenizer with a chat template")

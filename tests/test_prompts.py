@@ -38,6 +38,8 @@ def test_training_text_and_prompt_equal_h2ogpts(name):
     assert render_conversation(TWO, name)[0] == golden["train_two"]
     assert render_prompt([], "Name a colour.", name) == golden["prompt_one"]
     assert render_prompt([], "Name a colour.", str(get_prompt_type(name).code)) == golden["prompt_one"]
+    text_two, spans_two = render_conversation(TWO, name)
+    assert render_prompt([], "Translate to French.", name, input="cat") == text_two[:spans_two[-1][0]]
     if "chat_prompt" in golden:
         assert render_prompt([("human", "Hi."), ("bot", "Hello!")], "Name a colour.", name) == golden["chat_prompt"]
 

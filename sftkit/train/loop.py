@@ -75,7 +75,7 @@ def packing_needs_block_mask(model) -> bool:
 def build_data(config: TrainConfig, tokenizer, log) -> tuple[list[Example], list[Example], dict]:
     """Read, mix, split and tokenize; return train and validation examples with every count."""
     path = config.resolved_data_path()
-    # Prompt types (issue 9): each row's prompt_type column unless --prompt_type is given; say which won.
+    # Each row keeps its own prompt_type column unless --prompt_type is given; the summary says which won.
     train_convs, read_stats = load_conversations(path, config.data_col_dict, config.prompt_type)
     check_prompt_types(read_stats.prompt_types, tokenizer)
     log(read_stats.prompt_type_summary())
