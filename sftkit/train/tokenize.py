@@ -77,6 +77,8 @@ def tokenize_conversation(turns, tokenizer, prompt_type: str, *, train_on_inputs
     if labels:
         labels[0] = IGNORE
     start, end = spans[-1]
+    if start == 0:  # a text learned whole: its first token (never learned) is the prompt
+        start = next((stop for _, stop in encoded["offset_mapping"] if stop > 0), 0)
     answers = [body for role, body in turns if role == "bot"]
     return Example(ids, labels, prompt=rendered[:start].rstrip(" "),
                    reference=answers[-1] if answers else rendered[start:end].strip(), prompt_type=spec.name)

@@ -127,6 +127,7 @@ def test_a_trailing_human_question_keeps_the_answers_stop_learned(tokenizer):
 def test_plain_text_without_markers_is_learned_whole(tokenizer):
     ex = tokenize_conversation([], tokenizer, "plain", text="The quick brown fox jumps over the lazy dog.")
     assert ex.labels[0] == IGNORE and ex.labels[1:] == ex.input_ids[1:]
+    assert ex.prompt and (ex.prompt + ex.reference).replace(" ", "") == "Thequickbrownfoxjumpsoverthelazydog."
 
 
 @pytest.mark.parametrize("code", ["0", 3, "1"])
