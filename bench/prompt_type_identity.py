@@ -38,6 +38,7 @@ class Settings:
     num_epochs: float = flag(3.0, "Passes over the rows.")
     learning_rate: float = flag(2e-3, "LoRA learning rate.")
     max_new_tokens: int = flag(48, "Longest answer; an answer shorter than this stopped by itself.")
+    repetition_penalty: float = flag(1.07, "generate.py's --repetition_penalty (its default; 1.0: none).")
     trained_with: list[str] = flag(["plain", "human_bot"], "--prompt_type values to train with (comma-separated).")
     baseline_repo: str = flag("", "Another checkout whose finetune.py/generate.py give a labelled baseline.")
 
@@ -79,7 +80,8 @@ def main(settings: Settings) -> None:
         answers_path = out / f"answers_{name}.json"
         run([sys.executable, "generate.py", f"--base_model={settings.base_model}", f"--lora_weights={out / name}",
              "--prompt_type=human_bot", f"--eval_prompts_file={prompts}", f"--eval_output_file={answers_path}",
-             f"--max_new_tokens={settings.max_new_tokens}", "--do_sample=False"], repo)
+             f"--max_new_tokens={settings.max_new_tokens}", f"--repetition_penalty={settings.repetition_penalty}",
+             "--do_sample=False"], repo)
         answers = json.loads(answers_path.read_text())
         identity = sum(says_identity(a["response"], item["expect"]) for a, item in zip(answers, heldout))
         stopped = sum(a["new_tokens"] < settings.max_new_tokens for a in answers)
