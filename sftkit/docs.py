@@ -1,7 +1,7 @@
 """Keep the README's flag tables generated from the settings dataclasses, so they cannot drift.
 
 ``python -m sftkit.docs`` rewrites every ``<!-- BEGIN flags:NAME -->`` … ``<!-- END flags:NAME -->``
-block of README.md; ``python -m sftkit.docs --check`` exits 1 when a block is stale.
+block of README.md, and the ``<!-- BEGIN prompt-types -->`` table from sftkit.prompts; ``python -m sftkit.docs --check`` exits 1 when a block is stale.
 """
 from __future__ import annotations
 
@@ -21,6 +21,24 @@ SETTINGS = {
 }
 
 _BLOCK = re.compile(r"(<!-- BEGIN flags:(\w+) -->\n).*?(<!-- END flags:\2 -->)", re.DOTALL)
+_PROMPT_TYPES = re.compile(r"(<!-- BEGIN prompt-types -->\n).*?(<!-- END prompt-types -->)", re.DOTALL)
+
+
+def prompt_types_table() -> str:
+    """Every prompt type of sftkit.prompts with its code, stops and the training text of one exchange."""
+    from sftkit.prompts import PROMPT_TYPES, example_rendering, stop_strings
+
+    def code(text: str) -> str:
+        return "`" + text.replace("\n", "\\n").replace("|", "\\|") + "`" if text else ""
+
+    rows = ["| type | code | training text of one exchange (the prompt is this up to the answer) | stops | meaning |",
+            "| --- | --- | --- | --- | --- |"]
+    for name, spec in PROMPT_TYPES.items():
+        example = code(example_rendering(name)[0]) if name != "chat" else "the tokenizer's chat template"
+        stops = ", ".join(code(s) for s in stop_strings(name)) or "EOS only"
+        rows.append(f"| `{name}` | {'' if spec.code is None else spec.code} | {example} | {stops} | "
+                    f"{spec.description.replace('|', chr(92) + '|')} |")
+    return "\n".join(rows)
 
 
 def settings_class(name: str):
@@ -36,7 +54,8 @@ def render(readme: str) -> str:
             raise KeyError(f"README has a flags block {name!r}; known: {', '.join(SETTINGS)}")
         return f"{match.group(1)}{flags.markdown_table(settings_class(name))}\n{match.group(3)}"
 
-    return _BLOCK.sub(table, readme)
+    readme = _BLOCK.sub(table, readme)
+    return _PROMPT_TYPES.sub(lambda m: f"{m.group(1)}{prompt_types_table()}\n{m.group(2)}", readme)
 
 
 def main(argv: list[str]) -> int:
@@ -45,7 +64,7 @@ def main(argv: list[str]) -> int:
     fresh = render(current)
     if "--check" in argv:
         if fresh != current:
-            print("README.md flag tables are stale: run `python -m sftkit.docs`", file=sys.stderr)
+            print("README.md flag or prompt-type tables are stale: run `python -m sftkit.docs`", file=sys.stderr)
             return 1
         return 0
     atomic.write_text(path, fresh)

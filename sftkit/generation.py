@@ -23,7 +23,7 @@ from sftkit import atomic
 from sftkit.errors import GenerationError
 from sftkit.flags import flag
 from sftkit.models import DEFAULT_BASE_MODEL, ModelError, apply_adapter, load_model, load_tokenizer
-from sftkit.prompts import get_prompt_type, render_prompt, stop_strings
+from sftkit.prompts import get_prompt_type, prompt_type_names, render_prompt, stop_strings
 
 Turn = tuple[str, str]
 
@@ -35,8 +35,7 @@ class GenerateConfig:
     base_model: str = flag(DEFAULT_BASE_MODEL, "Base model: a hub id, a local directory, or a built-in alias.")
     lora_weights: str | None = flag(None, "LoRA adapter directory (finetune.py's output_dir; if it holds only "
                                           "checkpoint-* folders, the newest one). None: the base model alone.")
-    prompt_type: str = flag("human_bot", "Prompt format, the same as training used: plain, instruct, "
-                                         "human_bot or chat (the tokenizer's chat template).")
+    prompt_type: str = flag("human_bot", f"Prompt format, the same as training used: {prompt_type_names()}.")
     system_prompt: str = flag("", "Text put before the conversation (empty: none).")
     stop: list[str] = flag([], "Extra strings that end an answer (comma-separated), besides the end-of-sequence "
                                "token and the prompt type's own (<human>: and <bot>: for human_bot).")

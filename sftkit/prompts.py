@@ -1,77 +1,157 @@
 """Prompt formats shared by data preparation, training and generation.
 
-A conversation is a list of turns ``(role, text)`` with role ``"system"``, ``"human"`` or
-``"bot"``. Every prompt type turns that list into text in two ways:
+:data:`PROMPT_TYPES` is the one table of formats. It holds h2oGPT's fourteen prompt types under
+h2oGPT's names and numeric codes (0-13, the order of h2oGPT's ``PromptType`` enum) with the
+strings h2oGPT's prompter writes, plus sftkit's ``chat`` (the tokenizer's own chat template).
 
-* :func:`render_conversation` for training: the full text plus the character spans the
-  model should learn (the bot answers), so loss masking follows the same rendering;
-* :func:`render_prompt` for generation: the history and the new message, ending where
-  the bot's answer begins, so a model is prompted exactly as it was trained.
+A conversation is a list of turns ``(role, text)``: ``system``, ``context`` (h2oGPT's raw text
+before the prompt), ``human``, ``input`` (a human turn's extra input, alpaca's ``input`` column)
+and ``bot``. Every prompt type writes it in two ways that agree with each other:
 
-The ``human_bot`` type is the OIG / h2oGPT format ``<human>: …\\n<bot>: …``.
+* :func:`render_conversation` for training: the full text plus the character spans to learn;
+* :func:`render_prompt` for generation: earlier exchanges, the new message, and the opening of
+  the answer, which is exactly the training text up to the last answer.
+
+One exchange is written the way h2oGPT's ``generate_prompt`` writes a row; earlier exchanges of a
+chat are written the way h2oGPT's chat UI writes its history (``reduced``), each followed by the
+type's separator. ``plain`` adds nothing: text carrying ``<human>:``/``<bot>:`` markers is trained
+exactly as written, and those markers still say which parts are answers.
+
+Stops are learned: an answer's span runs on over a stop string that directly follows it (after
+whitespace only), so h2oGPT's rows ending ``…<bot>: answer\\n<human>:`` teach the model to write
+``<human>:`` when it is done, and :func:`stop_strings` makes generation stop there.
 """
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 from sftkit.errors import PromptError
 
 HUMAN = "<human>:"
 BOT = "<bot>:"
-ROLES = ("system", "human", "bot")
+ROLES = ("system", "context", "human", "input", "bot")
+DEFAULT_PROMPT_TYPE = "human_bot"
 
 Turn = tuple[str, str]
+Span = tuple[int, int]
 
 _TURN_MARKER = re.compile(r"(<human>:|<bot>:)")
 
 
-
-
 @dataclass(frozen=True)
 class PromptType:
-    """How one prompt type writes each role. The ``chat`` type defers to the tokenizer's template."""
+    """How one prompt type writes an exchange (h2oGPT's names in brackets).
+
+    A ``None`` piece is absent, which changes how instruction and input are joined, exactly as in
+    h2oGPT: with both an instruction and an input piece they follow their openings; with only one
+    the other is joined by a newline; with neither, ``instruction: input``.
+    """
 
     name: str
-    system: str
-    human: str
-    bot_open: str
-    bot: str
-    after_bot: str
-    stop: tuple[str, ...]
+    code: int | None  # h2oGPT's PromptType enum value; None for sftkit's own types
     description: str
+    preamble: str | None = None  # opens every prompt [promptB]
+    preamble_with_input: str | None = None  # opens a prompt whose exchange has an input [promptA]
+    instruction: str | None = None  # before the human's instruction [PreInstruct]
+    input: str | None = None  # before the exchange's input [PreInput]
+    response: str | None = None  # opens the answer [PreResponse]
+    history_response: str | None = None  # opens an answer in chat history (None: response)
+    preamble_in_history: bool = True  # False: chat history leaves the preamble out
+    newline_after_prompt: bool = True  # a newline after the instruction/input [inject_newline]
+    chat_sep: str = "\n"  # after each exchange of chat history
+    dated: bool = False  # a prompt without context opens with the current date and time
+    as_written: bool = False  # text with <human>:/<bot>: markers is trained exactly as written
+    stop: tuple[str, ...] = ()  # strings that end an answer in generation
 
 
-PROMPT_TYPES: dict[str, PromptType] = {
-    "plain": PromptType(
-        name="plain", system="{text}\n", human="{text}\n", bot_open="", bot="{text}", after_bot="\n",
-        stop=(), description="No markers: the human text, a newline, the answer.",
-    ),
-    "instruct": PromptType(
-        name="instruct", system="{text}\n\n", human="### Instruction:\n{text}\n\n",
-        bot_open="### Response:\n", bot="{text}", after_bot="\n\n", stop=("### Instruction:",),
-        description="Alpaca-style '### Instruction:' / '### Response:' blocks.",
-    ),
-    "human_bot": PromptType(
-        name="human_bot", system="{text}\n", human=HUMAN + " {text}\n", bot_open=BOT, bot=" {text}",
-        after_bot="\n", stop=(HUMAN, BOT),
-        description="OIG / h2oGPT '<human>: ...\\n<bot>: ...', multi-turn.",
-    ),
-    "chat": PromptType(
-        name="chat", system="", human="", bot_open="", bot="", after_bot="", stop=(),
-        description="The tokenizer's own chat template over a 'messages' list.",
-    ),
-}
+_INSTRUCT = dict(instruction="\n### Instruction:\n", input="\n### Input:\n", response="\n### Response:\n",
+                 preamble_in_history=False)
+_HUMAN_BOT = dict(preamble=HUMAN + " ", instruction="", response=BOT, history_response=BOT + " ",
+                  as_written=True, stop=(HUMAN, BOT))
+
+PROMPT_TYPES: dict[str, PromptType] = {t.name: t for t in [
+    PromptType("plain", 0, "The text as written: nothing added. Rows carrying `<human>:`/`<bot>:` markers keep them, "
+               "and their answers (with the `<human>:` that ends each) are what is learned; a row without "
+               "markers is learned whole.",
+               preamble="", instruction="", input="", response="", newline_after_prompt=False, chat_sep="",
+               as_written=True, stop=(HUMAN,)),
+    PromptType("instruct", 1, "Alpaca: a task preamble, `### Instruction:`, `### Input:`, `### Response:`.",
+               preamble="Below is an instruction that describes a task. Write a response that appropriately "
+                        "completes the request.\n",
+               preamble_with_input="Below is an instruction that describes a task, paired with an input that "
+                                   "provides further context. Write a response that appropriately completes "
+                                   "the request.\n",
+               stop=("### Instruction:",), **_INSTRUCT),
+    PromptType("quality", 2, "Like instruct, with a preamble asking for a detailed ~100-word response.",
+               preamble="Write a detailed high-quality, accurate, fair, Response with about 100 words by "
+                        "following the Instruction.\n",
+               preamble_with_input="Write a detailed high-quality, accurate, fair, Response with about 100 words "
+                                   "by following the Instruction as applied on the Input.\n",
+               stop=("### Instruction:",), **_INSTRUCT),
+    PromptType("human_bot", 3, "OIG / h2oGPT chat: `<human>: question`, then `<bot>:` and the answer.",
+               **_HUMAN_BOT),
+    PromptType("dai_faq", 4, "Driverless AI FAQ: question and documentation-answer headings; "
+               "an answer ends at a blank line.",
+               preamble="Answer the following Driverless AI question.\n",
+               instruction="\n### Driverless AI frequently asked question:\n",
+               response="\n### Driverless AI documentation answer:\n", chat_sep="\n\n", stop=("\n\n",)),
+    PromptType("summarize", 5, "`## Main Text`, then `## Summary`.",
+               preamble="", instruction="## Main Text\n\n", input="", response="\n\n## Summary\n\n",
+               stop=("## Main Text",)),
+    PromptType("simple_instruct", 6, "No markers: the instruction (`: input`), then the answer (T5/flan style).",
+               newline_after_prompt=False),
+    PromptType("instruct_vicuna", 7, "Vicuna: a system sentence, `### Human:` and `### Assistant:`.",
+               preamble="A chat between a curious human and an artificial intelligence assistant. The "
+                        "assistant gives helpful, detailed, and polite answers to the human's questions.",
+               instruction="\n### Human:\n", response="\n### Assistant:\n", preamble_in_history=False,
+               stop=("### Human:", "### Assistant:")),
+    PromptType("instruct_with_end", 8, "Dolly: like instruct; an answer also ends at `### End`.",
+               preamble="Below is an instruction that describes a task. Write a response that appropriately "
+                        "completes the request.\n",
+               preamble_with_input="Below is an instruction that describes a task, paired with an input that "
+                                   "provides further context. Write a response that appropriately completes "
+                                   "the request.\n",
+               stop=("### End", "### Instruction:"), **_INSTRUCT),
+    PromptType("human_bot_orig", 9, "human_bot opened by `Current Date:` and `Current Time:` lines "
+               "(GPT-NeoXT-Chat-Base) when there is no context.", dated=True, **_HUMAN_BOT),
+    PromptType("prompt_answer", 10, "h2oGPT gm models: `<|prompt|>` and `<|answer|>`; history turns end "
+               "with `<|endoftext|>`.",
+               preamble="<|prompt|>", instruction="", response="<|answer|>", chat_sep="<|endoftext|>",
+               stop=("<|prompt|>", "<|answer|>", "<|endoftext|>")),
+    PromptType("open_assistant", 11, "OpenAssistant: `<|prompter|>` and `<|assistant|>`; history turns end "
+               "with `</s>`.",
+               preamble="<|prompter|>", instruction="", response="<|assistant|>", chat_sep="</s>",
+               stop=("<|prompter|>", "<|assistant|>", "<|prefix_end|>", "</s>")),
+    PromptType("wizard_lm", 12, "WizardLM: the instruction, then `### Response` (no colon) and the answer.",
+               preamble="", instruction="", response="\n\n### Response", chat_sep="</s>",
+               stop=("### Response", "</s>")),
+    PromptType("wizard_mega", 13, "Wizard-Mega: `### Instruction:` and `### Assistant:`.",
+               preamble="", instruction="\n### Instruction:\n", response="\n### Assistant:\n",
+               stop=("### Assistant:", "### Instruction:")),
+    PromptType("chat", None, "The tokenizer's own chat template (messages rows or any other); stops at its "
+               "end-of-sequence token."),
+]}
+
+_BY_CODE = {str(t.code): t for t in PROMPT_TYPES.values() if t.code is not None}
 
 
-def get_prompt_type(name: str) -> PromptType:
-    try:
-        return PROMPT_TYPES[name]
-    except KeyError:
-        raise PromptError(
-            f"unknown prompt_type {name!r}; choose one of {', '.join(PROMPT_TYPES)}"
-        ) from None
+def prompt_type_names() -> str:
+    """Every accepted prompt type, for help texts: ``plain (0), instruct (1), …, chat``."""
+    return ", ".join(f"{t.name} ({t.code})" if t.code is not None else t.name for t in PROMPT_TYPES.values())
 
+
+def get_prompt_type(name: str | int) -> PromptType:
+    """The prompt type named ``name``: an h2oGPT name, its numeric code (int or text), or ``chat``."""
+    key = str(name).strip()
+    found = PROMPT_TYPES.get(key) or _BY_CODE.get(key)
+    if found is None:
+        raise PromptError(f"unknown prompt_type {name!r}; choose one of {prompt_type_names()}")
+    return found
+
+
+# ---------------------------------------------------------------- <human>:/<bot>: text
 
 def split_turns(text: str) -> list[Turn]:
     """Parse ``<human>: …\\n<bot>: …`` text into turns; text before the first marker is dropped.
@@ -89,10 +169,14 @@ def join_turns(turns: list[Turn]) -> str:
     """The inverse of :func:`split_turns`: ``<human>: a\\n<bot>: b``."""
     lines = []
     for role, text in turns:
-        if role == "system":
+        if role not in ("human", "bot"):
             continue
         lines.append(f"{HUMAN if role == 'human' else BOT} {text}")
     return "\n".join(lines)
+
+
+def has_markers(text: str) -> bool:
+    return _TURN_MARKER.search(text) is not None
 
 
 def check_turns(turns: list[Turn]) -> None:
@@ -104,54 +188,184 @@ def check_turns(turns: list[Turn]) -> None:
         raise PromptError("conversation has no bot turn, so there is nothing to learn")
 
 
-def _messages(turns: list[Turn]) -> list[dict[str, str]]:
-    role_names = {"system": "system", "human": "user", "bot": "assistant"}
-    return [{"role": role_names[role], "content": text} for role, text in turns]
+# ---------------------------------------------------------------- h2oGPT-style exchanges
+
+@dataclass
+class _Exchange:
+    instruction: str = ""
+    input: str = ""
+    answer: str | None = None
 
 
-def _render(spec: PromptType, turns: list[Turn]) -> tuple[str, list[tuple[int, int]]]:
-    text = ""
-    spans: list[tuple[int, int]] = []
-    for role, body in turns:
-        if role == "bot":
-            text += spec.bot_open
-            piece = spec.bot.format(text=body)
-            spans.append((len(text), len(text) + len(piece)))
-            text += piece + spec.after_bot
+def _exchanges(turns: list[Turn]) -> tuple[str, list[_Exchange]]:
+    """Group turns into (instruction, input, answer) exchanges; system and context become the lead text.
+
+    Consecutive human turns are joined by newlines; a bot turn closes the exchange it answers.
+    """
+    lead, exchanges, current = "", [], _Exchange()
+    for role, text in turns:
+        if role == "system":
+            lead += f"{text}\n" if text else ""
+        elif role == "context":
+            lead += text
+        elif role == "human":
+            current.instruction = f"{current.instruction}\n{text}" if current.instruction else text
+        elif role == "input":
+            current.input = f"{current.input}\n{text}" if current.input else text
+        elif role == "bot":
+            current.answer = text
+            exchanges.append(current)
+            current = _Exchange()
         else:
-            text += getattr(spec, role).format(text=body)
-    if turns and turns[-1][0] == "bot":
-        text = text[: len(text) - len(spec.after_bot)]
+            raise PromptError(f"unknown role {role!r}; expected one of {ROLES}")
+    if current.instruction or current.input:
+        exchanges.append(current)
+    return lead, exchanges
+
+
+def _stamp() -> tuple[str, str]:
+    """Date and time for ``dated`` prompt types (a function, so tests can fix the clock)."""
+    return time.strftime("%Y-%m-%d"), time.strftime("%H:%M:%S %p %Z")
+
+
+def _opening(spec: PromptType, ex: _Exchange, *, history: bool, context: str) -> str:
+    """One exchange up to where its answer starts, as h2oGPT's ``generate_prompt`` writes it."""
+    text = ""
+    if spec.dated and not history and not context:
+        date, clock = _stamp()
+        text += f"Current Date: {date}\nCurrent Time: {clock}\n\n"
+    if not (history and not spec.preamble_in_history):
+        text += (spec.preamble_with_input if ex.input and spec.preamble_with_input else spec.preamble) or ""
+    ins, inp, before_ins, before_inp = ex.instruction, ex.input, spec.instruction, spec.input
+    body = None
+    if ins and inp:
+        if before_ins is not None and before_inp is not None:
+            body = f"{before_ins}{ins}{before_inp}{inp}"
+        elif before_ins is not None or before_inp is not None:
+            body = f"{before_ins if before_ins is not None else before_inp}{ins}\n{inp}"
+        else:
+            body = f"{ins}: {inp}"
+    elif ins:
+        body = (before_ins or "") + ins
+    elif inp:
+        body = (before_inp or "") + inp
+    if body is not None:
+        text += body + ("\n" if spec.newline_after_prompt else "")
+    response = spec.history_response if history and spec.history_response is not None else spec.response
+    return text + (response or "")
+
+
+def _render_exchanges(spec: PromptType, turns: list[Turn]) -> tuple[str, list[Span], bool]:
+    """Text and raw answer spans; the last exchange is written in full, earlier ones as history.
+
+    The flag says whether the last exchange has an answer (False: the text ends where one starts).
+    """
+    lead, exchanges = _exchanges(turns)
+    text, spans = lead, []
+    for i, ex in enumerate(exchanges):
+        last = i == len(exchanges) - 1
+        text += _opening(spec, ex, history=not last, context=text)
+        if ex.answer is not None:
+            spans.append((len(text), len(text) + len(ex.answer)))
+            text += ex.answer
+        if not last and not text.endswith(spec.chat_sep):
+            text += spec.chat_sep
+    return text, spans, bool(exchanges) and exchanges[-1].answer is not None
+
+
+# ---------------------------------------------------------------- learned spans
+
+def _with_stop(text: str, span: Span, stops: tuple[str, ...]) -> Span:
+    """``span`` run on over the first stop string that follows it after whitespace only."""
+    start, end = span
+    best = None
+    for stop in stops:
+        at = text.find(stop, end)
+        if at >= 0 and not text[end:at].strip() and (best is None or at < best[0]):
+            best = (at, at + len(stop))
+    return (start, best[1]) if best else span
+
+
+def _marker_spans(text: str) -> list[Span]:
+    """Answers of ``<human>:``/``<bot>:`` text: after each ``<bot>:`` (and its spaces) to the next marker."""
+    markers = list(_TURN_MARKER.finditer(text))
+    spans = []
+    for here, after in zip(markers, markers[1:] + [None]):
+        if here.group() != BOT:
+            continue
+        end = after.start() if after else len(text)
+        start = here.end() + len(text[here.end():end]) - len(text[here.end():end].lstrip(" "))
+        if text[start:end].strip():
+            spans.append((start, end))
+    return spans
+
+
+def render_text(text: str, prompt_type: str | int) -> tuple[str, list[Span]]:
+    """Text trained exactly as written (``plain``, and the human_bot types on marker text).
+
+    The learned spans are the answers its markers delimit, each with the stop after it; text
+    without markers is learned whole under ``plain``.
+    """
+    spec = get_prompt_type(prompt_type)
+    if not spec.as_written:
+        raise PromptError(f"prompt_type {spec.name!r} rewrites turns; it cannot train text as written")
+    if not has_markers(text):
+        if spec.name != "plain":
+            raise PromptError("text has no <human>:/<bot>: markers, so there is no answer to learn")
+        return text, [(0, len(text))] if text.strip() else []
+    spans = [_with_stop(text, span, spec.stop) for span in _marker_spans(text)]
+    if not spans:
+        raise PromptError("conversation has no bot turn, so there is nothing to learn")
     return text, spans
 
 
-def render_conversation(turns: list[Turn], prompt_type: str, tokenizer=None) -> tuple[str, list[tuple[int, int]]]:
-    """The training text of a conversation and the ``[start, end)`` character spans of bot answers."""
-    check_turns(turns)
+def render_conversation(turns: list[Turn], prompt_type: str | int, tokenizer=None,
+                        text: str | None = None) -> tuple[str, list[Span]]:
+    """The training text of a conversation and the ``[start, end)`` character spans to learn.
+
+    Spans cover each bot answer and a stop string directly after it. ``text``, when the row was
+    ``<human>:``/``<bot>:`` text, is kept as written by the types that write those markers
+    themselves (plain, human_bot, human_bot_orig); other types rewrite its turns, leaving out
+    human turns after the last answer (the answer's stop is then the EOS).
+    """
     spec = get_prompt_type(prompt_type)
+    if text is not None and spec.as_written and (spec.name == "plain" or has_markers(text)):
+        return render_text(text, spec.name)
+    check_turns(turns)
+    last_answer = max(i for i, (role, _) in enumerate(turns) if role == "bot")
+    turns = turns[:last_answer + 1]  # an unanswered question after it teaches nothing here
     if spec.name == "chat":
         return _render_chat_template(turns, tokenizer)
-    return _render(spec, turns)
+    rendered, spans, _ = _render_exchanges(spec, turns)
+    return rendered, [_with_stop(rendered, span, spec.stop) for span in spans]
 
 
-def render_prompt(history: list[Turn], message: str, prompt_type: str, tokenizer=None,
-                  system: str | None = None) -> str:
-    """The text to generate from: earlier turns, the new human message, then the bot's opening.
+def render_prompt(history: list[Turn], message: str, prompt_type: str | int, tokenizer=None,
+                  system: str | None = None, input: str | None = None) -> str:
+    """The text to generate from: earlier turns, the new human message, then the answer's opening.
 
-    For ``human_bot`` it ends with ``<bot>:``, exactly where training put the answer.
+    It equals the training text of the same conversation up to where the answer starts (for
+    ``human_bot``: ``…<human>: message\\n<bot>:``). ``input`` is an alpaca-style input that goes
+    with the message (``### Input:`` for instruct).
     """
     spec = get_prompt_type(prompt_type)
     turns: list[Turn] = ([("system", system)] if system else []) + list(history) + [("human", message)]
+    if input:
+        turns.append(("input", input))
     if spec.name == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise PromptError("prompt_type 'chat' needs a tokenizer with a chat template")
         return tokenizer.apply_chat_template(_messages(turns), tokenize=False, add_generation_prompt=True)
-    text, _ = _render(spec, turns)
-    return text + spec.bot_open
+    text, _, _ = _render_exchanges(spec, turns)
+    return text
 
 
-def stop_strings(prompt_type: str, tokenizer=None) -> list[str]:
-    """Strings that end a bot answer for this prompt type (never shown to the user)."""
+def stop_strings(prompt_type: str | int, tokenizer=None) -> list[str]:
+    """Strings that end a bot answer for this prompt type (never shown to the user).
+
+    They are what training taught the model to write after an answer (see :func:`_with_stop`),
+    besides the end-of-sequence token, which generation always stops at.
+    """
     spec = get_prompt_type(prompt_type)
     stops = list(spec.stop)
     if spec.name == "chat" and tokenizer is not None and tokenizer.eos_token:
@@ -159,7 +373,32 @@ def stop_strings(prompt_type: str, tokenizer=None) -> list[str]:
     return stops
 
 
-def _render_chat_template(turns: list[Turn], tokenizer) -> tuple[str, list[tuple[int, int]]]:
+def example_rendering(prompt_type: str | int) -> tuple[str, str]:
+    """(training text, generation prompt) of one example exchange, for ``--help`` and the README."""
+    turns = [("human", "Who are you?"), ("bot", "I am sftkit's assistant.")]
+    text, _ = render_conversation(turns, prompt_type)
+    prompt = render_prompt([], "Who are you?", prompt_type)
+    # Dated types show the shape of the clock lines, so the README does not change every run.
+    return tuple(re.sub(r"Current Date: .*\nCurrent Time: .*\n", "Current Date: YYYY-MM-DD\n"
+                        "Current Time: HH:MM:SS AM TZ\n", t) for t in (text, prompt))
+
+
+# ---------------------------------------------------------------- the tokenizer's chat template
+
+def _messages(turns: list[Turn]) -> list[dict[str, str]]:
+    role_names = {"system": "system", "human": "user", "bot": "assistant"}
+    messages: list[dict[str, str]] = []
+    for role, text in turns:
+        if role == "context":
+            role = "system"
+        if role == "input":  # an exchange's input joins its instruction
+            messages[-1] = {**messages[-1], "content": f"{messages[-1]['content']}\n\n{text}"}
+            continue
+        messages.append({"role": role_names[role], "content": text})
+    return messages
+
+
+def _render_chat_template(turns: list[Turn], tokenizer) -> tuple[str, list[Span]]:
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise PromptError("prompt_type 'chat' needs a tokenizer with a chat template")
     messages = _messages(turns)

@@ -31,3 +31,13 @@ def test_stale_table_is_detected():
 def test_unknown_block_name_is_an_error():
     with pytest.raises(KeyError, match="nosuch"):
         docs.render("<!-- BEGIN flags:nosuch -->\n<!-- END flags:nosuch -->")
+
+
+def test_readme_lists_every_prompt_type_with_an_example():
+    from sftkit.prompts import PROMPT_TYPES
+
+    text = README.read_text()
+    block = text[text.index("<!-- BEGIN prompt-types -->"):text.index("<!-- END prompt-types -->")]
+    for name in PROMPT_TYPES:
+        assert f"| `{name}` |" in block
+    assert "`<human>: Who are you?\\n<bot>:I am sftkit's assistant.`" in block

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sftkit.flags import FlagError, flag
 from sftkit.models import DEFAULT_BASE_MODEL
+from sftkit.prompts import prompt_type_names
 
 FINALIZED_DATA = "oig_work/oig_instruct_cleaned.json"
 BUNDLED_SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
@@ -25,8 +26,8 @@ class TrainConfig:
                               f"dataset id (empty: {FINALIZED_DATA} if present, else the bundled data/sample).")
     data_col_dict: dict = flag({}, "Rename columns before reading rows, e.g. {'question': 'instruction', "
                                    "'answer': 'output'}.")
-    prompt_type: str = flag("human_bot", "How conversations are written: plain, instruct, human_bot or chat "
-                                         "(the tokenizer's chat template).")
+    prompt_type: str = flag("", "How rows are written, for every row (empty: each row's prompt_type column, else "
+                                f"human_bot): {prompt_type_names()}; see README 'Prompt types'.")
     valid_path: str = flag("", "Validation data (same formats as data_path); empty: hold out val_set_size rows.")
     data_mix_in_path: str = flag("", "A second dataset to mix into the training data.")
     data_mix_in_factor: float = flag(0.0, "Rows of data_mix_in_path per training row (0.1 adds 10%; "

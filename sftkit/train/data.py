@@ -4,7 +4,12 @@ Accepted rows (after ``data_col_dict`` renames):
 
 * ``instruction`` (+ optional ``input``) + ``output``: alpaca style;
 * ``messages``: a list of ``{"role", "content"}`` (or ShareGPT ``{"from", "value"}``);
-* ``input`` or ``text``: ``<human>: …\\n<bot>: …`` text (``create_data.py finalize`` output, raw OIG).
+* ``input`` or ``text``: ``<human>: …\\n<bot>: …`` text (``create_data.py finalize`` output, raw OIG,
+  h2oGPT's ``prompt_type: plain`` rows); under ``plain`` a text without markers is learned whole.
+
+An optional ``context`` column (h2oGPT's) is raw text put before the prompt, and an optional
+``prompt_type`` column names each row's format (an h2oGPT name or code, or ``chat``): it is
+honoured unless ``--prompt_type`` is given, and :class:`ReadStats` records which won.
 """
 from __future__ import annotations
 
@@ -15,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftkit.errors import DataError
-from sftkit.prompts import PromptError, Turn, check_turns, split_turns
+from sftkit.prompts import (DEFAULT_PROMPT_TYPE, PromptError, Turn, check_turns, get_prompt_type, has_markers,
+                            split_turns)
 
 DATA_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".parquet")
 KNOWN_COLUMNS = ("instruction", "messages", "input", "text")
@@ -27,10 +33,16 @@ _ROLE_NAMES = {"system": "system", "user": "human", "human": "human", "assistant
 
 @dataclass
 class Conversation:
-    """One usable row: its turns, and where it came from (for error messages and stats)."""
+    """One usable row: its turns, where it came from, its prompt type and, for text rows, the text.
+
+    ``text`` is kept so prompt types that train marker text as written (plain, human_bot) use it
+    unchanged; ``prompt_type`` None means the run's.
+    """
 
     turns: list[Turn]
     source: str
+    prompt_type: str | None = None
+    text: str | None = None
 
 
 @dataclass
@@ -39,6 +51,9 @@ class ReadStats:
     skipped: dict[str, int] = field(default_factory=dict)
     repaired_utf8: int = 0  # rows kept with U+FFFD in place of invalid UTF-8 bytes
     first_repaired: str = ""
+    prompt_types: dict[str, int] = field(default_factory=dict)  # usable rows per prompt type
+    prompt_type_from: dict[str, int] = field(default_factory=dict)  # usable rows per deciding source
+    overridden: dict[str, int] = field(default_factory=dict)  # row columns the flag overrode, by value
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -53,6 +68,16 @@ class ReadStats:
             parts.append(f"{self.repaired_utf8} rows repaired (invalid UTF-8 replaced by U+FFFD; first at "
                          f"{self.first_repaired})")
         return "; ".join(parts)
+
+    def prompt_type_summary(self) -> str:
+        """One line saying which prompt type each row got and what decided it."""
+        types = ", ".join(f"{name} x{n}" for name, n in sorted(self.prompt_types.items()))
+        sources = ", ".join(f"{n} by {source}" for source, n in sorted(self.prompt_type_from.items()))
+        line = f"prompt_type: {types} ({sources})"
+        if self.overridden:
+            line += ("; --prompt_type overrode the rows' own prompt_type column ("
+                     + ", ".join(f"{value} x{n}" for value, n in sorted(self.overridden.items())) + ")")
+        return line
 
 
 def data_files(path: str) -> list[Path]:
@@ -180,29 +205,83 @@ def rename_columns(row: dict, col_dict: dict) -> dict:
     return {col_dict.get(k, k): v for k, v in row.items()}
 
 
+def row_text(row: dict) -> str | None:
+    """The ``input``/``text`` string of a text row; None for alpaca and messages rows."""
+    if row.get("instruction") is not None or row.get("messages") is not None:
+        return None
+    for key in ("input", "text"):
+        if isinstance(row.get(key), str):
+            return row[key]
+    return None
+
+
 def row_to_turns(row: dict) -> list[Turn]:
-    """The conversation in a row (see the module docstring), or PromptError/DataError saying why not."""
+    """The conversation in a row (see the module docstring), or PromptError/DataError saying why not.
+
+    Alpaca rows keep instruction and input apart (``human`` and ``input`` turns), as prompt types
+    such as instruct write them under different headings.
+    """
+    text = row_text(row)
     if row.get("instruction") is not None:
         if row.get("output") is None:
             raise DataError("alpaca-style row has 'instruction' but no 'output'")
-        human = str(row["instruction"]).strip()
+        turns = [("human", str(row["instruction"]).strip())]
         if str(row.get("input") or "").strip():
-            human += "\n\n" + str(row["input"]).strip()
-        turns = [("human", human), ("bot", str(row["output"]).strip())]
+            turns.append(("input", str(row["input"]).strip()))
+        turns.append(("bot", str(row["output"]).strip()))
         if str(row.get("system") or "").strip():
             turns.insert(0, ("system", str(row["system"]).strip()))
     elif row.get("messages") is not None:
         turns = _messages_to_turns(row["messages"])
-    elif isinstance(row.get("input"), str) or isinstance(row.get("text"), str):
-        text = row["input"] if isinstance(row.get("input"), str) else row["text"]
+    elif text is not None:
         turns = split_turns(text)
     else:
         raise DataError(f"no usable column (found {sorted(row)[:8]}); expected one of {', '.join(KNOWN_COLUMNS)} "
                         f"or map yours with --data_col_dict")
+    if isinstance(row.get("context"), str) and row["context"]:
+        turns.insert(0, ("context", row["context"]))
     if any(role == "bot" and not text for role, text in turns):
         raise PromptError("a bot turn is empty")
     check_turns(turns)
     return turns
+
+
+def choose_prompt_type(row: dict, prompt_type: str, fallback: str = DEFAULT_PROMPT_TYPE) -> tuple[str, str]:
+    """(the row's prompt type, what decided it): ``--prompt_type`` when given, else the row's own
+    ``prompt_type`` column, else ``fallback``. Names and codes come back as canonical names."""
+    if prompt_type:
+        return get_prompt_type(prompt_type).name, "--prompt_type"
+    own = row.get("prompt_type")
+    if own is not None and str(own).strip():
+        try:
+            return get_prompt_type(own).name, "the rows' prompt_type column"
+        except PromptError:
+            raise DataError(f"unknown prompt_type {own!r} in the row's prompt_type column; fix the row, or "
+                            f"give --prompt_type to use one for every row") from None
+    return get_prompt_type(fallback).name, f"default ({fallback}; no prompt_type column)"
+
+
+def _own_prompt_type(row: dict) -> str:
+    """The row's prompt_type column as a canonical name ('' when absent; unknown values as written)."""
+    own = "" if row.get("prompt_type") is None else str(row["prompt_type"]).strip()
+    try:
+        return get_prompt_type(own).name if own else ""
+    except PromptError:
+        return own
+
+
+def row_to_conversation(row: dict, where: str, prompt_type: str = "",
+                        fallback: str = DEFAULT_PROMPT_TYPE) -> tuple[Conversation, str]:
+    """A row as a :class:`Conversation` with its prompt type, and what decided that type."""
+    chosen, source = choose_prompt_type(row, prompt_type, fallback)
+    text = row_text(row)
+    if text is not None:
+        text = (row.get("context") or "") + text if isinstance(row.get("context"), str) else text
+        if chosen == "plain" and not has_markers(text):
+            if not text.strip():
+                raise DataError("the text is empty")
+            return Conversation([], where, chosen, text), source
+    return Conversation(row_to_turns(row), where, chosen, text), source
 
 
 def _messages_to_turns(messages) -> list[Turn]:
@@ -220,31 +299,44 @@ def _messages_to_turns(messages) -> list[Turn]:
     return turns
 
 
-def load_conversations(path: str, col_dict: dict | None = None) -> tuple[list[Conversation], ReadStats]:
+def load_conversations(path: str, col_dict: dict | None = None, prompt_type: str = "",
+                       fallback: str = DEFAULT_PROMPT_TYPE) -> tuple[list[Conversation], ReadStats]:
     """Read ``path`` into conversations; unusable rows are counted by reason, never silently lost.
 
-    A dataset where no row is usable is a DataError naming the first problem.
+    ``prompt_type`` (the flag) given: every row uses it. Empty: each row's ``prompt_type`` column,
+    else ``fallback``. A dataset where no row is usable is a DataError naming the first problem.
     """
+    for name in (prompt_type, fallback):
+        if name:
+            get_prompt_type(name)  # a typo in the flag fails here, not as one skip per row
     rows = read_rows(path)
     if not rows:
         raise DataError(f"{path}: the dataset is empty")
     stats = ReadStats(rows=len(rows))
     conversations, first_problem = [], None
     for where, row in rows:
+        repaired = isinstance(row, Repaired)
         try:
             if isinstance(row, InvalidLine):
                 raise DataError(str(row))
             if not isinstance(row, dict):
                 raise DataError(f"row is a {type(row).__name__}, not a JSON object")
-            turns = row_to_turns(rename_columns(row, col_dict or {}))
+            row = rename_columns(row, col_dict or {})
+            conversation, source = row_to_conversation(row, where, prompt_type, fallback)
         except (DataError, PromptError) as exc:
             stats.skip(str(exc).split(";")[0].split(" (found")[0])
             first_problem = first_problem or f"{where}: {exc}"
             continue
-        if isinstance(row, Repaired):
+        if repaired:
             stats.repaired_utf8 += 1
             stats.first_repaired = stats.first_repaired or where
-        conversations.append(Conversation(turns, where))
+        conversations.append(conversation)
+        chosen = conversation.prompt_type
+        stats.prompt_types[chosen] = stats.prompt_types.get(chosen, 0) + 1
+        stats.prompt_type_from[source] = stats.prompt_type_from.get(source, 0) + 1
+        own = _own_prompt_type(row)
+        if prompt_type and own and own != chosen:
+            stats.overridden[own] = stats.overridden.get(own, 0) + 1
     if not conversations:
         raise DataError(f"{path}: no usable rows out of {len(rows)}; first problem: {first_problem}")
     return conversations, stats

@@ -20,14 +20,14 @@ from tqdm import tqdm
 from sftkit import atomic, models
 from sftkit.errors import TrainError
 from sftkit.flags import FlagError
-from sftkit.prompts import PromptError, get_prompt_type, stop_strings
 from sftkit.lock import LOCK_NAME
+from sftkit.prompts import stop_strings
 from sftkit.train import checkpoint, distributed, run_record
 from sftkit.train.batching import collate, epoch_plan, token_losses
 from sftkit.train.config import TrainConfig
 from sftkit.train.data import DataError, load_conversations, mix_in, split_validation
 from sftkit.train.metrics import compute_metrics
-from sftkit.train.tokenize import IGNORE, Example, tokenize_all
+from sftkit.train.tokenize import IGNORE, Example, check_prompt_types, tokenize_all
 
 
 
@@ -73,17 +73,17 @@ def packing_needs_block_mask(model) -> bool:
 # ---------------------------------------------------------------- data
 def build_data(config: TrainConfig, tokenizer, log) -> tuple[list[Example], list[Example], dict]:
     """Read, mix, split and tokenize; return train and validation examples with every count."""
-    for name in {config.prompt_type, config.data_mix_in_prompt_type or config.prompt_type}:
-        if get_prompt_type(name).name == "chat" and not getattr(tokenizer, "chat_template", None):
-            raise PromptError("--prompt_type=chat needs a tokenizer with a chat template; this one has none")
     path = config.resolved_data_path()
-    train_convs, read_stats = load_conversations(path, config.data_col_dict)
+    # Each row keeps its own prompt_type column unless --prompt_type is given; the summary says which won.
+    train_convs, read_stats = load_conversations(path, config.data_col_dict, config.prompt_type)
+    check_prompt_types(read_stats.prompt_types, tokenizer)
+    log(read_stats.prompt_type_summary())
     stats: dict = {"data_path": path, "rows_read": read_stats.rows, "rows_skipped": read_stats.skipped,
-                   "rows_repaired_utf8": read_stats.repaired_utf8}
+                   "rows_repaired_utf8": read_stats.repaired_utf8, "prompt_type": read_stats.prompt_type_summary()}
     if read_stats.summary():
         log(f"data: {path}: {read_stats.summary()}")
     if config.valid_path:
-        val_convs, val_read = load_conversations(config.valid_path, config.data_col_dict)
+        val_convs, val_read = load_conversations(config.valid_path, config.data_col_dict, config.prompt_type)
         stats["valid_rows_skipped"] = val_read.skipped
     elif config.val_set_size > 0:
         train_convs, val_convs = split_validation(train_convs, config.val_set_size, config.seed)
@@ -96,7 +96,9 @@ def build_data(config: TrainConfig, tokenizer, log) -> tuple[list[Example], list
     stats["train"] = train.stats.as_dict()
     examples = train.examples
     if config.data_mix_in_path and config.data_mix_in_factor > 0:
-        mix_convs, mix_read = load_conversations(config.data_mix_in_path, config.data_mix_in_col_dict)
+        mix_convs, mix_read = load_conversations(config.data_mix_in_path, config.data_mix_in_col_dict,
+                                                 config.data_mix_in_prompt_type or config.prompt_type)
+        check_prompt_types(mix_read.prompt_types, tokenizer)
         mixed = tokenize_all(mix_convs, tokenizer, config.data_mix_in_prompt_type or config.prompt_type,
                              desc="tokenize mix-in", **kw)
         examples = mix_in(examples, mixed.examples, config.data_mix_in_factor, config.seed)
@@ -173,8 +175,8 @@ def evaluate_loss(model, examples: list[Example], config: TrainConfig, world, pa
 def generate_answers(model, tokenizer, examples: list[Example], config: TrainConfig, world,
                      synced: bool) -> tuple[list[str], list[str]]:
     """Greedy answers to each validation prompt, cut at the prompt type's stop strings."""
-    add_special = get_prompt_type(config.prompt_type).name != "chat"
-    stops = stop_strings(config.prompt_type, tokenizer)
+    add_special = all(ex.prompt_type != "chat" for ex in examples)
+    stops = sorted({stop for ex in examples for stop in stop_strings(ex.prompt_type, tokenizer)})
     indexed = list(enumerate(examples))
     mine, _ = _shard(indexed, world)
     answers: list[str] = []

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from sftkit.prompts import PromptError
 from sftkit.train.data import DataError, load_conversations, mix_in, row_to_turns, split_validation
 
 HB = "<human>: Hi there\n<bot>: Hello!\n<human>: Name?\n<bot>: Bot."
@@ -20,9 +21,9 @@ def test_row_formats_become_the_same_turns():
     assert row_to_turns({"messages": sharegpt}) == expected
 
 
-def test_alpaca_rows_join_instruction_and_input():
+def test_alpaca_rows_keep_instruction_and_input_apart():
     turns = row_to_turns({"instruction": "Translate", "input": "chat", "output": "cat"})
-    assert turns == [("human", "Translate\n\nchat"), ("bot", "cat")]
+    assert turns == [("human", "Translate"), ("input", "chat"), ("bot", "cat")]
     assert row_to_turns({"instruction": "Say hi", "input": "", "output": "hi"}) == [("human", "Say hi"), ("bot", "hi")]
 
 
@@ -80,3 +81,47 @@ def test_split_validation_is_seeded_and_disjoint():
     assert len(split_validation(items, 7, seed=3)[1]) == 7
     with pytest.raises(DataError, match="val_set_size"):
         split_validation(items, 50, seed=0)
+
+
+H2OGPT_ROW = {"input": "<human>: Who are you?\n<bot>: I am h2oGPT.\n<human>:", "prompt_type": "plain"}
+
+
+def test_rows_prompt_type_column_is_honoured_unless_the_flag_is_given(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    rows = [H2OGPT_ROW, {"instruction": "Add 2 and 2.", "output": "4", "prompt_type": 1},
+            {"instruction": "Hi", "output": "Hello", "prompt_type": "13"}, {"instruction": "Hey", "output": "Yo"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    convs, stats = load_conversations(str(path))
+    assert [c.prompt_type for c in convs] == ["plain", "instruct", "wizard_mega", "human_bot"]
+    assert convs[0].text == H2OGPT_ROW["input"]
+    assert stats.prompt_type_from == {"the rows' prompt_type column": 3, "default (human_bot; no prompt_type column)": 1}
+    assert "3 by the rows' prompt_type column" in stats.prompt_type_summary()
+
+    convs, stats = load_conversations(str(path), prompt_type="3")
+    assert {c.prompt_type for c in convs} == {"human_bot"}
+    assert stats.prompt_type_from == {"--prompt_type": 4}
+    assert stats.overridden == {"plain": 1, "instruct": 1, "wizard_mega": 1}
+    assert "--prompt_type overrode the rows' own prompt_type column" in stats.prompt_type_summary()
+
+
+def test_unknown_prompt_types_are_named(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps([H2OGPT_ROW, {**H2OGPT_ROW, "prompt_type": "alpacca"}]))
+    convs, stats = load_conversations(str(path))
+    assert len(convs) == 1 and stats.skipped == {"unknown prompt_type 'alpacca' in the row's prompt_type column": 1}
+    with pytest.raises(PromptError, match="unknown prompt_type 'alpaca'.*human_bot \\(3\\)"):
+        load_conversations(str(path), prompt_type="alpaca")
+
+
+def test_plain_keeps_text_without_markers_other_types_skip_it(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps([{"text": "Once upon a time there was a fox."}, {"text": "  "}]))
+    convs, stats = load_conversations(str(path), prompt_type="plain")
+    assert [c.text for c in convs] == ["Once upon a time there was a fox."] and stats.skipped == {"the text is empty": 1}
+    with pytest.raises(DataError, match="no usable rows.*no bot turn"):
+        load_conversations(str(path), prompt_type="human_bot")
+
+
+def test_h2ogpt_context_column_goes_before_the_prompt():
+    turns = row_to_turns({"instruction": "Q", "output": "A", "context": "Background. "})
+    assert turns == [("context", "Background. "), ("human", "Q"), ("bot", "A")]

@@ -1,7 +1,9 @@
+import json
+
 import pytest
 
 from sftkit.models import load_tokenizer
-from sftkit.train.data import Conversation
+from sftkit.train.data import Conversation, load_conversations
 from sftkit.train.tokenize import IGNORE, tokenize_all, tokenize_conversation
 
 TURNS = [("human", "What is the capital of France?"), ("bot", "The capital of France is Paris."),
@@ -25,7 +27,7 @@ def test_only_bot_answers_are_learned_token_by_token(tokenizer, prompt_type):
         assert label in (IGNORE, token)  # a label is the token itself or ignored, never shifted
     text = learned_text(tokenizer, ex)
     assert "Paris" in text and "helpful assistant" in text
-    for prompt_word in ("capital of France?", "Who are you", "<human>", "### Instruction", "user"):
+    for prompt_word in ("capital of France?", "Who are you", "<human>: Who", "### Instruction", "user"):
         assert prompt_word not in text
     assert ex.labels[0] == IGNORE and ex.input_ids[-1] == tokenizer.eos_token_id and ex.labels[-1] != IGNORE
     assert ex.reference == "I am a helpful assistant."
@@ -36,7 +38,7 @@ def test_human_bot_mask_positions_exactly(tokenizer):
     ex = tokenize_conversation(TURNS, tokenizer, "human_bot")
     pieces = [tokenizer.decode([t]) for t in ex.input_ids]
     learned = [l != IGNORE for l in ex.labels]
-    # every learned stretch decodes to exactly one bot answer (plus the closing EOS)
+    # every learned stretch decodes to exactly one bot answer with its stop: <human>: or the closing EOS
     runs, current = [], []
     for piece, on in zip(pieces, learned):
         if on:
@@ -45,7 +47,7 @@ def test_human_bot_mask_positions_exactly(tokenizer):
             runs.append("".join(current))
             current = []
     runs.append("".join(current))
-    assert [r.strip() for r in runs] == ["The capital of France is Paris.", "I am a helpful assistant.</s>"]
+    assert [r.strip() for r in runs] == ["The capital of France is Paris.\n<human>:", "I am a helpful assistant.</s>"]
 
 
 def test_train_on_inputs_learns_everything_but_the_first_token(tokenizer):
@@ -69,3 +71,70 @@ def test_prompt_longer_than_cutoff_is_a_counted_skip(tokenizer):
     turns = [("human", "What is the capital of France? " * 5), ("bot", "Paris.")]
     out = tokenize_all([Conversation(turns, "a")], tokenizer, "human_bot", 8, progress=False)
     assert out.examples == [] and out.stats.skipped_no_answer_in_cutoff == 1
+
+
+def token_labels(tokenizer, example):
+    """(token text, learned?) for every token, the way the loss sees them."""
+    return [(tokenizer.decode([t]), label != IGNORE) for t, label in zip(example.input_ids, example.labels)]
+
+
+def test_h2ogpt_plain_rows_learn_their_stop_token_by_token(tokenizer, tmp_path):
+    """h2oGPT's exact row shape: markers in the text, a trailing <human>:, prompt_type plain."""
+    row = {"input": "<human>: Who are you?\n<bot>: I am a helpful assistant.\n<human>:", "prompt_type": "plain"}
+    (tmp_path / "rows.json").write_text(json.dumps([row]))
+    convs, stats = load_conversations(str(tmp_path / "rows.json"))
+    assert stats.prompt_types == {"plain": 1}
+    (example,) = tokenize_all(convs, tokenizer, "human_bot", 64, progress=False).examples
+    text = row["input"]
+    encoded = tokenizer(text, return_offsets_mapping=True)
+    assert example.input_ids == encoded["input_ids"] + [tokenizer.eos_token_id]  # the text exactly as written
+    answer_at = text.index(" I am")
+    stop_at = text.rindex("<human>:")
+    for (start, end), token, label in zip(encoded["offset_mapping"], example.input_ids, example.labels):
+        if end <= answer_at:
+            assert label == IGNORE, f"prompt token {text[start:end]!r} is learned"
+        else:
+            assert label == token, f"answer or stop token {text[start:end]!r} is not learned"
+    assert any(start >= stop_at for start, _ in encoded["offset_mapping"])  # the stop has tokens of its own
+    assert example.labels[-1] == tokenizer.eos_token_id
+    learned = "".join(piece for piece, on in token_labels(tokenizer, example) if on)
+    assert learned.strip() == "I am a helpful assistant.\n<human>:</s>"
+    assert example.reference == "I am a helpful assistant." and example.prompt.endswith("<bot>:")
+
+
+def test_plain_and_human_bot_train_h2ogpt_rows_the_same(tokenizer):
+    text = "<human>: Who are you?\n<bot>: I am a helpful assistant.\n<human>:"
+    turns = [("human", "Who are you?"), ("bot", "I am a helpful assistant."), ("human", "")]
+    plain = tokenize_conversation(turns, tokenizer, "plain", text=text)
+    human_bot = tokenize_conversation(turns, tokenizer, "human_bot", text=text)
+    assert (plain.input_ids, plain.labels) == (human_bot.input_ids, human_bot.labels)
+
+
+def test_a_trailing_human_question_keeps_the_answers_stop_learned(tokenizer):
+    text = "<human>: Who are you?\n<bot>: I am a helpful assistant.\n<human>: What is the capital of France?"
+    turns = [("human", "Who are you?"), ("bot", "I am a helpful assistant."),
+             ("human", "What is the capital of France?")]
+    ex = tokenize_conversation(turns, tokenizer, "plain", text=text)
+    learned = "".join(piece for piece, on in token_labels(tokenizer, ex) if on)
+    assert learned.strip() == "I am a helpful assistant.\n<human>:"  # not the question, not the EOS after it
+    assert ex.labels[-1] == IGNORE
+    # A type that rewrites turns leaves the unanswered question out; the answer learns the EOS.
+    rewritten = tokenize_conversation(turns, tokenizer, "instruct", text=text)
+    assert "capital" not in tokenizer.decode(rewritten.input_ids)
+    assert rewritten.labels[-1] == tokenizer.eos_token_id
+
+
+def test_plain_text_without_markers_is_learned_whole(tokenizer):
+    ex = tokenize_conversation([], tokenizer, "plain", text="The quick brown fox jumps over the lazy dog.")
+    assert ex.labels[0] == IGNORE and ex.labels[1:] == ex.input_ids[1:]
+    assert ex.prompt and (ex.prompt + ex.reference).replace(" ", "") == "Thequickbrownfoxjumpsoverthelazydog."
+
+
+@pytest.mark.parametrize("code", ["0", 3, "1"])
+def test_numeric_codes_tokenize_like_their_names(tokenizer, code):
+    from sftkit.prompts import get_prompt_type
+
+    by_code = tokenize_conversation(TURNS, tokenizer, code)
+    by_name = tokenize_conversation(TURNS, tokenizer, get_prompt_type(code).name)
+    assert (by_code.input_ids, by_code.labels, by_code.prompt_type) == (
+        by_name.input_ids, by_name.labels, by_name.prompt_type)

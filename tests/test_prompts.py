@@ -1,0 +1,106 @@
+"""Prompt types: h2oGPT's texts (hand-written golden fixtures), codes, learned stops, stop strings."""
+import json
+from pathlib import Path
+
+import pytest
+
+from sftkit import prompts
+from sftkit.prompts import (PROMPT_TYPES, PromptError, get_prompt_type, render_conversation, render_prompt,
+                            render_text, split_turns, stop_strings)
+
+GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "h2ogpt_prompts.json").read_text())
+H2OGPT_TYPES = list(GOLDEN["types"])
+ONE = [("human", "Name a colour."), ("bot", "Blue.")]
+TWO = [("human", "Translate to French."), ("input", "cat"), ("bot", "chat")]
+
+
+@pytest.fixture(autouse=True)
+def fixed_clock(monkeypatch):
+    monkeypatch.setattr(prompts, "_stamp", lambda: ("2023-05-25", "20:30:33 PM UTC"))
+
+
+def test_every_h2ogpt_type_is_in_the_table_with_its_enum_code():
+    assert H2OGPT_TYPES == GOLDEN["codes"]
+    for code, name in enumerate(GOLDEN["codes"]):
+        assert get_prompt_type(name).code == code
+        assert get_prompt_type(code).name == name and get_prompt_type(str(code)).name == name
+    assert set(PROMPT_TYPES) == set(GOLDEN["codes"]) | {"chat"}
+    with pytest.raises(PromptError, match=r"unknown prompt_type '14'.*plain \(0\).*wizard_mega \(13\).*chat"):
+        get_prompt_type("14")
+
+
+@pytest.mark.parametrize("name", H2OGPT_TYPES)
+def test_training_text_and_prompt_equal_h2ogpts(name):
+    golden = GOLDEN["types"][name]
+    text, spans = render_conversation(ONE, name)
+    assert text == golden["train_one"]
+    assert text[spans[-1][0]:].startswith("Blue.")
+    assert render_conversation(TWO, name)[0] == golden["train_two"]
+    assert render_prompt([], "Name a colour.", name) == golden["prompt_one"]
+    assert render_prompt([], "Name a colour.", str(get_prompt_type(name).code)) == golden["prompt_one"]
+    text_two, spans_two = render_conversation(TWO, name)
+    assert render_prompt([], "Translate to French.", name, input="cat") == text_two[:spans_two[-1][0]]
+    if "chat_prompt" in golden:
+        assert render_prompt([("human", "Hi."), ("bot", "Hello!")], "Name a colour.", name) == golden["chat_prompt"]
+
+
+@pytest.mark.parametrize("name", H2OGPT_TYPES)
+def test_generation_stops_on_h2ogpts_terminate_strings(name):
+    stops = stop_strings(name)
+    for term in GOLDEN["types"][name]["terminate"] or []:
+        assert (term.strip() or term) in stops
+
+
+def test_h2ogpt_plain_rows_train_as_written_and_learn_their_stop():
+    for case in GOLDEN["plain_rows"]:
+        text, spans = render_conversation(split_turns(case["row"]["input"]), "plain", text=case["row"]["input"])
+        assert text == case["train"]
+        assert [text[a:b] for a, b in spans] == ["I am h2oGPT.\n<human>:"]
+    # The same text under human_bot is the same training text: its own markers are kept as written.
+    assert render_text(GOLDEN["plain_rows"][0]["train"], "human_bot") == (text, spans)
+
+
+def test_plain_text_without_markers_is_learned_whole():
+    assert render_text("Once upon a time.", "plain") == ("Once upon a time.", [(0, 17)])
+    with pytest.raises(PromptError, match="no <human>:/<bot>: markers"):
+        render_text("Once upon a time.", "human_bot")
+
+
+def test_a_trailing_human_turn_with_text_still_learns_the_last_answers_stop():
+    text = "<human>: Hi\n<bot>: Hello!\n<human>: And you?"
+    _, spans = render_text(text, "plain")
+    assert [text[a:b] for a, b in spans] == ["Hello!\n<human>:"]
+
+
+@pytest.mark.parametrize("name", [n for n in H2OGPT_TYPES if n != "plain"])
+def test_multi_turn_answers_learn_the_stop_that_follows_them(name):
+    turns = [("human", "Hi."), ("bot", "Hello!"), ("human", "Name a colour."), ("bot", "Blue.")]
+    text, spans = render_conversation(turns, name)
+    first = text[spans[0][0]:spans[0][1]]
+    assert first.startswith("Hello!") and text[spans[1][0]:spans[1][1]] == "Blue."
+    # After the first answer comes either a stop (learned with it) or the next prompt's preamble.
+    learned_stop = first[len("Hello!"):].strip()
+    assert learned_stop in [s.strip() or s for s in stop_strings(name)] + [""]
+    if name in ("human_bot", "human_bot_orig", "prompt_answer", "open_assistant", "wizard_lm", "dai_faq"):
+        assert first != "Hello!"
+
+
+@pytest.mark.parametrize("name", [n for n in PROMPT_TYPES if n != "chat"])
+def test_generation_prompt_is_the_training_text_up_to_the_answer(name):
+    history = [("human", "Hi."), ("bot", "Hello!")]
+    text, spans = render_conversation(history + [("human", "Name a colour."), ("bot", "Blue.")], name)
+    assert render_prompt(history, "Name a colour.", name) == text[:spans[-1][0]]
+    system_text, system_spans = render_conversation([("system", "Be brief.")] + ONE, name)
+    assert render_prompt([], "Name a colour.", name, system="Be brief.") == system_text[:system_spans[-1][0]]
+
+
+def test_every_type_has_a_description_and_an_example():
+    for name, spec in PROMPT_TYPES.items():
+        assert spec.description
+        if name != "chat":
+            text, prompt = prompts.example_rendering(name)
+            assert text.startswith(prompt) and "I am sftkit's assistant." in text
+
+
+def test_split_turns_reads_h2ogpt_rows_with_their_trailing_marker():
+    assert split_turns("<human>: q\n<bot>: a\n<human>:") == [("human", "q"), ("bot", "a"), ("human", "")]
