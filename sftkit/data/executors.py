@@ -16,6 +16,7 @@ import numpy as np
 from sftkit.data import DataError
 from sftkit.data.config import DataConfig
 from sftkit.data.runner import environment_python_path, run_shard_phase, with_one_worker
+from sftkit.errors import SftkitError
 
 RAY_INSTALL = ("--executor=ray needs Ray: pip install -r reqs_optional/requirements_optional_ray.txt "
                "(or pip install 'ray[default]'), then run again; --executor=local needs nothing")
@@ -91,10 +92,12 @@ class RayExecutor:
                     yield index, ray.get(done[0])
                 except ray.exceptions.RayError as exc:
                     cause = getattr(exc, "cause", None)
+                    if isinstance(cause, SftkitError):  # the shard's own error: retrying cannot help
+                        raise DataError(f"shard {index} of {len(jobs)} (input: {described}): {cause}") from None
                     error = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc).splitlines()[0]
-                    raise DataError(f"shard {index} of {len(jobs)} (input: {described}) failed after "
-                                    f"--max_retries={self.cfg.max_retries} retries on lost workers: {error}") \
-                        from None
+                    raise DataError(f"shard {index} of {len(jobs)} (input: {described}) failed (Ray retries a "
+                                    f"shard whose worker or node is lost up to --max_retries={self.cfg.max_retries} "
+                                    f"times): {error}") from None
         finally:
             for ref in refs:
                 ray.cancel(ref, force=True)

@@ -133,7 +133,7 @@ def settings_key(stage: Stage, step: Step, cfg: DataConfig, shard: Shard) -> dic
 def run_steps(stage: Stage, phase: ShardPhase, steps: list[Step], cfg: DataConfig, shard: Shard,
               before: StageStats | None) -> tuple[StageStats, list[str], bool]:
     """Run (or reuse) one shard's steps in order; (shard stats so far, lines to print, all reused)."""
-    stats, notes, reused = before, [], True
+    stats, notes, reused = before, [], bool(steps)
     for step in steps:
         chained = phase.combine == "then"
 
