@@ -185,3 +185,27 @@ def raylets(temp_dir: str) -> list[int]:
             if args and args[0].endswith("raylet/raylet") and any(temp_dir in a for a in args):
                 found.append(int(entry.name))
     return found
+
+
+def test_reward_grading_on_ray_actors_matches_local_and_resumes(cluster, tiny_reward_model, tmp_path):
+    address, _ = cluster
+    common = ["all", "--source=data/sample", "--use_reward_model=True", f"--reward_model={tiny_reward_model}",
+              "--local_files_only=True", "--device=cpu", "--reward_progress_rows=40", "--reward_threshold=0.5"]
+    local = create_data(*common, f"--work_dir={tmp_path / 'local'}")
+    assert local.returncode == 0, local.stderr
+    ray_args = [*common, f"--work_dir={tmp_path / 'ray'}", "--executor=ray", f"--ray_address={address}",
+                "--num_shards=4", "--grade_actors=2"]
+    on_ray = create_data(*ray_args)
+    assert on_ray.returncode == 0, on_ray.stderr
+    assert_same_outputs(tmp_path / "local", tmp_path / "ray")
+    card = json.loads((tmp_path / "ray" / OUTPUTS[1]).read_text())
+    assert next(s for s in card["stages"] if s["stage"] == "grade")["dropped"]["reward_too_low"] > 0
+    passing = re.search(r"\[grade/reward\] ([\d,]+) rows pass the text thresholds; 0 of them", on_ray.stdout)
+    assert passing, on_ray.stdout
+    units = list((tmp_path / "ray" / "4_grade" / "reward_cache").glob("*/unit-*.parquet"))
+    assert len(units) == -(-int(passing.group(1).replace(",", "")) // 40)
+    # a stricter threshold later re-uses every reward already computed: no actor scores anything
+    stricter = create_data(*ray_args, "--reward_threshold=0.6")
+    assert stricter.returncode == 0, stricter.stderr
+    assert f"{passing.group(1)} rows pass the text thresholds; {passing.group(1)} of them were already" \
+        in stricter.stdout
