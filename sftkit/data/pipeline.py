@@ -4,7 +4,7 @@ from __future__ import annotations
 from sftkit.data import chop, detox, download, finalize, grade
 from sftkit.data.config import DataConfig
 from sftkit.data.executors import make_executor
-from sftkit.data.runner import holding_work_dir, run_stage
+from sftkit.data import runner
 from sftkit.data.stats import StageStats
 
 STAGES = {stage.name: stage for stage in (download.STAGE, detox.STAGE, chop.STAGE, grade.STAGE, finalize.STAGE)}
@@ -16,13 +16,18 @@ def run(stage: str, cfg: DataConfig) -> list[StageStats]:
     names = list(STAGES) if stage == "all" else [stage]
     if stage == "all" and cfg.shard_index is not None:
         names.remove("finalize")
-    with holding_work_dir(cfg):
+    with runner.holding_work_dir(cfg):
         executor = make_executor(cfg)
         try:
-            results = [run_stage(STAGES[name], cfg, executor) for name in names]
+            results = [runner.run_stage(STAGES[name], cfg, executor) for name in names]
         finally:
             executor.close()
     if stage == "all" and cfg.shard_index is not None:
         print(f"[finalize] not run for --shard_index={cfg.shard_index}: once every shard is done, run "
               "`python create_data.py finalize` (same --work_dir)")
     return results
+
+
+def run_stage(stage: str, cfg: DataConfig) -> StageStats:
+    """One stage by name (on --executor), returning its stats."""
+    return run(stage, cfg)[0]

@@ -161,11 +161,12 @@ def run_shard_phase(stage_name: str, phase: int, cfg: DataConfig, shard: Shard, 
     """One shard's part of one phase: the unit an executor runs (picklable arguments, plain result)."""
     from sftkit.data.pipeline import STAGES
 
+    start = time.perf_counter()
     stage = STAGES[stage_name]
     steps = stage.phases[phase].steps(cfg, shard)
     stats, notes, reused = run_steps(stage, stage.phases[phase], steps, cfg, shard,
                                      before and StageStats.from_dict(before))
-    return {"stats": stats.to_dict(), "notes": notes, "reused": reused}
+    return {"stats": stats.to_dict(), "notes": notes, "reused": reused, "seconds": time.perf_counter() - start}
 
 
 def shards_to_run(stage: Stage, cfg: DataConfig) -> list[Shard]:
