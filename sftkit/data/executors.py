@@ -36,8 +36,14 @@ class LocalExecutor:
     name = "local"
 
     def run_shards(self, jobs: list[tuple], inputs: list[str]) -> Iterator[tuple[int, dict]]:
-        for job in jobs:
-            yield job[3].index, run_shard_phase(*job)
+        for job, described in zip(jobs, inputs):
+            try:
+                result = run_shard_phase(*job)
+            except SftkitError as exc:
+                if len(jobs) == 1:
+                    raise
+                raise DataError(f"shard {job[3].index} of {len(jobs)} (input: {described}): {exc}") from None
+            yield job[3].index, result
 
     def score_rewards(self, cfg: DataConfig, units: Iterable[tuple]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         scorer = None

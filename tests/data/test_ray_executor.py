@@ -209,3 +209,18 @@ def test_reward_grading_on_ray_actors_matches_local_and_resumes(cluster, tiny_re
     assert stricter.returncode == 0, stricter.stderr
     assert f"{passing.group(1)} rows pass the text thresholds; {passing.group(1)} of them were already" \
         in stricter.stdout
+
+
+def test_a_failing_shard_names_its_index_input_and_error(cluster, tmp_path):
+    address, _ = cluster
+    source = tmp_path / "source"
+    source.mkdir()
+    for path in SAMPLE.glob("*.jsonl.gz"):
+        shutil.copy(path, source / path.name)
+    whole = (SAMPLE / "unified_sample_dialog.jsonl.gz").read_bytes()
+    (source / "unified_sample_dialog.jsonl.gz").write_bytes(whole[: len(whole) // 2])  # truncated
+    failed = create_data("download", f"--source={source}", f"--work_dir={tmp_path / 'work'}", "--executor=ray",
+                         f"--ray_address={address}", "--num_shards=2", "--max_retries=1")
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert re.search(r"shard 0 of 2 \(input: unified_sample_dialog\.jsonl\.gz\): input .*unified_sample_dialog"
+                     r"\.jsonl\.gz: cannot read \(EOFError", failed.stderr), failed.stderr
