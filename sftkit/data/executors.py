@@ -118,7 +118,7 @@ class RayExecutor:
         try:
             for unit in units:
                 if not actors:  # started on the first unit: nothing to score, no model loaded
-                    actors = [actor_class.remote(actor_cfg) for _ in range(max(1, cfg.grade_actors))]
+                    actors = [actor_class.remote(actor_cfg) for _ in range(self._actors_that_fit(cfg))]
                     free.extend(actors * 2)
                 if not free:
                     yield from self._finish_one(pending, free)
@@ -129,6 +129,22 @@ class RayExecutor:
         finally:
             for actor in actors:
                 ray.kill(actor)
+
+    def _actors_that_fit(self, cfg: DataConfig) -> int:
+        """--grade_actors, or fewer when the cluster cannot hold that many (an actor that never starts
+        would stall the stream)."""
+        resources = self.ray.cluster_resources()
+        fit = int(resources.get("CPU", 0))
+        if cfg.num_gpus_per_worker > 0:
+            fit = min(fit, int(resources.get("GPU", 0) / cfg.num_gpus_per_worker))
+        if fit < 1:
+            raise DataError(f"the Ray cluster has no room for a reward actor (1 CPU, --num_gpus_per_worker="
+                            f"{cfg.num_gpus_per_worker} GPUs; it has {resources}); add nodes or lower "
+                            "--num_gpus_per_worker")
+        if fit < cfg.grade_actors:
+            print(f"[grade/reward] the Ray cluster holds {fit} reward actor(s), not --grade_actors="
+                  f"{cfg.grade_actors}: using {fit}", flush=True)
+        return max(1, min(cfg.grade_actors, fit))
 
     def _finish_one(self, pending: dict, free: deque) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         done, _ = self.ray.wait(list(pending), num_returns=1)

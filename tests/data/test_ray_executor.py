@@ -153,22 +153,6 @@ def test_a_killed_driver_is_relaunched_reusing_finished_shards(cluster, local_re
     assert_same_outputs(local_reference, tmp_path)
 
 
-def test_losing_a_worker_node_mid_stage_still_completes_identically(cluster, local_reference, slow_server, tmp_path):
-    address, temp_dir = cluster
-    server = slow_server
-    driver = create_data("all", f"--source={server.url}", FOUR, f"--work_dir={tmp_path}", "--executor=ray",
-                         f"--ray_address={address}", "--num_shards=4", "--retry_backoff_s=0.05", wait=False)
-    wait_for(lambda: len(list((tmp_path / "raw").glob("*.part"))) >= 2 or driver.poll() is not None,
-             "two transfers in flight (one per node)")
-    assert driver.poll() is None, driver.communicate()
-    worker_raylet = [pid for pid in raylets(temp_dir) if "--head" not in cmdline(pid)]
-    assert len(worker_raylet) == 1
-    os.kill(worker_raylet[0], signal.SIGKILL)
-    stdout, stderr = driver.communicate(timeout=300)
-    assert driver.returncode == 0, stderr
-    assert_same_outputs(local_reference, tmp_path)
-
-
 def cmdline(pid: int) -> list[str]:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
@@ -224,3 +208,20 @@ def test_a_failing_shard_names_its_index_input_and_error(cluster, tmp_path):
     assert failed.returncode == 2 and "Traceback" not in failed.stderr
     assert re.search(r"shard 0 of 2 \(input: unified_sample_dialog\.jsonl\.gz\): input .*unified_sample_dialog"
                      r"\.jsonl\.gz: cannot read \(EOFError", failed.stderr), failed.stderr
+
+
+# Last: it leaves the cluster with the head node only.
+def test_losing_a_worker_node_mid_stage_still_completes_identically(cluster, local_reference, slow_server, tmp_path):
+    address, temp_dir = cluster
+    server = slow_server
+    driver = create_data("all", f"--source={server.url}", FOUR, f"--work_dir={tmp_path}", "--executor=ray",
+                         f"--ray_address={address}", "--num_shards=4", "--retry_backoff_s=0.05", wait=False)
+    wait_for(lambda: len(list((tmp_path / "raw").glob("*.part"))) >= 2 or driver.poll() is not None,
+             "two transfers in flight (one per node)")
+    assert driver.poll() is None, driver.communicate()
+    worker_raylet = [pid for pid in raylets(temp_dir) if "--head" not in cmdline(pid)]
+    assert len(worker_raylet) == 1
+    os.kill(worker_raylet[0], signal.SIGKILL)
+    stdout, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 0, stderr
+    assert_same_outputs(local_reference, tmp_path)
