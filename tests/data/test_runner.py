@@ -2,6 +2,7 @@
 interrupted steps rerun (never refused), and errors that say whether an input or an output failed."""
 import gzip
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,17 +48,19 @@ def test_temporaries_of_killed_runs_are_removed_at_stage_start(tmp_path, capsys)
     assert "removed 1 temporary file(s) left by a killed run" in capsys.readouterr().out
 
 
-def test_empty_input_warns_at_each_stage_and_fails_at_finalize(tmp_path, capsys):
+def test_empty_input_warns_at_each_stage_and_fails_at_finalize(tmp_path):
     source = tmp_path / "src"
     source.mkdir()
     (source / "empty.jsonl").write_bytes(b"")
-    with pytest.raises(DataError, match="0 rows left.*--allow_empty=True"):
-        run("all", sample_config(tmp_path / "work", source=str(source)))
-    printed = capsys.readouterr().out
+    command = [sys.executable, "create_data.py", "all", f"--source={source}", f"--work_dir={tmp_path / 'work'}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert re.search(r"finalize: 0 rows left.*--allow_empty=True", result.stderr), result.stderr
     for stage in ("download", "detox", "chop", "grade"):
-        assert f"[{stage}] warning: 0 rows out" in printed
+        assert f"[{stage}] warning: 0 rows out" in result.stdout
     assert not (tmp_path / "work" / "oig_instruct_cleaned.json").exists()
-    run("finalize", sample_config(tmp_path / "work", source=str(source), allow_empty=True))
+    allowed = subprocess.run([*command, "--allow_empty=True"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert allowed.returncode == 0, allowed.stderr
     assert json.loads((tmp_path / "work" / "oig_instruct_cleaned.json").read_text()) == []
 
 
