@@ -8,14 +8,16 @@ per process (here) or once per actor (Ray).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import deque
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
 from sftkit.data import DataError
 from sftkit.data.config import DataConfig
-from sftkit.data.runner import environment_python_path, run_shard_phase, with_one_worker
+from sftkit.data.runner import run_shard_phase
 from sftkit.errors import SftkitError
 
 RAY_INSTALL = ("--executor=ray needs Ray: pip install -r reqs_optional/requirements_optional_ray.txt "
@@ -28,6 +30,19 @@ def reward_scorer(cfg: DataConfig):
     return RewardModelScorer(cfg.reward_model, batch_size=cfg.reward_batch_size, device=cfg.device,
                              max_length=cfg.reward_max_length, local_files_only=cfg.local_files_only,
                              trust_remote_code=cfg.trust_remote_code)
+
+
+def with_one_worker(cfg: DataConfig) -> DataConfig:
+    """The settings a remote shard runs with: one process, it has one CPU."""
+    return dataclasses.replace(cfg, workers=1)
+
+
+def environment_python_path() -> str:
+    """Where this sftkit is importable from, for workers that share this machine's files."""
+    import sftkit
+
+    return str(Path(sftkit.__file__).resolve().parents[1]) + (
+        os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
 
 
 class LocalExecutor:
@@ -114,7 +129,7 @@ class RayExecutor:
         actors, pending, free = [], {}, deque()
         actor_class = ray.remote(num_cpus=1, num_gpus=cfg.num_gpus_per_worker, max_restarts=cfg.max_retries,
                                  max_task_retries=cfg.max_retries)(RewardActor)
-        actor_cfg = dataclasses.replace(cfg, workers=1)
+        actor_cfg = with_one_worker(cfg)
         try:
             for unit in units:
                 if not actors:  # started on the first unit: nothing to score, no model loaded

@@ -11,8 +11,6 @@ run and a Ray run go through the same code and write the same files.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,16 +273,3 @@ def run_stage(stage: Stage, cfg: DataConfig, executor=None) -> StageStats:
                   "nothing to work on (check --source/--files and this stage's thresholds)", flush=True)
         stage.report(cfg, stats)
         return stats
-
-
-def with_one_worker(cfg: DataConfig) -> DataConfig:
-    """The settings a remote shard runs with: one process, it has one CPU."""
-    return dataclasses.replace(cfg, workers=1)
-
-
-def environment_python_path() -> str:
-    """Where this sftkit is importable from, for workers that share this machine's files."""
-    import sftkit
-
-    return str(Path(sftkit.__file__).resolve().parents[1]) + (
-        os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
