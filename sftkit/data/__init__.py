@@ -1,8 +1,10 @@
 """The data pipeline: raw OIG-format JSONL to a clean instruct dataset.
 
 Stages run in order, each reading the previous stage's parquet parts and writing its own:
-download → detox → chop → grade → finalize. ``sftkit.data.pipeline`` is the runner; each
-stage lives in its own module and the filters and scorers they use live beside them.
+download → detox → chop → grade → finalize. Each stage module declares its contract (inputs,
+outputs, the settings that change its result) as a ``runner.Stage``; ``sftkit.data.runner`` runs
+any stage (sharding, manifests, stats, locks), ``sftkit.data.executors`` decides where its shards
+run (this process or Ray), and ``sftkit.data.pipeline`` puts the five in order.
 """
 
 from sftkit.errors import DataError  # noqa: E402  (re-exported: the stages raise it)

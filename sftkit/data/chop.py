@@ -7,6 +7,8 @@ whatever the batching or sharding. The turn statistics are kept as columns.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 
@@ -14,12 +16,12 @@ from sftkit.data import DataError
 from sftkit.data.config import DataConfig
 from sftkit.data.hashing import uniform_draws
 from sftkit.data.lengths import STAT_COLUMNS, turn_length_stats
-from sftkit.data.manifest import cached_step, digests
-from sftkit.data.parquet_io import ParquetSink, count_rows, iter_batches, read_schema
+from sftkit.data.parquet_io import ParquetSink, read_schema
+from sftkit.data.runner import Shard, ShardInput, ShardPhase, Stage, Step, run_stage, shard_input
 from sftkit.data.stats import StageStats
-from sftkit.data.workdir import check_shard, part_name, shard_mask, stage_dir, stage_parts
+from sftkit.data.workdir import stage_dir
 
-VERSION = 1
+VERSION = 2
 
 
 def keep_thresholds(short_turn_keep: dict) -> list[tuple[float, float]]:
@@ -60,26 +62,33 @@ def chop_batch(batch: pa.RecordBatch, cfg: DataConfig, stats: StageStats) -> pa.
     return batch.filter(pa.array(keep))
 
 
-def chop(cfg: DataConfig, inputs, out) -> StageStats:
-    stats = StageStats("chop", rows_in=count_rows(inputs))
-    schema = read_schema(inputs[0])
+def chop(cfg: DataConfig, source: ShardInput, out: Path) -> StageStats:
+    stats = StageStats("chop")
+    schema = read_schema(source.paths[0])
     schema = pa.schema(list(schema) + [(n, pa.float32() if n.endswith("mean") else pa.int32()) for n in STAT_COLUMNS])
     with ParquetSink(out, schema) as sink:
-        for batch in iter_batches(inputs, cfg.batch_rows):
-            mine = shard_mask(batch.column("id").to_numpy(), cfg.shard_index, cfg.num_shards)
-            stats.drop("other_shard", int((~mine).sum()))
-            sink.write(chop_batch(batch.filter(pa.array(mine)), cfg, stats))
+        for batch in source.batches(cfg.batch_rows):
+            stats.rows_in += batch.num_rows
+            sink.write(chop_batch(batch, cfg, stats))
     stats.rows_out = sink.rows
     return stats
 
 
+def shard_steps(cfg: DataConfig, shard: Shard) -> list[Step]:
+    source = shard_input(cfg, "detox", "chop", shard)
+    out = stage_dir(cfg.work_dir, "chop") / f"{shard.part}.parquet"
+    return [Step("chop", out.with_suffix(".manifest.json"), source.paths, [out],
+                 ("seed", "min_turn_mean_chars", "max_turn_chars"), lambda: chop(cfg, source, out),
+                 derived={"short_turn_keep": keep_thresholds(cfg.short_turn_keep)})]
+
+
+STAGE = Stage(
+    "chop", VERSION, [ShardPhase(shard_steps)],
+    num_shards=lambda cfg: cfg.num_shards,
+    describe=lambda cfg, shard: f"{stage_dir(cfg.work_dir, 'detox')}, rows with id % {shard.count} == {shard.index}",
+    check=lambda cfg: keep_thresholds(cfg.short_turn_keep) and None,
+    temp_dirs=lambda cfg: [stage_dir(cfg.work_dir, "chop")])
+
+
 def run(cfg: DataConfig) -> StageStats:
-    check_shard(cfg.shard_index, cfg.num_shards)
-    keep_thresholds(cfg.short_turn_keep)
-    inputs = stage_parts(cfg.work_dir, "detox", "chop")
-    out = stage_dir(cfg.work_dir, "chop") / f"{part_name(cfg.shard_index, cfg.num_shards)}.parquet"
-    settings = {"version": VERSION, "seed": cfg.seed, "min_turn_mean_chars": cfg.min_turn_mean_chars,
-                "short_turn_keep": keep_thresholds(cfg.short_turn_keep), "max_turn_chars": cfg.max_turn_chars,
-                "shard": [cfg.shard_index, cfg.num_shards]}
-    return cached_step("chop", out.with_suffix(".manifest.json"), digests(inputs), settings, [out],
-                       lambda: chop(cfg, inputs, out))
+    return run_stage(STAGE, cfg)

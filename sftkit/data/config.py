@@ -65,10 +65,22 @@ class DataConfig:
                                    "every *.jsonl[.gz] when --source is a local directory, else the useful "
                                    "OIG files (sftkit.data.config.OIG_USEFUL_FILES)", env="SFTKIT_FILES")
     config: str | None = flag(None, "YAML recipe with any of these settings", env="SFTKIT_CONFIG")
-    shard_index: int = flag(0, "Which shard of the input this run processes (0-based)")
-    num_shards: int = flag(1, "Split every stage's work into this many shards (one per machine or run)")
+    shard_index: int | None = flag(None, "Run only this shard (0-based), e.g. one per machine by hand; "
+                                   "default: every shard, on --executor")
+    num_shards: int = flag(1, "Split every stage's work into this many shards (files for download, "
+                           "row-id hash partitions after it; finalize always runs once)")
     workers: int = flag(0, "Processes for the CPU-heavy filters and scorers; 0 = one per CPU core")
     batch_rows: int = flag(2048, "Rows per streamed Arrow record batch (bounds memory)")
+
+    # Where the shards run (sftkit.data.runner; the stages' results do not depend on these)
+    executor: str = flag("local", "Where shards run: local (this process, --workers processes per shard) or "
+                         "ray (one Ray task per shard; pip install -r reqs_optional/requirements_optional_ray.txt)")
+    ray_address: str | None = flag(None, "ray: cluster to join (auto, host:port or ray://host:port); default: "
+                                   "RAY_ADDRESS, else a Ray instance started for this run on this machine")
+    max_retries: int = flag(3, "ray: times a shard task is retried after its worker or node is lost")
+    grade_actors: int = flag(1, "ray: reward-model actors for grade with --use_reward_model (model loaded once each)")
+    num_gpus_per_worker: float = flag(0.0, "ray: GPUs per reward-model actor (0 = CPU actors)")
+    allow_empty: bool = flag(False, "Let finalize write a dataset with 0 rows (otherwise an empty result fails)")
 
     # download
     retries: int = flag(4, "download: attempts per file before giving up")

@@ -25,9 +25,21 @@ def earlier_stages(cfg: DataConfig) -> list[StageStats]:
     return stages
 
 
-def build(stages: list[StageStats], output: Path, sources: dict[str, int], settings: dict) -> dict:
+def input_digests(cfg: DataConfig) -> list[dict[str, str]]:
+    """Name and sha256 of every input file as converted, so a user can pin them (``--checksums``)."""
+    download_dir = stage_dir(cfg.work_dir, "download")
+    found = []
+    for name in resolve_files(cfg):
+        manifest = json.loads((download_dir / f"{name}.manifest.json").read_text(encoding="utf-8"))
+        found += [{"name": name, "sha256": entry["sha256"]} for entry in manifest["inputs"][:1]]
+    return found
+
+
+def build(stages: list[StageStats], output: Path, sources: dict[str, int], settings: dict,
+          inputs: list[dict[str, str]] = ()) -> dict:
     return {"output": output.name, "rows": stages[-1].rows_out, "rows_by_source": dict(sorted(sources.items())),
-            "stages": [dict(s.to_dict(), balanced=s.balanced()) for s in stages], "settings": settings}
+            "inputs": list(inputs), "stages": [dict(s.to_dict(), balanced=s.balanced()) for s in stages],
+            "settings": settings}
 
 
 def markdown(card: dict) -> str:
@@ -37,9 +49,14 @@ def markdown(card: dict) -> str:
         added = ", ".join(f"{k} +{v:,}" for k, v in s["added"].items()) or "-"
         dropped = ", ".join(f"{k} {v:,}" for k, v in s["dropped"].items()) or "-"
         lines.append(f"| {s['stage']} | {s['rows_in']:,} | {added} | {dropped} | {s['rows_out']:,} |")
-    notes = [f"- {s['stage']}: {note}" for s in card["stages"] for note in s["notes"]]
+    notes = [f"- {s['stage']}: {topic}: " + ", ".join(f"{k}={v:,}" for k, v in counts.items())
+             for s in card["stages"] for topic, counts in s.get("counted", {}).items()]
+    notes += [f"- {s['stage']}: {note}" for s in card["stages"] for note in s["notes"]]
     if notes:
         lines += ["", "Notes:", *notes]
+    if card.get("inputs"):
+        lines += ["", "| input file | sha256 |", "| --- | --- |"]
+        lines += [f"| {entry['name']} | `{entry['sha256']}` |" for entry in card["inputs"]]
     lines += ["", "| source | rows |", "| --- | ---: |"]
     lines += [f"| {name} | {n:,} |" for name, n in card["rows_by_source"].items()]
     lines += ["", "Settings:", "", "```json", json.dumps(card["settings"], indent=1, sort_keys=True), "```", ""]

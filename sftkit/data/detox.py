@@ -19,15 +19,15 @@ from sftkit.data import DataError
 from sftkit.data.config import DataConfig
 from sftkit.data.download import parquet_path, resolve_files
 from sftkit.data.hashing import SeenIds, row_ids
-from sftkit.data.manifest import cached_step, digests
 from sftkit.data.parallel import ordered_map, resolve_workers
 from sftkit.data.parquet_io import ParquetSink, count_rows, iter_batches, read_schema
 from sftkit.data.scorers import DetoxifyScorer, profanity_probs
+from sftkit.data.runner import Shard, ShardPhase, Stage, Step, run_stage
 from sftkit.data.splitting import split_conversation
 from sftkit.data.stats import StageStats
-from sftkit.data.workdir import check_shard, part_name, shard_mask, stage_dir
+from sftkit.data.workdir import shard_mask, stage_dir
 
-VERSION = 1
+VERSION = 2
 DETOXIFY_PREFIX = "detoxify_"
 
 
@@ -69,7 +69,14 @@ def input_files(cfg: DataConfig) -> list[Path]:
     return paths
 
 
-def score(cfg: DataConfig, inputs: list[Path], out: Path) -> StageStats:
+def score(cfg: DataConfig, inputs: list[Path], out: Path, shard: Shard = Shard(0, 1)) -> StageStats:
+    """Split every conversation, keep this shard's rows, drop exact duplicates and score the rest.
+
+    Every shard reads every conversation (a row's shard comes from its id, known only after the
+    split), so conversation-level counts (rows in, splits, too-long exchanges) are counted by the
+    shard that owns the input batch (batch number % shards): the shards' counts add up to the
+    unsharded run's. Equal rows share an id, hence a shard: exact dedup stays global.
+    """
     stats = StageStats("detox")
     detoxify = None
     if cfg.detoxify:
@@ -81,15 +88,16 @@ def score(cfg: DataConfig, inputs: list[Path], out: Path) -> StageStats:
     total = count_rows(inputs)
     workers = min(resolve_workers(cfg.workers), max(1, math.ceil(total / cfg.batch_rows)))
     jobs = ((b.column("text").to_pylist(), b.column("source").to_pylist(), cfg.target_row_chars,
-             cfg.max_row_chars, cfg.shard_index, cfg.num_shards)
+             cfg.max_row_chars, shard.index, shard.count)
             for b in iter_batches(inputs, cfg.batch_rows, ["text", "source"]))
     seen, events = SeenIds(), Counter()
     with ParquetSink(out, schema) as sink, tqdm(total=total, desc="detox", unit=" conv", leave=False) as bar:
-        for result in ordered_map(split_and_score, jobs, workers):
-            stats.rows_in += result["conversations"]
-            stats.dropped.update(result["dropped"])
-            stats.added.update(result["added"])
-            events.update(result["events"])
+        for number, result in enumerate(ordered_map(split_and_score, jobs, workers)):
+            if number % shard.count == shard.index:
+                stats.rows_in += result["conversations"]
+                stats.dropped.update({k: v for k, v in result["dropped"].items() if k != "other_shard"})
+                stats.added.update(result["added"])
+                events.update(result["events"])
             fresh = seen.first_occurrences(result["ids"])
             stats.drop("duplicate", int((~fresh).sum()))
             rows = [r for r, keep in zip(result["rows"], fresh) if keep]
@@ -103,8 +111,7 @@ def score(cfg: DataConfig, inputs: list[Path], out: Path) -> StageStats:
             bar.update(result["conversations"])
     stats.rows_out = sink.rows
     stats.dropped, stats.added = +stats.dropped, +stats.added
-    if events:
-        stats.notes.append("exchanges: " + ", ".join(f"{k}={v:,}" for k, v in sorted(events.items())))
+    stats.count("exchanges", +events)
     stats.notes.append(f"detoxify: {cfg.detoxify_model_type}" if detoxify else
                        "detoxify: off (enable with --detoxify=true and its weights)")
     return stats
@@ -128,22 +135,28 @@ def filter_rows(cfg: DataConfig, scored: Path, out: Path) -> StageStats:
     return stats
 
 
-def run(cfg: DataConfig) -> StageStats:
-    check_shard(cfg.shard_index, cfg.num_shards)
+def shard_steps(cfg: DataConfig, shard: Shard) -> list[Step]:
     inputs = input_files(cfg)
-    directory, part = stage_dir(cfg.work_dir, "detox"), part_name(cfg.shard_index, cfg.num_shards)
-    scored, out = directory / "scored" / f"{part}.parquet", directory / f"{part}.parquet"
-    score_inputs = digests(inputs)
-    if cfg.detoxify and cfg.detoxify_checkpoint and Path(cfg.detoxify_checkpoint).is_file():
-        score_inputs += digests([cfg.detoxify_checkpoint])
-    score_settings = {"version": VERSION, "target_row_chars": cfg.target_row_chars,
-                      "max_row_chars": cfg.max_row_chars, "shard": [cfg.shard_index, cfg.num_shards],
-                      "detoxify": cfg.detoxify and {"model_type": cfg.detoxify_model_type,
-                                                     "checkpoint": cfg.detoxify_checkpoint,
-                                                     "config_path": cfg.detoxify_config_path}}
-    scored_stats = cached_step("detox/score", scored.with_suffix(".manifest.json"), score_inputs, score_settings,
-                               [scored], lambda: score(cfg, inputs, scored))
-    filter_settings = {"version": VERSION, "profanity_threshold": cfg.profanity_threshold,
-                       "detoxify_threshold": cfg.detoxify_threshold}
-    return cached_step("detox/filter", out.with_suffix(".manifest.json"), digests([scored]), filter_settings,
-                       [out], lambda: scored_stats.then(filter_rows(cfg, scored, out)))
+    directory = stage_dir(cfg.work_dir, "detox")
+    scored, out = directory / "scored" / f"{shard.part}.parquet", directory / f"{shard.part}.parquet"
+    score_inputs, score_settings = list(inputs), ("target_row_chars", "max_row_chars", "detoxify")
+    if cfg.detoxify:
+        score_settings += ("detoxify_model_type", "detoxify_checkpoint", "detoxify_config_path")
+        if cfg.detoxify_checkpoint and Path(cfg.detoxify_checkpoint).is_file():
+            score_inputs.append(Path(cfg.detoxify_checkpoint))
+    return [Step("detox/score", scored.with_suffix(".manifest.json"), score_inputs, [scored], score_settings,
+                 lambda: score(cfg, inputs, scored, shard)),
+            Step("detox/filter", out.with_suffix(".manifest.json"), [scored], [out],
+                 ("profanity_threshold", "detoxify_threshold"), lambda: filter_rows(cfg, scored, out))]
+
+
+STAGE = Stage(
+    "detox", VERSION, [ShardPhase(shard_steps)],
+    num_shards=lambda cfg: cfg.num_shards,
+    describe=lambda cfg, shard: f"every file in {stage_dir(cfg.work_dir, 'download')}, rows with id % "
+                                f"{shard.count} == {shard.index}",
+    temp_dirs=lambda cfg: [stage_dir(cfg.work_dir, "detox"), stage_dir(cfg.work_dir, "detox") / "scored"])
+
+
+def run(cfg: DataConfig) -> StageStats:
+    return run_stage(STAGE, cfg)

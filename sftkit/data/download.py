@@ -9,19 +9,22 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 from tqdm import tqdm
 
+from sftkit import atomic
 from sftkit.data import DataError
 from sftkit.data.config import OIG_USEFUL_FILES, DataConfig
 from sftkit.data.fetch import download, file_url, local_source_dir
-from sftkit.data.manifest import cached_step, digests
 from sftkit.data.oig import parse_line
 from sftkit.data.parquet_io import ParquetSink
+from sftkit.data.runner import Shard, ShardPhase, Stage, Step, run_stage
 from sftkit.data.stats import StageStats
-from sftkit.data.workdir import check_shard, stage_dir
+from sftkit.data.workdir import stage_dir
 
 VERSION = 1
 SCHEMA = pa.schema([("text", pa.string()), ("source", pa.string()), ("file", pa.string()), ("line", pa.int64())])
@@ -67,12 +70,24 @@ def _open_lines(path: Path):
     return gzip.open(path, "rb") if gzipped else open(path, "rb")
 
 
+def read_lines(raw: Path, downloaded: bool) -> Iterator[bytes]:
+    """The lines of an input file; a damaged input is reported as the input's fault, with the fix."""
+    try:
+        with _open_lines(raw) as lines:
+            yield from lines
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+        fix = ("it was downloaded: delete it to fetch it again" if downloaded else
+               "it is an input file: replace it with a complete copy, or leave it out of --files")
+        raise DataError(f"input {raw}: cannot read ({type(exc).__name__}: {exc}); {fix}") from None
+
+
 def convert(raw: Path, name: str, out: Path, rejects: Path, cfg: DataConfig) -> StageStats:
     """Stream JSONL (plain or gzip) into parquet; malformed lines go to ``rejects`` with their reason."""
     stats = StageStats(f"download {name}")
     default_source = name.split(".")[0]
     columns: dict[str, list] = {k: [] for k in SCHEMA.names}
-    tmp_rejects = rejects.with_name(f".{rejects.name}.tmp-{os.getpid()}")
+    tmp_rejects = atomic.temp_path(rejects)
+    downloaded = local_source_dir(cfg.source) is None
 
     def flush(sink: ParquetSink) -> None:
         sink.write(pa.RecordBatch.from_pydict(columns, schema=SCHEMA))
@@ -80,10 +95,9 @@ def convert(raw: Path, name: str, out: Path, rejects: Path, cfg: DataConfig) -> 
             values.clear()
 
     try:
-        with _open_lines(raw) as lines, ParquetSink(out, SCHEMA) as sink, \
-                open(tmp_rejects, "w", encoding="utf-8") as bad, \
+        with ParquetSink(out, SCHEMA) as sink, open(tmp_rejects, "w", encoding="utf-8") as bad, \
                 tqdm(desc=f"convert {name}", unit=" lines", leave=False) as bar:
-            for number, line in enumerate(lines, 1):
+            for number, line in enumerate(read_lines(raw, downloaded), 1):
                 line = line.rstrip(b"\r\n")
                 if not line.strip():
                     continue
@@ -110,25 +124,35 @@ def convert(raw: Path, name: str, out: Path, rejects: Path, cfg: DataConfig) -> 
                     f"({', '.join(f'{k}={v}' for k, v in sorted(stats.dropped.items()))}), more than "
                     f"--max_reject_fraction={cfg.max_reject_fraction}; see {rejects} for each file, line and "
                     "reason. Fix the input, or raise --max_reject_fraction to keep the good lines")
-    except (EOFError, gzip.BadGzipFile, OSError) as exc:
-        raise DataError(f"{raw}: cannot read ({type(exc).__name__}: {exc}); delete it to fetch it again") from None
+    except OSError as exc:  # reading errors are DataErrors by now: this is an output that cannot be written
+        raise DataError(f"output {exc.filename or out}: cannot write ({exc.strerror or exc}); it is in "
+                        f"--work_dir={cfg.work_dir}: make that a writable directory with free space") from None
     finally:
         tmp_rejects.unlink(missing_ok=True)
     stats.rows_out = sink.rows
     return stats
 
 
-def run(cfg: DataConfig) -> StageStats:
-    check_shard(cfg.shard_index, cfg.num_shards)
-    files = resolve_files(cfg)[cfg.shard_index::cfg.num_shards]
+def file_steps(cfg: DataConfig, shard: Shard) -> list[Step]:
+    """One step per input file of this shard; the file is fetched here, by the worker that converts it."""
     out_dir = stage_dir(cfg.work_dir, "download")
-    total = StageStats("download")
-    for name in files:
+    steps = []
+    for name in resolve_files(cfg)[shard.index::shard.count]:
         raw = obtain(cfg, name)
         out, rejects = out_dir / f"{name}.parquet", out_dir / f"{name}.rejects.jsonl"
-        stats = cached_step(f"download {name}", out_dir / f"{name}.manifest.json", digests([raw]),
-                            {"version": VERSION, "max_reject_fraction": cfg.max_reject_fraction},
-                            [out, rejects], lambda: convert(raw, name, out, rejects, cfg))
-        print(stats.summary_line())
-        total = total.merge(stats)
-    return total
+        steps.append(Step(f"download {name}", out_dir / f"{name}.manifest.json", [raw], [out, rejects],
+                          ("max_reject_fraction",),
+                          lambda raw=raw, name=name, out=out, rejects=rejects: convert(raw, name, out, rejects, cfg)))
+    return steps
+
+
+STAGE = Stage(
+    "download", VERSION, [ShardPhase(file_steps, combine="merge")],
+    num_shards=lambda cfg: cfg.num_shards,
+    describe=lambda cfg, shard: ", ".join(resolve_files(cfg)[shard.index::shard.count]) or "no files",
+    check=lambda cfg: resolve_files(cfg) and None,
+    temp_dirs=lambda cfg: [stage_dir(cfg.work_dir, "download"), Path(cfg.work_dir) / "raw"])
+
+
+def run(cfg: DataConfig) -> StageStats:
+    return run_stage(STAGE, cfg)

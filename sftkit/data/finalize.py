@@ -2,8 +2,7 @@
 
 Writes ``<work_dir>/oig_instruct_cleaned.json``, a JSON list of ``{"id", "input", "prompt_type",
 "source"}`` in the ``<human>: …\\n<bot>: …`` format that finetune.py reads, and
-``oig_instruct_cleaned.card.json`` / ``.card.md``. With ``--num_shards`` > 1 each shard writes
-``oig_instruct_cleaned.part-<i>-of-<n>.json`` instead. The shuffle never holds more than
+``oig_instruct_cleaned.card.json`` / ``.card.md``: one output over every shard of grade. The shuffle never holds more than
 ``shuffle_bucket_rows`` rows: rows are dealt to random buckets on disk, then each bucket is
 shuffled in memory; the order depends only on the row ids and ``--seed``.
 """
@@ -25,15 +24,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sftkit import atomic
-from sftkit.data import datacard
+from sftkit.data import DataError, datacard
 from sftkit.data.config import DataConfig
 from sftkit.data.hashing import uniform_draws
-from sftkit.data.manifest import cached_step, digests
 from sftkit.data.parquet_io import ParquetSink, count_rows, iter_batches
+from sftkit.data.runner import EXECUTION_SETTINGS, Shard, ShardPhase, Stage, Step, run_stage
 from sftkit.data.stats import StageStats
-from sftkit.data.workdir import FINAL_JSON, check_shard, shard_mask, stage_parts
+from sftkit.data.workdir import FINAL_JSON, stage_dir, stage_parts
 
-VERSION = 1
+VERSION = 2
 ROW_SCHEMA = pa.schema([("id", pa.uint64()), ("text", pa.string()), ("source", pa.string())])
 
 
@@ -61,10 +60,7 @@ def clean_drops(texts: pa.Array, cfg: DataConfig) -> dict[str, np.ndarray]:
 
 
 def output_path(cfg: DataConfig) -> Path:
-    if cfg.num_shards == 1:
-        return Path(cfg.work_dir) / FINAL_JSON
-    stem = Path(FINAL_JSON).stem
-    return Path(cfg.work_dir) / f"{stem}.part-{cfg.shard_index:05d}-of-{cfg.num_shards:05d}.json"
+    return Path(cfg.work_dir) / FINAL_JSON
 
 
 def card_paths(out: Path) -> tuple[Path, Path]:
@@ -74,16 +70,15 @@ def card_paths(out: Path) -> tuple[Path, Path]:
 def finalize(cfg: DataConfig, inputs: list[Path], out: Path) -> StageStats:
     stats = StageStats("finalize", rows_in=count_rows(inputs))
     n_buckets = max(1, math.ceil(stats.rows_in / cfg.shuffle_bucket_rows))
-    scratch = out.parent / f".finalize-{os.getpid()}"
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    scratch = atomic.temp_path(out.parent / "finalize-buckets")  # a killed run's is cleaned at the next start
+    tmp = atomic.temp_path(out)
     sources: Counter = Counter()
     try:
         with contextlib.ExitStack() as stack:  # pass 1: deal the kept rows to random buckets on disk
             sinks = [stack.enter_context(ParquetSink(scratch / f"bucket-{b:05d}.parquet", ROW_SCHEMA))
                      for b in range(n_buckets)]
             for batch in iter_batches(inputs, cfg.batch_rows, ["id", "text", "source"]):
-                keep = shard_mask(batch.column("id").to_numpy(), cfg.shard_index, cfg.num_shards)
-                stats.drop("other_shard", int((~keep).sum()))
+                keep = np.ones(batch.num_rows, dtype=bool)
                 for reason, mask in clean_drops(batch.column("text"), cfg).items():
                     stats.drop(reason, int((mask & keep).sum()))
                     keep &= ~mask
@@ -105,24 +100,42 @@ def finalize(cfg: DataConfig, inputs: list[Path], out: Path) -> StageStats:
                     stats.rows_out += 1
                     sources[row_sources[i]] += 1
             fh.write("\n]\n")
+        if stats.rows_out == 0 and not cfg.allow_empty:
+            raise DataError(f"finalize: 0 rows left of {stats.rows_in:,} (see each stage's summary for where they "
+                            "went); nothing was written. Check --source/--files and the thresholds, or pass "
+                            "--allow_empty=True to write an empty dataset")
         os.replace(tmp, out)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         tmp.unlink(missing_ok=True)
-    card = datacard.build(datacard.earlier_stages(cfg) + [stats], out, sources, dataclasses.asdict(cfg))
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in EXECUTION_SETTINGS}
+    card = datacard.build(datacard.earlier_stages(cfg) + [stats], out, sources, settings,
+                          datacard.input_digests(cfg))
     card_json, card_md = card_paths(out)
     atomic.write_text(card_json, json.dumps(card, indent=1))
     atomic.write_text(card_md, datacard.markdown(card))
     return stats
 
 
-def run(cfg: DataConfig) -> StageStats:
-    check_shard(cfg.shard_index, cfg.num_shards)
+def shard_steps(cfg: DataConfig, shard: Shard) -> list[Step]:
     inputs = stage_parts(cfg.work_dir, "grade", "finalize")
     out = output_path(cfg)
-    settings = {"version": VERSION, "seed": cfg.seed, "censor_words": cfg.censor_words,
-                "unhelpful_phrases": cfg.unhelpful_phrases, "shard": [cfg.shard_index, cfg.num_shards]}
-    stats = cached_step("finalize", out.with_suffix(".manifest.json"), digests(inputs), settings,
-                        [out, *card_paths(out)], lambda: finalize(cfg, inputs, out))
+    return [Step("finalize", out.with_suffix(".manifest.json"), inputs, [out, *card_paths(out)],
+                 ("seed", "censor_words", "unhelpful_phrases", "shuffle_bucket_rows"),
+                 lambda: finalize(cfg, inputs, out))]
+
+
+def report(cfg: DataConfig, stats: StageStats) -> None:
+    out = output_path(cfg)
     print(f"[finalize] wrote {out} ({stats.rows_out:,} rows) and its data card {card_paths(out)[1].name}")
-    return stats
+
+
+STAGE = Stage(
+    "finalize", VERSION, [ShardPhase(shard_steps)],
+    num_shards=lambda cfg: 1,  # the shuffle is global: one output, whatever --num_shards
+    describe=lambda cfg, shard: f"every part in {stage_dir(cfg.work_dir, 'grade')}",
+    temp_dirs=lambda cfg: [Path(cfg.work_dir)], report=report)
+
+
+def run(cfg: DataConfig) -> StageStats:
+    return run_stage(STAGE, cfg)

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -26,16 +27,17 @@ from sftkit import atomic
 from sftkit.data import DataError
 from sftkit.data.config import DataConfig
 from sftkit.data.detox import plain_text
-from sftkit.data.manifest import cached_step, digests, sha256_file
+from sftkit.data.manifest import sha256_file
 from sftkit.data.parallel import ordered_map, resolve_workers
 from sftkit.data.parquet_io import ParquetSink, count_rows, iter_batches, read_schema
 from sftkit.data.readability import ensure_cmudict, flesch_kincaid_grades
-from sftkit.data.scorers import RewardModelScorer, profane_flags
+from sftkit.data.runner import DriverPhase, Shard, ShardInput, ShardPhase, Stage, Step, run_stage, shard_input
+from sftkit.data.scorers import profane_flags
 from sftkit.data.stats import StageStats
-from sftkit.data.workdir import check_shard, part_name, shard_mask, stage_dir, stage_parts
+from sftkit.data.workdir import stage_dir
 from sftkit.prompts import BOT, split_turns
 
-VERSION = 1
+VERSION = 2
 
 
 def answers_text(row: str) -> str:
@@ -55,23 +57,22 @@ def text_scores(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
             profane_flags([plain_text(t) for t in texts]))
 
 
-def score(cfg: DataConfig, inputs: list[Path], out: Path) -> StageStats:
-    stats = StageStats("grade", rows_in=count_rows(inputs))
-    schema = read_schema(inputs[0])
+def score(cfg: DataConfig, source: ShardInput, out: Path) -> StageStats:
+    stats = StageStats("grade")
+    schema = read_schema(source.paths[0])
     schema = pa.schema(list(schema) + [("fk_grade", pa.float32()), ("profane", pa.bool_())])
-    workers = min(resolve_workers(cfg.workers), max(1, math.ceil(stats.rows_in / cfg.batch_rows)))
+    bound = source.row_bound()
+    workers = min(resolve_workers(cfg.workers), max(1, math.ceil(bound / cfg.batch_rows)))
     batches = []
 
-    def mine():
-        for batch in iter_batches(inputs, cfg.batch_rows):
-            keep = shard_mask(batch.column("id").to_numpy(), cfg.shard_index, cfg.num_shards)
-            stats.drop("other_shard", int((~keep).sum()))
-            batch = batch.filter(pa.array(keep))
+    def texts():
+        for batch in source.batches(cfg.batch_rows):
+            stats.rows_in += batch.num_rows
             batches.append(batch)
             yield batch.column("text").to_pylist()
 
-    with ParquetSink(out, schema) as sink, tqdm(total=stats.rows_in, desc="grade", unit=" rows", leave=False) as bar:
-        for grades, profane in ordered_map(text_scores, mine(), workers, initializer=ensure_cmudict):
+    with ParquetSink(out, schema) as sink, tqdm(total=bound, desc="grade", unit=" rows", leave=False) as bar:
+        for grades, profane in ordered_map(text_scores, texts(), workers, initializer=ensure_cmudict):
             batch = batches.pop(0)
             sink.write(batch.append_column("fk_grade", pa.array(grades)).append_column("profane", pa.array(profane)))
             bar.update(batch.num_rows)
@@ -142,47 +143,54 @@ def open_reward_cache(cfg: DataConfig, key: str) -> RewardCache:
                        {"model": cfg.reward_model, "max_length": cfg.reward_max_length, "key": key})
 
 
-def score_rewards(cfg: DataConfig, scored: Path, cache: RewardCache) -> tuple[int, int]:
-    """Reward-score every row that passes the text thresholds and is not in the cache yet.
-
-    Returns (rows passing the text thresholds, how many of them were already in the cache).
-    """
-    scorer: RewardModelScorer | None = None
+def reward_units(cfg: DataConfig, scored: list[Path], cache: RewardCache, counts: dict) -> Iterator[tuple]:
+    """Units of ``reward_progress_rows`` rows (ids, questions, answers) that pass the text thresholds and
+    have no reward in the cache yet; ``counts`` gets the passing and already-cached totals."""
     pending: dict[str, list] = {"ids": [], "questions": [], "answers": []}
-    passing = cached = 0
+    for batch in iter_batches(scored, cfg.batch_rows):
+        passes = ~np.logical_or.reduce(list(text_keep(batch, cfg).values()))
+        ids = batch.column("id").to_numpy()
+        found, _ = cache.lookup(ids)
+        counts["passing"] += int(passes.sum())
+        counts["cached"] += int((passes & found).sum())
+        counts["skipped"] += batch.num_rows - int((passes & ~found).sum())
+        texts = batch.column("text").to_pylist()
+        for i in np.flatnonzero(passes & ~found):
+            question, answer = question_and_answer(texts[i])
+            pending["ids"].append(ids[i])
+            pending["questions"].append(question)
+            pending["answers"].append(answer)
+            if len(pending["ids"]) >= cfg.reward_progress_rows:
+                yield np.array(pending["ids"], dtype=np.uint64), list(pending["questions"]), list(pending["answers"])
+                for values in pending.values():
+                    values.clear()
+    if pending["ids"]:
+        yield np.array(pending["ids"], dtype=np.uint64), pending["questions"], pending["answers"]
 
-    def flush() -> None:
-        rewards = scorer.score(pending["questions"], pending["answers"])
-        cache.add(np.array(pending["ids"], dtype=np.uint64), np.array(rewards, dtype=np.float32))
-        bar.update(len(pending["ids"]))
-        for values in pending.values():
-            values.clear()
 
-    with tqdm(total=count_rows([scored]), desc="reward", unit=" rows", leave=False) as bar:
-        for batch in iter_batches([scored], cfg.batch_rows):
-            passes = ~np.logical_or.reduce(list(text_keep(batch, cfg).values()))
-            ids = batch.column("id").to_numpy()
-            found, _ = cache.lookup(ids)
-            todo = np.flatnonzero(passes & ~found)
-            passing += int(passes.sum())
-            cached += int((passes & found).sum())
-            bar.update(batch.num_rows - len(todo))
-            texts = batch.column("text").to_pylist()
-            for i in todo:
-                if scorer is None:
-                    scorer = RewardModelScorer(cfg.reward_model, batch_size=cfg.reward_batch_size, device=cfg.device,
-                                               max_length=cfg.reward_max_length,
-                                               local_files_only=cfg.local_files_only,
-                                               trust_remote_code=cfg.trust_remote_code)
-                question, answer = question_and_answer(texts[i])
-                pending["ids"].append(ids[i])
-                pending["questions"].append(question)
-                pending["answers"].append(answer)
-                if len(pending["ids"]) >= cfg.reward_progress_rows:
-                    flush()
-        if pending["ids"]:
-            flush()
-    return passing, cached
+def score_rewards(cfg: DataConfig, scored: list[Path], cache: RewardCache, executor) -> tuple[int, int]:
+    """Reward-score every row that passes the text thresholds and is not in the cache yet, each finished
+    unit written at once (a killed run resumes there). Returns (rows passing, how many were cached)."""
+    counts = {"passing": 0, "cached": 0, "skipped": 0}
+    with tqdm(total=count_rows(scored), desc="reward", unit=" rows", leave=False) as bar:
+        for ids, rewards in executor.score_rewards(cfg, reward_units(cfg, scored, cache, counts)):
+            cache.add(ids, rewards)
+            bar.update(len(ids) + counts["skipped"])
+            counts["skipped"] = 0
+    return counts["passing"], counts["cached"]
+
+
+def scored_path(cfg: DataConfig, shard: Shard) -> Path:
+    return stage_dir(cfg.work_dir, "grade") / "scored" / f"{shard.part}.parquet"
+
+
+def reward_phase(cfg: DataConfig, shards: list[Shard], executor) -> None:
+    if not cfg.use_reward_model:
+        return
+    cache = open_reward_cache(cfg, reward_key(cfg))
+    passing, cached = score_rewards(cfg, [scored_path(cfg, shard) for shard in shards], cache, executor)
+    print(f"[grade/reward] {passing:,} rows pass the text thresholds; {cached:,} of them were already "
+          f"scored in {cache.directory}", flush=True)
 
 
 def filter_rows(cfg: DataConfig, scored: Path, out: Path, cache: RewardCache | None) -> StageStats:
@@ -210,22 +218,34 @@ def filter_rows(cfg: DataConfig, scored: Path, out: Path, cache: RewardCache | N
     return stats
 
 
-def run(cfg: DataConfig) -> StageStats:
-    check_shard(cfg.shard_index, cfg.num_shards)
-    inputs = stage_parts(cfg.work_dir, "chop", "grade")
-    directory, part = stage_dir(cfg.work_dir, "grade"), part_name(cfg.shard_index, cfg.num_shards)
-    scored, out = directory / "scored" / f"{part}.parquet", directory / f"{part}.parquet"
-    scored_stats = cached_step("grade/score", scored.with_suffix(".manifest.json"), digests(inputs),
-                               {"version": VERSION, "shard": [cfg.shard_index, cfg.num_shards]}, [scored],
-                               lambda: score(cfg, inputs, scored))
-    cache = None
+def score_steps(cfg: DataConfig, shard: Shard) -> list[Step]:
+    source, scored = shard_input(cfg, "chop", "grade", shard), scored_path(cfg, shard)
+    return [Step("grade/score", scored.with_suffix(".manifest.json"), source.paths, [scored], (),
+                 lambda: score(cfg, source, scored))]
+
+
+def filter_steps(cfg: DataConfig, shard: Shard) -> list[Step]:
+    scored = scored_path(cfg, shard)
+    out = stage_dir(cfg.work_dir, "grade") / f"{shard.part}.parquet"
+    settings, derived = ("min_grade", "max_grade", "drop_profane", "use_reward_model"), {}
     if cfg.use_reward_model:
-        cache = open_reward_cache(cfg, reward_key(cfg))
-        passing, cached = score_rewards(cfg, scored, cache)
-        print(f"[grade/reward] {passing:,} rows pass the text thresholds; {cached:,} of them were already "
-              f"scored in {cache.directory}")
-    settings = {"version": VERSION, "min_grade": cfg.min_grade, "max_grade": cfg.max_grade,
-                "drop_profane": cfg.drop_profane,
-                "reward": cache is not None and {"key": cache.directory.name, "threshold": cfg.reward_threshold}}
-    return cached_step("grade/filter", out.with_suffix(".manifest.json"), digests([scored]), settings, [out],
-                       lambda: scored_stats.then(filter_rows(cfg, scored, out, cache)))
+        settings += ("reward_threshold",)
+        derived["reward_key"] = reward_key(cfg)
+
+    def compute():
+        cache = open_reward_cache(cfg, derived["reward_key"]) if cfg.use_reward_model else None
+        return filter_rows(cfg, scored, out, cache)
+
+    return [Step("grade/filter", out.with_suffix(".manifest.json"), [scored], [out], settings, compute, derived)]
+
+
+STAGE = Stage(
+    "grade", VERSION, [ShardPhase(score_steps), DriverPhase(reward_phase), ShardPhase(filter_steps)],
+    num_shards=lambda cfg: cfg.num_shards,
+    describe=lambda cfg, shard: f"{stage_dir(cfg.work_dir, 'chop')}, rows with id % {shard.count} == {shard.index}",
+    temp_dirs=lambda cfg: [stage_dir(cfg.work_dir, "grade"), stage_dir(cfg.work_dir, "grade") / "scored",
+                           *(stage_dir(cfg.work_dir, "grade") / "reward_cache").glob("*")])
+
+
+def run(cfg: DataConfig) -> StageStats:
+    return run_stage(STAGE, cfg)

@@ -55,6 +55,9 @@ def stale_reason(manifest_path: str | os.PathLike, inputs: list[dict], settings:
             raise DataError(f"{outputs[0]} already exists but was not written by this pipeline "
                             f"(no manifest {manifest_path.name}); move it away or choose another --work_dir")
         return "no previous run"
+    if manifest.get("pending"):
+        # Written before the outputs: the earlier run stopped somewhere between the two.
+        return "the previous run was interrupted before it finished"
     if manifest["inputs"] != inputs:
         return "inputs changed"
     settings = normalize(settings)
@@ -70,9 +73,16 @@ def stale_reason(manifest_path: str | os.PathLike, inputs: list[dict], settings:
 
 def stored_stats(manifest_path: str | os.PathLike) -> StageStats:
     manifest = _load(Path(manifest_path))
-    if manifest is None:
-        raise DataError(f"{manifest_path}: missing or unreadable manifest; run that stage again")
+    if manifest is None or manifest.get("pending"):
+        raise DataError(f"{manifest_path}: missing or unfinished manifest; run that stage again")
     return StageStats.from_dict(manifest["stats"])
+
+
+def write_pending(manifest_path: str | os.PathLike, step: str, inputs: list[dict], settings: dict) -> None:
+    """Claim the outputs before writing them, so a kill between output and manifest is recognised."""
+    manifest = {"version": MANIFEST_VERSION, "step": step, "pending": True, "inputs": inputs,
+                "settings": normalize(settings)}
+    atomic.write_text(manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
 
 
 def write_manifest(manifest_path: str | os.PathLike, step: str, inputs: list[dict], settings: dict,
@@ -83,15 +93,26 @@ def write_manifest(manifest_path: str | os.PathLike, step: str, inputs: list[dic
     atomic.write_text(manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
 
 
-def cached_step(name: str, manifest_path: str | os.PathLike, inputs: list[dict], settings: dict,
-                outputs: list[str | os.PathLike], compute) -> StageStats:
-    """Run ``compute() -> StageStats`` unless the manifest shows identical inputs and settings."""
+def cached(name: str, manifest_path: str | os.PathLike, inputs: list[dict], settings: dict,
+           outputs: list[str | os.PathLike], compute) -> tuple[StageStats, str | None]:
+    """Run ``compute() -> StageStats`` unless the manifest shows identical inputs and settings.
+
+    Returns the stats and a line saying what happened (None for a first run).
+    """
     reason = stale_reason(manifest_path, inputs, settings, outputs)
     if reason is None:
-        print(f"[{name}] up to date (inputs and settings unchanged): reusing {Path(outputs[0]).name}")
-        return stored_stats(manifest_path)
-    if reason != "no previous run":
-        print(f"[{name}] running again: {reason}")
+        return (stored_stats(manifest_path),
+                f"[{name}] up to date (inputs and settings unchanged): reusing {Path(outputs[0]).name}")
+    write_pending(manifest_path, name, inputs, settings)
     stats = compute()
     write_manifest(manifest_path, name, inputs, settings, outputs, stats)
+    return stats, (None if reason == "no previous run" else f"[{name}] running again: {reason}")
+
+
+def cached_step(name: str, manifest_path: str | os.PathLike, inputs: list[dict], settings: dict,
+                outputs: list[str | os.PathLike], compute) -> StageStats:
+    """:func:`cached`, printing what happened."""
+    stats, note = cached(name, manifest_path, inputs, settings, outputs, compute)
+    if note:
+        print(note, flush=True)
     return stats

@@ -21,12 +21,6 @@ def part_name(shard_index: int, num_shards: int) -> str:
     return f"part-{shard_index:05d}-of-{num_shards:05d}"
 
 
-def check_shard(shard_index: int, num_shards: int) -> None:
-    if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise DataError(f"--shard_index={shard_index} --num_shards={num_shards}: need 0 <= shard_index < "
-                        "num_shards")
-
-
 def stage_parts(work_dir: str | Path, stage: str, needed_by: str) -> list[Path]:
     """Every part a stage wrote, checked to form one complete set (all shards of one run)."""
     directory = stage_dir(work_dir, stage)

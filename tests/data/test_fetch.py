@@ -70,3 +70,37 @@ def test_local_sources():
     assert local_source_dir("https://example.org/data/") is None
     assert str(local_source_dir("file:///srv/oig")) == "/srv/oig"
     assert str(local_source_dir("data/sample")) == "data/sample"
+
+
+def test_resume_proves_the_file_unchanged_with_if_range(served, tmp_path):
+    root, payload = served
+    dest = tmp_path / "raw" / "part.jsonl.gz"
+    with RangeServer(root, break_once={"part.jsonl.gz"}) as server:
+        download(file_url(server.url, "part.jsonl.gz"), dest, **FAST)
+    assert dest.read_bytes() == payload
+    assert server.if_range[0] is None and server.if_range[1].startswith('"')  # the ETag of the first response
+
+
+def test_a_file_changed_between_attempts_is_fetched_whole_not_spliced(served, tmp_path, capsys):
+    root, payload = served
+    dest = tmp_path / "raw" / "part.jsonl.gz"
+    with RangeServer(root, break_once={"part.jsonl.gz"}) as server:
+        with pytest.raises(DataError):
+            download(file_url(server.url, "part.jsonl.gz"), dest, **dict(FAST, retries=1))
+        assert dest.with_name(dest.name + ".part").stat().st_size == len(payload) // 2
+        changed = bytes(b ^ 0xFF for b in payload)  # same size, other bytes
+        (root / "part.jsonl.gz").write_bytes(changed)
+        download(file_url(server.url, "part.jsonl.gz"), dest, **FAST)
+    assert dest.read_bytes() == changed
+    assert server.requests[-1] == ("part.jsonl.gz", None, 200)  # If-Range did not match: the whole new file
+    assert "remote file changed" in capsys.readouterr().out
+
+
+def test_without_a_validator_a_partial_file_is_not_trusted(served, tmp_path, capsys):
+    root, payload = served
+    dest = tmp_path / "raw" / "part.jsonl.gz"
+    with RangeServer(root, break_once={"part.jsonl.gz"}, validators=False) as server:
+        download(file_url(server.url, "part.jsonl.gz"), dest, **FAST)
+    assert dest.read_bytes() == payload
+    assert [r[1:] for r in server.requests] == [(None, 200), (None, 200)]
+    assert "starting over" in capsys.readouterr().out
