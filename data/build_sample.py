@@ -479,6 +479,8 @@ def alpaca_records(rng: random.Random) -> list[dict]:
         else:
             records.append({"instruction": fill(rng.choice(QUESTIONS), topic), "input": "",
                             "output": explanation(rng, topic, 3)})
+    for record in records[:4:2]:  # near duplicates: the same answer with a closing remark (near-dup removal)
+        records.append(dict(record, output=record["output"] + " I hope this helps."))
     return records
 
 

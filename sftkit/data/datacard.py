@@ -40,6 +40,10 @@ def markdown(card: dict) -> str:
     notes = [f"- {s['stage']}: {note}" for s in card["stages"] for note in s["notes"]]
     if notes:
         lines += ["", "Notes:", *notes]
+    if card.get("inputs"):  # per input file: its format and what the download stage kept
+        lines += ["", "| input file | format | records | rows | dropped (by reason) |", "| --- | --- | ---: | ---: | --- |"]
+        lines += [f"| {f['file']} | {f['format']} | {f['records']:,} | {f['rows']:,} | "
+                  f"{', '.join(f'{k} {v:,}' for k, v in f['dropped'].items()) or '-'} |" for f in card["inputs"]]
     lines += ["", "| source | rows |", "| --- | ---: |"]
     lines += [f"| {name} | {n:,} |" for name, n in card["rows_by_source"].items()]
     lines += ["", "Settings:", "", "```json", json.dumps(card["settings"], indent=1, sort_keys=True), "```", ""]

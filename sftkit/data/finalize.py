@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sftkit import atomic
-from sftkit.data import datacard
+from sftkit.data import datacard, finalize_extras
 from sftkit.data.config import DataConfig
 from sftkit.data.hashing import uniform_draws
 from sftkit.data.manifest import cached_step, digests
@@ -77,20 +77,31 @@ def finalize(cfg: DataConfig, inputs: list[Path], out: Path) -> StageStats:
     scratch = out.parent / f".finalize-{os.getpid()}"
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     sources: Counter = Counter()
+    near_duplicates = finalize_extras.near_duplicate_ids(cfg, inputs)  # issue #10: global over all shards
     try:
         with contextlib.ExitStack() as stack:  # pass 1: deal the kept rows to random buckets on disk
             sinks = [stack.enter_context(ParquetSink(scratch / f"bucket-{b:05d}.parquet", ROW_SCHEMA))
                      for b in range(n_buckets)]
-            for batch in iter_batches(inputs, cfg.batch_rows, ["id", "text", "source"]):
-                keep = shard_mask(batch.column("id").to_numpy(), cfg.shard_index, cfg.num_shards)
-                stats.drop("other_shard", int((~keep).sum()))
-                for reason, mask in clean_drops(batch.column("text"), cfg).items():
-                    stats.drop(reason, int((mask & keep).sum()))
-                    keep &= ~mask
-                batch = batch.filter(pa.array(keep))
+
+            def deal(batch: pa.RecordBatch) -> None:
                 buckets = (uniform_draws(batch.column("id").to_numpy(), cfg.seed, 3) * n_buckets).astype(np.int64)
                 for b in np.unique(buckets):
                     sinks[b].write(batch.filter(pa.array(buckets == b)))
+
+            for batch in iter_batches(inputs, cfg.batch_rows, ["id", "text", "source"]):
+                keep = shard_mask(batch.column("id").to_numpy(), cfg.shard_index, cfg.num_shards)
+                stats.drop("other_shard", int((~keep).sum()))
+                near = np.isin(batch.column("id").to_numpy(), near_duplicates) & keep
+                stats.drop("near_duplicate", int(near.sum()))
+                keep &= ~near
+                for reason, mask in clean_drops(batch.column("text"), cfg).items():
+                    stats.drop(reason, int((mask & keep).sum()))
+                    keep &= ~mask
+                deal(batch.filter(pa.array(keep)))
+            personality = finalize_extras.personality_batch(cfg, ROW_SCHEMA)  # issue #10: generated rows
+            mine = shard_mask(personality.column("id").to_numpy(), cfg.shard_index, cfg.num_shards)
+            stats.add("personality", int(mine.sum()))
+            deal(personality.filter(pa.array(mine)))
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write("[")
             for sink in sinks:  # pass 2: shuffle each bucket in memory, stream it out
@@ -110,6 +121,7 @@ def finalize(cfg: DataConfig, inputs: list[Path], out: Path) -> StageStats:
         shutil.rmtree(scratch, ignore_errors=True)
         tmp.unlink(missing_ok=True)
     card = datacard.build(datacard.earlier_stages(cfg) + [stats], out, sources, dataclasses.asdict(cfg))
+    card["inputs"] = finalize_extras.input_files(cfg)  # issue #10: every input file's counts and drops
     card_json, card_md = card_paths(out)
     atomic.write_text(card_json, json.dumps(card, indent=1))
     atomic.write_text(card_md, datacard.markdown(card))
@@ -121,8 +133,11 @@ def run(cfg: DataConfig) -> StageStats:
     inputs = stage_parts(cfg.work_dir, "grade", "finalize")
     out = output_path(cfg)
     settings = {"version": VERSION, "seed": cfg.seed, "censor_words": cfg.censor_words,
-                "unhelpful_phrases": cfg.unhelpful_phrases, "shard": [cfg.shard_index, cfg.num_shards]}
+                "unhelpful_phrases": cfg.unhelpful_phrases, "shard": [cfg.shard_index, cfg.num_shards],
+                **finalize_extras.settings(cfg)}
     stats = cached_step("finalize", out.with_suffix(".manifest.json"), digests(inputs), settings,
                         [out, *card_paths(out)], lambda: finalize(cfg, inputs, out))
     print(f"[finalize] wrote {out} ({stats.rows_out:,} rows) and its data card {card_paths(out)[1].name}")
+    if cfg.shard_index == 0:
+        finalize_extras.write_oasst_pairs(cfg)  # issue #10
     return stats
