@@ -76,9 +76,10 @@ class DataConfig:
     work_dir: str = flag("./oig_work", "Directory for every stage's outputs and manifests", env="SFTKIT_WORK_DIR")
     source: str = flag(OIG_BASE_URL, "Base URL (http(s)://, file://) or local directory holding the input "
                        "files; offline, use the bundled sample: data/sample", env="SFTKIT_SOURCE")
-    files: list[str] | None = flag(None, "Comma-separated input file names (.jsonl or .jsonl.gz). Default: "
-                                   "every *.jsonl[.gz] when --source is a local directory, else the useful "
-                                   "OIG files (sftkit.data.config.OIG_USEFUL_FILES)", env="SFTKIT_FILES")
+    files: list[str] | None = flag(None, "Comma-separated input file names (.jsonl, .json, optionally .gz, or "
+                                   ".parquet; any --input_format). Default: every such file when --source is a "
+                                   "local directory, else the useful OIG files (sftkit.data.config.OIG_USEFUL_FILES)",
+                                   env="SFTKIT_FILES")
     config: str | None = flag(None, "YAML recipe with any of these settings", env="SFTKIT_CONFIG")
     shard_index: int = flag(0, "Which shard of the input this run processes (0-based)")
     num_shards: int = flag(1, "Split every stage's work into this many shards (one per machine or run)")
@@ -153,7 +154,8 @@ class DataConfig:
     other_makers: list[str] = flag(DEFAULT_OTHER_MAKERS, "download: makers an answer must not claim "
                                    "(rewritten to --bot_maker in a self-description, else row dropped)")
     near_dup_threshold: float = flag(0.8, "finalize: drop a row whose estimated word-shingle Jaccard "
-                                     "similarity with an earlier kept row is >= this (MinHash LSH); 1 = off")
+                                     "similarity with a kept row (earlier in row-id order) is >= this (MinHash "
+                                     "LSH, over all shards); 1 = off")
     near_dup_shingle_words: int = flag(5, "finalize: words per shingle for near-duplicate detection")
     near_dup_num_perm: int = flag(128, "finalize: MinHash permutations for near-duplicate detection")
     personality: bool = flag(True, "finalize: add generated rows in which the assistant gives its name and "
