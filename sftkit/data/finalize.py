@@ -5,7 +5,9 @@ Writes ``<work_dir>/oig_instruct_cleaned.json``, a JSON list of ``{"id", "input"
 ``oig_instruct_cleaned.card.json`` / ``.card.md``. With ``--num_shards`` > 1 each shard writes
 ``oig_instruct_cleaned.part-<i>-of-<n>.json`` instead. The shuffle never holds more than
 ``shuffle_bucket_rows`` rows: rows are dealt to random buckets on disk, then each bucket is
-shuffled in memory; the order depends only on the row ids and ``--seed``.
+shuffled in memory; the order depends only on the row ids and ``--seed``. Near duplicates are
+dropped and personality rows added first (sftkit.data.finalize_extras), and the OpenAssistant
+ranked pairs are merged into ``oasst_pairs.json``.
 """
 from __future__ import annotations
 
