@@ -7,12 +7,14 @@ later rows that match it; the first row stays.
 
 Memory: the index keeps one 64-bit key per band per kept row, in sorted numpy arrays (72 bytes a
 row at the default 9 bands), not the MinHash signatures and not Python objects per row; the MinHash
-of a row lives only while its batch is processed.
+of a row lives only while its batch is processed. In row-id order the rows' keys wait on disk.
 """
 from __future__ import annotations
 
 import re
+import tempfile
 from itertools import islice
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -21,6 +23,8 @@ from sftkit.data import DataError
 
 _WORD = re.compile(r"\w+")
 _MERGE_AT = 1 << 16  # pending keys merged into the sorted arrays beyond this many
+ID_BUCKET_BITS = 8  # id order: rows go to 2**8 files by their ids' top bits, each sorted in memory
+ID_BUCKETS = 1 << ID_BUCKET_BITS
 
 
 def shingles(text: str, words_per_shingle: int) -> list[bytes]:
@@ -129,14 +133,39 @@ def _cluster(batches: Iterable[tuple[np.ndarray, np.ndarray]], bands: int) -> li
     return dropped
 
 
+def _id_ordered(batches: Iterable[tuple[np.ndarray, np.ndarray]], bands: int, scratch: Path,
+                batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The same (ids, keys) in ascending id order, through ID_BUCKETS files on disk (an external sort by
+    the ids' top bits), so memory holds one bucket at a time rather than every row's keys."""
+    files = [scratch / f"ids-{b:03d}.bin" for b in range(ID_BUCKETS)]
+    record = np.dtype([("id", np.uint64), ("keys", np.uint64, (bands,))])
+    for ids, keys in batches:
+        rows = np.empty(len(ids), dtype=record)
+        rows["id"], rows["keys"] = ids, keys
+        bucket = (ids >> np.uint64(64 - ID_BUCKET_BITS)).astype(np.int64)
+        for b in np.unique(bucket):
+            with open(files[b], "ab") as fh:
+                fh.write(rows[bucket == b].tobytes())
+    for path in files:
+        if not path.exists():
+            continue
+        rows = np.fromfile(path, dtype=record)
+        path.unlink()
+        rows = rows[np.argsort(rows["id"], kind="stable")]
+        for start in range(0, len(rows), batch_rows):
+            part = rows[start:start + batch_rows]
+            yield part["id"].copy(), part["keys"].copy()
+
+
 def near_duplicate_ids(items: Iterable[tuple[int, str]], threshold: float = 0.8, words_per_shingle: int = 5,
-                       num_perm: int = 128, batch_rows: int = 2048, order: str = "input") -> list[int]:
+                       num_perm: int = 128, batch_rows: int = 2048, order: str = "input",
+                       scratch_dir: str | Path | None = None) -> list[int]:
     """The ids of the rows to drop: each one's LSH band matches an earlier kept row's.
 
     ``items`` is any iterator of ``(row_id, text)``, read once in batches. ``order`` says which row of
-    a cluster is the first: ``input`` (streamed; only the kept rows' band keys are held) or ``id``
-    (ascending row id: the same rows are kept however the input is split or ordered, at the cost of
-    holding every row's band keys, 8 bytes per band, until the pass ends).
+    a cluster is the first: ``input`` (streamed), or ``id`` (ascending row id: the same rows are kept
+    however the input is split or ordered; the band keys wait in bucket files under ``scratch_dir``,
+    80 bytes a row on disk). Either way memory holds the kept rows' band keys and one batch.
     """
     bands, rows = band_params(threshold, num_perm)
     batches = _keyed_batches(iter(items), bands, rows, words_per_shingle, num_perm, batch_rows)
@@ -144,15 +173,8 @@ def near_duplicate_ids(items: Iterable[tuple[int, str]], threshold: float = 0.8,
         return _cluster(batches, bands)
     if order != "id":
         raise ValueError(f"order must be 'input' or 'id', not {order!r}")
-    pairs = list(batches)
-    if not pairs:
-        return []
-    ids = np.concatenate([i for i, _ in pairs])
-    keys = np.concatenate([k for _, k in pairs])
-    del pairs
-    sequence = np.argsort(ids, kind="stable")
-    return _cluster(((ids[part], keys[part]) for part in np.array_split(sequence, max(1, -(-len(ids) // batch_rows)))),
-                    bands)
+    with tempfile.TemporaryDirectory(prefix=".neardup-", dir=scratch_dir) as scratch:
+        return _cluster(_id_ordered(batches, bands, Path(scratch), batch_rows), bands)
 
 
 def _batches(items: Iterator, size: int) -> Iterator[list]:
