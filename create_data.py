@@ -10,6 +10,7 @@ or one stage at a time through pytest, with settings from SFTKIT_* environment v
     pytest -s create_data.py::test_assemble_and_detox
     pytest -s create_data.py::test_chop_by_lengths
     pytest -s create_data.py::test_grade
+    pytest -s create_data.py::test_add_open_assistant   (when --files holds an OpenAssistant export)
     pytest -s create_data.py::test_finalize_to_json
 
 Offline, on the bundled sample: python create_data.py all --source=data/sample
@@ -39,6 +40,12 @@ def test_chop_by_lengths():
 
 def test_grade():
     _stage_from_env("grade")
+
+
+def test_add_open_assistant():
+    from sftkit.data import oasst_import
+
+    oasst_import.run(flags.parse(DataConfig))
 
 
 def test_finalize_to_json():

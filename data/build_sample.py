@@ -8,7 +8,10 @@ data/sample/ gets two gzipped OIG JSONL files with something for every stage to 
 explanatory answers, multi-turn and very long conversations (split, answers cut at a sentence),
 very short turns (chop), simple low-grade answers (grade), profane rows (detox and grade),
 boilerplate refusals and other assistants' names (finalize), exact duplicates, and a few
-malformed lines (download rejects).
+malformed lines (download rejects). It also gets OpenAssistant trees (ranked multi-turn branches,
+deleted and review-rejected branches, other languages, self-identifying answers), ShareGPT, alpaca
+and chat-message files; data/formats/ gets the same trees as the flat oasst1 parquet table, an
+h2oGPT instruct JSON list, a ShareGPT JSON list and OIG lines with other speaker spellings.
 """
 from __future__ import annotations
 
@@ -366,6 +369,161 @@ def personality() -> list[dict]:
     return rows
 
 
+# ---- Other input formats (issue #10): OpenAssistant trees, ShareGPT, alpaca, chat messages, h2oGPT ----
+
+GERMAN = "Kannst du mir {n} erklären? Ich möchte die wichtigsten Zusammenhänge verstehen."
+SPANISH = "Claro que sí. Este tema tiene muchas consecuencias importantes para la sociedad y la ciencia."
+
+
+class Tree:
+    """Builds one OpenAssistant export tree (nested replies) with stable message ids."""
+
+    def __init__(self, tree_id: str, lang: str = "en", state: str = "ready_for_export"):
+        self.tree_id, self.lang, self.state, self.count = tree_id, lang, state, 0
+
+    def msg(self, role: str, text: str, rank=None, replies=(), lang=None, deleted=False, review=True,
+            synthetic=False) -> dict:
+        self.count += 1
+        return {"message_id": f"{self.tree_id}-m{self.count:02d}", "role": role, "text": text,
+                "lang": lang or self.lang, "deleted": deleted, "review_result": review, "rank": rank,
+                "synthetic": synthetic, "replies": list(replies)}
+
+    def export(self, prompt: dict) -> dict:
+        return {"message_tree_id": self.tree_id, "tree_state": self.state, "prompt": prompt}
+
+
+def oasst_tree(rng: random.Random, k: int, topic: tuple) -> dict:
+    """Tree shapes in turn: ranked multi-turn branches with a review-rejected one; a deleted answer with
+    replies; self-identifying answers; a German tree; a Spanish branch; a tree not ready for export."""
+    t = Tree(f"tree{k:02d}")
+    question, subject = fill(rng.choice(QUESTIONS), topic), topic[0]
+    follow_up, ids = FOLLOW_UPS[k % len(FOLLOW_UPS)]
+    shape = k % 6
+    if shape == 0:
+        second = t.msg("prompter", fill(follow_up, topic), replies=[
+            t.msg("assistant", " ".join(fill(SENTENCES[i], topic) for i in ids[:2]), rank=0),
+            t.msg("assistant", explanation(rng, topic, 2, first=None), rank=1)])
+        prompt = t.msg("prompter", question, replies=[
+            t.msg("assistant", explanation(rng, topic, 2), rank=0, replies=[second]),
+            t.msg("assistant", explanation(rng, topic, 3, first=None), rank=1),
+            t.msg("assistant", f"A careless remark on {subject} that reviewers rejected as inaccurate.", rank=2,
+                  review=False, replies=[t.msg("prompter", f"Why was the remark on {subject} rejected?", replies=[
+                      t.msg("assistant", f"A reply below the rejected remark on {subject}, gone with it.")])])])
+    elif shape == 1:
+        prompt = t.msg("prompter", question, replies=[
+            t.msg("assistant", explanation(rng, topic, 3), rank=1),
+            t.msg("assistant", f"A draft on {subject} that its author deleted before review.", rank=0,
+                  deleted=True, replies=[t.msg("prompter", f"A follow-up under the deleted draft on {subject}.",
+                                               replies=[t.msg("assistant", f"An answer under the deleted draft "
+                                                                           f"on {subject}, gone with it.")])])])
+    elif shape == 2:
+        prompt = t.msg("prompter", f"Who are you, and can you explain {subject}?", replies=[
+            t.msg("assistant", f"I am Open Assistant, a conversational language model created by LAION. "
+                  + explanation(rng, topic, 2), rank=0),
+            t.msg("assistant", f"As OpenAssistant, I can summarize the essentials. "
+                  + explanation(rng, topic, 2, first=None), rank=1),
+            t.msg("assistant", f"I am not ChatGPT, but I can still explain it. " + explanation(rng, topic, 2),
+                  rank=2)])
+    elif shape == 3:
+        t.lang = "de"
+        prompt = t.msg("prompter", GERMAN.format(n=subject), replies=[
+            t.msg("assistant", "Gerne. Das Thema hat weitreichende Folgen für Wissenschaft und Gesellschaft.",
+                  rank=0)])
+    elif shape == 4:
+        prompt = t.msg("prompter", question, replies=[
+            t.msg("assistant", explanation(rng, topic, 2), rank=0, replies=[
+                t.msg("prompter", fill(follow_up, topic), replies=[
+                    t.msg("assistant", " ".join(fill(SENTENCES[i], topic) for i in ids), rank=0)])]),
+            t.msg("assistant", SPANISH, rank=1, lang="es", replies=[
+                t.msg("prompter", "¿Puedes dar un ejemplo concreto?", lang="es", replies=[
+                    t.msg("assistant", "Por supuesto, aquí hay un ejemplo.", lang="es")])])])
+    else:
+        t.state = "aborted_low_grade"
+        prompt = t.msg("prompter", question, replies=[t.msg("assistant", explanation(rng, topic, 2), rank=0)])
+    return t.export(prompt)
+
+
+def flat_messages(trees: list[dict]) -> list[dict]:
+    """The same trees as the flat oasst1 table: one row per message, linked by parent_id."""
+    rows = []
+    for tree in trees:
+        stack = [(tree["prompt"], None)]
+        while stack:
+            message, parent = stack.pop()
+            rows.append({k: v for k, v in message.items() if k != "replies"}
+                        | {"parent_id": parent, "message_tree_id": tree["message_tree_id"], "tree_state": tree["tree_state"]})
+            stack.extend((reply, message["message_id"]) for reply in reversed(message["replies"]))
+    return rows
+
+
+def sharegpt_records(rng: random.Random) -> list[dict]:
+    records = []
+    for i, topic in enumerate(TOPICS[:20]):
+        turns = ([{"from": "system", "value": "You are a knowledgeable tutor."}] if i % 3 == 0 else [])
+        turns += [{"from": "human", "value": fill(rng.choice(QUESTIONS), topic)},
+                  {"from": "gpt", "value": explanation(rng, topic, 3)}]
+        if i % 2:
+            question, ids = FOLLOW_UPS[i % len(FOLLOW_UPS)]
+            turns += [{"from": "human", "value": fill(question, topic)},
+                      {"from": "gpt", "value": " ".join(fill(SENTENCES[j], topic) for j in ids[:2])}]
+        records.append({"id": f"sharegpt-{i:02d}", "conversations": turns})
+    return records
+
+
+def alpaca_records(rng: random.Random) -> list[dict]:
+    records = []
+    for i, topic in enumerate(TOPICS[4:24]):
+        if i % 2:
+            records.append({"instruction": f"Summarize the following passage about {topic[0]} in two sentences.",
+                            "input": explanation(rng, topic, 4), "output": explanation(rng, topic, 2)})
+        else:
+            records.append({"instruction": fill(rng.choice(QUESTIONS), topic), "input": "",
+                            "output": explanation(rng, topic, 3)})
+    for record in records[:4:2]:  # near duplicates: the same answer with a closing remark (near-dup removal)
+        records.append(dict(record, output=record["output"] + " I hope this helps."))
+    return records
+
+
+def messages_records(rng: random.Random) -> list[dict]:
+    records = []
+    for i, topic in enumerate(TOPICS[8:24]):
+        messages = [{"role": "user", "content": fill(rng.choice(QUESTIONS), topic)},
+                    {"role": "assistant", "content": explanation(rng, topic, 3)}]
+        if i % 4 == 0:
+            messages.insert(0, {"role": "system", "content": "Answer like a careful encyclopedia."})
+        records.append({"messages": messages})
+    return records
+
+
+def h2ogpt_records(rng: random.Random) -> list[dict]:
+    return [{"input": qa(fill(rng.choice(QUESTIONS), topic), explanation(rng, topic, 3)) + "\n<human>:",
+             "prompt_type": "plain", "source": "h2ogpt_sample"} for topic in TOPICS[:6]]
+
+
+def oig_other_speakers(rng: random.Random) -> list[str]:
+    """OIG lines whose speakers are spelled <user>: and <assistant>:."""
+    return [json.dumps({"text": f"<user>: {fill(rng.choice(QUESTIONS), topic)}\n<assistant>: "
+                                f"{explanation(rng, topic, 3)}", "metadata": {"source": "sample_speakers"}})
+            for topic in TOPICS[:6]]
+
+
+def write_formats(sample: Path, formats_dir: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = random.Random(20240610)
+    trees = [oasst_tree(rng, k, topic) for k, topic in enumerate(TOPICS[:24])]
+    write_gzip_lines(sample / "oasst_sample_trees.jsonl.gz", [json.dumps(t, ensure_ascii=False) for t in trees])
+    write_gzip_lines(sample / "sharegpt_sample.jsonl.gz", [json.dumps(r) for r in sharegpt_records(rng)])
+    write_gzip_lines(sample / "alpaca_sample.jsonl.gz", [json.dumps(r) for r in alpaca_records(rng)])
+    write_gzip_lines(sample / "messages_sample.jsonl.gz", [json.dumps(r) for r in messages_records(rng)])
+    formats_dir.mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(flat_messages(trees[:12])), formats_dir / "oasst_sample_messages.parquet")
+    (formats_dir / "h2ogpt_sample.json").write_text(json.dumps(h2ogpt_records(rng), indent=1) + "\n")
+    (formats_dir / "sharegpt_sample.json").write_text(json.dumps(sharegpt_records(rng)[:6], indent=1) + "\n")
+    (formats_dir / "oig_other_speakers.jsonl").write_text("\n".join(oig_other_speakers(rng)) + "\n")
+
+
 def write_gzip_lines(path: Path, lines: list) -> None:
     data = b"\n".join(line if isinstance(line, bytes) else line.encode("utf-8") for line in lines) + b"\n"
     with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as fh:
@@ -381,6 +539,7 @@ def main() -> None:
     (HERE / "personality.json").write_text(json.dumps(personality(), indent=1) + "\n")
     (HERE / "identity_heldout.json").write_text(
         json.dumps([{"prompt": q, "expect": "Kestrel"} for q in HELDOUT], indent=1) + "\n")
+    write_formats(sample, HERE / "formats")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 class DemoConfig:
     base_model: str = flag(DEFAULT_BASE_MODEL, "Model to fine-tune (an alias, hub id or local dir).")
     out_root: str = flag("demo_out", "Each run writes to a new <out_root>/<timestamp>/ folder.")
-    source: str = flag("data/sample", "Where the data stages download the OIG-format files from.")
+    source: str = flag("data/sample", "Where the data stages read the input files (every format) from.")
     personality_path: str = flag("data/personality.json", "Identity conversations mixed into training.")
     heldout_path: str = flag("data/identity_heldout.json", "Held-out identity questions scored after training.")
     mix_in_factor: float = flag(2.0, "Personality rows per finalized row (data_mix_in_factor).")
@@ -84,7 +84,9 @@ def main(config: DemoConfig) -> None:
     torchrun = str(Path(python).with_name("torchrun"))
 
     banner("1/4 data: download -> detox -> chop -> grade -> finalize on the bundled sample")
-    run([python, "create_data.py", "all", f"--source={config.source}", f"--work_dir={work_dir}"])
+    # every file of the sample (OIG, OpenAssistant trees, ShareGPT, alpaca, chat messages); the identity
+    # comes from the personality set mixed in at training (step 2), so finalize adds no generated rows
+    run([python, "create_data.py", "all", f"--source={config.source}", f"--work_dir={work_dir}", "--personality=False"])
     finalized = work_dir / "oig_instruct_cleaned.json"
 
     banner(f"2/4 LoRA fine-tuning of {config.base_model} on the finalized data + the personality set")

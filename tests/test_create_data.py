@@ -83,8 +83,9 @@ def test_pytest_form_and_command_line_over_http(tmp_path, tiny_detoxify, tiny_re
     filtered = check_final(tmp_path / "cli_form")
     # The same pipeline with two more filters keeps a subset of the same rows.
     assert {r["id"] for r in filtered} < {r["id"] for r in plain}
-    scores = scores_of(tmp_path / "cli_form", {r["id"] for r in filtered})
-    assert len(scores) == len(filtered)
+    scored = [r for r in filtered if r["source"] != "personality"]  # generated at finalize, not scored
+    scores = scores_of(tmp_path / "cli_form", {r["id"] for r in scored})
+    assert len(scores) == len(scored)
     for row in scores.values():
         assert row["profanity_prob"] < 0.25
         assert max(v for k, v in row.items() if k.startswith("detoxify_")) < 0.98
@@ -125,3 +126,64 @@ def test_command_line_errors_are_one_clear_line(tmp_path):
     unknown = run(["create_data.py", "detox", "--profanity_treshold=0.3"])
     assert unknown.returncode == 2 and "did you mean --profanity_threshold" in unknown.stderr
     assert run(["create_data.py", "polish"]).returncode != 0
+
+
+def removed_oasst_texts(path: Path) -> list[str]:
+    """Texts of deleted or review-rejected messages and of every reply below them."""
+    texts, stack = [], [(json.loads(line)["prompt"], False) for line in gzip.open(path) if line.strip()]
+    while stack:
+        message, gone = stack.pop()
+        gone = gone or message["deleted"] or message["review_result"] is False
+        if gone:
+            texts.append(message["text"])
+        stack.extend((reply, gone) for reply in message["replies"])
+    return texts
+
+
+@pytest.mark.slow
+def test_every_format_in_one_run_and_in_h2ogpt_stage_order(tmp_path):
+    from sftkit.data.config import DEFAULT_OTHER_ASSISTANTS, DEFAULT_OTHER_MAKERS
+    from sftkit.data.identity import compile_identity
+
+    files = ["oasst_sample_trees.jsonl.gz", "sharegpt_sample.jsonl.gz", "alpaca_sample.jsonl.gz"]
+    work = tmp_path / "all"
+    result = run(["create_data.py", "all", f"--source={SAMPLE}", f"--files={','.join(files)}", f"--work_dir={work}"])
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((work / "oig_instruct_cleaned.json").read_text())
+    sources = {r["source"] for r in rows}
+    assert {"oasst_sample_trees.jsonl.gz:oasst_trees", "sharegpt_sample.jsonl.gz:sharegpt",
+            "alpaca_sample.jsonl.gz:alpaca", "personality"} == sources
+    oasst_rows = [r["input"] for r in rows if r["source"].endswith(":oasst_trees")]
+    assert any(sum(role == "bot" for role, _ in split_turns(text)) >= 2 for text in oasst_rows)  # multi-turn paths
+    gone = removed_oasst_texts(SAMPLE / files[0])
+    assert gone and not any(text in row["input"] for text in gone for row in rows)
+    others = compile_identity("Kestrel", "sftkit", DEFAULT_OTHER_ASSISTANTS, DEFAULT_OTHER_MAKERS)
+    answers = [text for row in rows for role, text in split_turns(row["input"]) if role == "bot"]
+    assert not any(others.mention.search(answer) for answer in answers)
+    assert any("I am Kestrel, a conversational language model created by sftkit." in a for a in answers)
+
+    card = json.loads((work / "oig_instruct_cleaned.card.json").read_text())
+    assert set(card["rows_by_source"]) == sources
+    inputs = {f["file"]: f for f in card["inputs"]}
+    assert set(inputs) == set(files) and inputs[files[0]]["format"] == "oasst_trees"
+    assert inputs[files[0]]["dropped"]["oasst_tree_not_exported"] > 0 and inputs[files[2]]["records"] == 22
+    card_md = (work / "oig_instruct_cleaned.card.md").read_text()
+    assert "near_duplicate" in card_md and "removed deleted=" in card_md and "rewrite_name=" in card_md
+
+    pairs = json.loads((work / "oasst_pairs.json").read_text())
+    assert pairs and all(set(p) == {"prompt", "chosen", "rejected", "source"} for p in pairs)
+    assert all(m["role"] in ("user", "assistant") and m["content"] for p in pairs for m in p["prompt"])
+
+    # h2oGPT's order: the OIG-style stages first, then the OpenAssistant import, then finalize
+    staged = tmp_path / "staged"
+    env = {"SFTKIT_WORK_DIR": str(staged), "SFTKIT_SOURCE": str(SAMPLE), "SFTKIT_FILES": ",".join(files[1:])}
+    for stage in STAGE_TESTS[:-1]:
+        assert run(["-m", "pytest", "-q", "-s", f"create_data.py::{stage}"], env).returncode == 0
+    missing = run(["-m", "pytest", "-q", "-s", "create_data.py::test_add_open_assistant"], env)
+    assert missing.returncode != 0 and "none of the input files is an OpenAssistant export" in missing.stdout
+    env["SFTKIT_FILES"] = ",".join(files)
+    for stage in ["test_add_open_assistant", "test_finalize_to_json"]:
+        done = run(["-m", "pytest", "-q", "-s", f"create_data.py::{stage}"], env)
+        assert done.returncode == 0, done.stdout
+    assert json.loads((staged / "oig_instruct_cleaned.json").read_text()) == rows
+    assert json.loads((staged / "oasst_pairs.json").read_text()) == pairs

@@ -40,6 +40,21 @@ DEFAULT_CENSOR_WORDS = [
     "[insert", "lorem ipsum",
 ]
 
+# ---- More input formats, OpenAssistant trees, identity, near-duplicates, personality (issue #10) ----
+INPUT_FORMATS = ["auto", "oig", "oasst_trees", "oasst_messages", "sharegpt", "alpaca", "messages", "h2ogpt"]
+# Other assistants' names as written in public chat data, misspellings included (matched case-insensitively,
+# a space or hyphen between words optional): an answer calling itself one of these gets --bot_name.
+DEFAULT_OTHER_ASSISTANTS = [
+    "Open Assistant", "Open Assistent", "Open Asistant", "Open Assitant", "Open Assisstant", "Open Assistand",
+    "Open Assitent", "Open Assistiant", "Open Assitiant", "Open Assiant", "ChatGPT", "Chat GPT", "GPT-3",
+    "GPT-3.5", "GPT-4", "Vicuna", "h2oGPT",
+]
+# Their makers: "made by LAION" in a self-description becomes "made by --bot_maker".
+DEFAULT_OTHER_MAKERS = [
+    "LAION-AI", "LAION AI", "LAION.ai", "LAION", "LMSYS", "OpenAI", "Open AI", "Anthropic", "H2O.ai", "Databricks",
+    "Stability AI",
+]
+
 DEFAULT_UNHELPFUL_PHRASES = [
     "as an ai language model",
     "as a language model",
@@ -61,9 +76,10 @@ class DataConfig:
     work_dir: str = flag("./oig_work", "Directory for every stage's outputs and manifests", env="SFTKIT_WORK_DIR")
     source: str = flag(OIG_BASE_URL, "Base URL (http(s)://, file://) or local directory holding the input "
                        "files; offline, use the bundled sample: data/sample", env="SFTKIT_SOURCE")
-    files: list[str] | None = flag(None, "Comma-separated input file names (.jsonl or .jsonl.gz). Default: "
-                                   "every *.jsonl[.gz] when --source is a local directory, else the useful "
-                                   "OIG files (sftkit.data.config.OIG_USEFUL_FILES)", env="SFTKIT_FILES")
+    files: list[str] | None = flag(None, "Comma-separated input file names (.jsonl, .json, optionally .gz, or "
+                                   ".parquet; any --input_format). Default: every such file when --source is a "
+                                   "local directory, else the useful OIG files (sftkit.data.config.OIG_USEFUL_FILES)",
+                                   env="SFTKIT_FILES")
     config: str | None = flag(None, "YAML recipe with any of these settings", env="SFTKIT_CONFIG")
     shard_index: int | None = flag(None, "Run only this shard (0-based), e.g. one per machine by hand; "
                                    "default: every shard, on --executor")
@@ -133,3 +149,27 @@ class DataConfig:
     unhelpful_phrases: list[str] = flag(DEFAULT_UNHELPFUL_PHRASES, "finalize: drop rows containing any of "
                                         "these refusal or boilerplate phrases (case-insensitive)")
     shuffle_bucket_rows: int = flag(100_000, "finalize: rows per bucket of the out-of-memory shuffle")
+
+    # ---- More input formats, OpenAssistant trees, identity, near-duplicates, personality (issue #10) ----
+    input_format: str = flag("auto", "download: format of the input files: auto (detected per file) or one of "
+                             "oig, oasst_trees, oasst_messages, sharegpt, alpaca, messages, h2ogpt")
+    oasst_paths: str = flag("all", "download: OpenAssistant trees give every root-to-leaf conversation (all) "
+                            "or only the best-ranked reply at each step (best)")
+    oasst_langs: list[str] = flag(["en"], "download: keep OpenAssistant messages in these languages (a "
+                                  "message in another goes with its whole subtree); * keeps every language")
+    bot_name: str = flag("Kestrel", "download and finalize: the assistant's name in rewritten "
+                         "self-descriptions and personality rows")
+    bot_maker: str = flag("sftkit", "download and finalize: who made the assistant, in rewritten "
+                          "self-descriptions and personality rows")
+    other_assistants: list[str] = flag(DEFAULT_OTHER_ASSISTANTS, "download: names an answer must not call "
+                                       "itself (rewritten to --bot_name in a self-description, else row dropped)")
+    other_makers: list[str] = flag(DEFAULT_OTHER_MAKERS, "download: makers an answer must not claim "
+                                   "(rewritten to --bot_maker in a self-description, else row dropped)")
+    near_dup_threshold: float = flag(0.8, "finalize: drop a row whose estimated word-shingle Jaccard "
+                                     "similarity with a kept row (earlier in row-id order) is >= this (MinHash "
+                                     "LSH, over all shards); 1 = off")
+    near_dup_shingle_words: int = flag(5, "finalize: words per shingle for near-duplicate detection")
+    near_dup_num_perm: int = flag(128, "finalize: MinHash permutations for near-duplicate detection")
+    personality: bool = flag(True, "finalize: add generated rows in which the assistant gives its name and "
+                             "maker (--bot_name, --bot_maker)")
+    personality_repeat: int = flag(10, "finalize: how many times each personality row is repeated")

@@ -25,14 +25,20 @@ def earlier_stages(cfg: DataConfig) -> list[StageStats]:
     return stages
 
 
-def input_digests(cfg: DataConfig) -> list[dict[str, str]]:
-    """Name and sha256 of every input file as converted, so a user can pin them (``--checksums``)."""
+def input_files(cfg: DataConfig) -> list[dict]:
+    """Per input file, from its download manifest: format, records in, rows out, drops, additions and the
+    sha256 of the file as converted (so a user can pin it with ``--checksums``)."""
     download_dir = stage_dir(cfg.work_dir, "download")
-    found = []
+    table = []
     for name in resolve_files(cfg):
-        manifest = json.loads((download_dir / f"{name}.manifest.json").read_text(encoding="utf-8"))
-        found += [{"name": name, "sha256": entry["sha256"]} for entry in manifest["inputs"][:1]]
-    return found
+        manifest_path = download_dir / f"{name}.manifest.json"
+        stats = stored_stats(manifest_path)
+        digest = json.loads(manifest_path.read_text(encoding="utf-8"))["inputs"][0]["sha256"]
+        fmt = next((n.split(": format ", 1)[1] for n in stats.notes if n.startswith(f"{name}: format ")), "?")
+        table.append({"file": name, "format": fmt, "records": stats.rows_in, "rows": stats.rows_out,
+                      "dropped": dict(sorted(stats.dropped.items())), "added": dict(sorted(stats.added.items())),
+                      "sha256": digest})
+    return table
 
 
 def build(stages: list[StageStats], output: Path, sources: dict[str, int], settings: dict,
@@ -54,9 +60,12 @@ def markdown(card: dict) -> str:
     notes += [f"- {s['stage']}: {note}" for s in card["stages"] for note in s["notes"]]
     if notes:
         lines += ["", "Notes:", *notes]
-    if card.get("inputs"):
-        lines += ["", "| input file | sha256 |", "| --- | --- |"]
-        lines += [f"| {entry['name']} | `{entry['sha256']}` |" for entry in card["inputs"]]
+    if card.get("inputs"):  # per input file: its format, what the download stage kept, and its sha256
+        lines += ["", "| input file | format | records | rows | dropped (by reason) | sha256 |",
+                  "| --- | --- | ---: | ---: | --- | --- |"]
+        lines += [f"| {f['file']} | {f['format']} | {f['records']:,} | {f['rows']:,} | "
+                  f"{', '.join(f'{k} {v:,}' for k, v in f['dropped'].items()) or '-'} | `{f['sha256']}` |"
+                  for f in card["inputs"]]
     lines += ["", "| source | rows |", "| --- | ---: |"]
     lines += [f"| {name} | {n:,} |" for name, n in card["rows_by_source"].items()]
     lines += ["", "Settings:", "", "```json", json.dumps(card["settings"], indent=1, sort_keys=True), "```", ""]

@@ -1,7 +1,9 @@
 """Stage 1, download: fetch each input file and convert it to parquet, streaming, with a rejects list.
 
 Output per file in ``<work_dir>/1_download/``: ``<file>.parquet`` (text, source, file, line),
-``<file>.rejects.jsonl`` (file, line, reason, excerpt of each malformed line) and a manifest.
+``<file>.rejects.jsonl`` (file, line, reason, excerpt of each malformed record),
+``<file>.pairs.jsonl`` (OpenAssistant ranked answer pairs; empty for other formats) and a manifest.
+Every input format (sftkit.data.formats) gives the same rows.
 With ``--num_shards`` the files are dealt round-robin to the shards.
 """
 from __future__ import annotations
@@ -11,27 +13,26 @@ import json
 import os
 import zlib
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 from tqdm import tqdm
 
 from sftkit import atomic
-from sftkit.data import DataError
+from sftkit.data import DataError, sources
 from sftkit.data.config import OIG_USEFUL_FILES, DataConfig
 from sftkit.data.fetch import download, file_url, local_source_dir
-from sftkit.data.oig import parse_line
 from sftkit.data.parquet_io import ParquetSink
 from sftkit.data.runner import Shard, ShardPhase, Stage, Step, run_stage
 from sftkit.data.stats import StageStats
 from sftkit.data.workdir import stage_dir
 
 VERSION = 1
+INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")  # issue #10: every input format
 SCHEMA = pa.schema([("text", pa.string()), ("source", pa.string()), ("file", pa.string()), ("line", pa.int64())])
 
 
 def resolve_files(cfg: DataConfig) -> list[str]:
-    """``--files``, else every ``*.jsonl[.gz]`` of a local source directory, else the useful OIG files."""
+    """``--files``, else every input file (INPUT_SUFFIXES) of a local source directory, else the useful OIG files."""
     if cfg.files:
         return list(cfg.files)
     local = local_source_dir(cfg.source)
@@ -40,9 +41,9 @@ def resolve_files(cfg: DataConfig) -> list[str]:
     if not local.is_dir():
         raise DataError(f"--source={cfg.source}: no such directory (and not an http(s):// URL); "
                         "the bundled sample is --source=data/sample")
-    names = sorted(p.name for p in local.iterdir() if p.name.endswith((".jsonl", ".jsonl.gz")))
+    names = sorted(p.name for p in local.iterdir() if p.name.endswith(INPUT_SUFFIXES))
     if not names:
-        raise DataError(f"--source={cfg.source} holds no .jsonl or .jsonl.gz files; pass --files=NAME,...")
+        raise DataError(f"--source={cfg.source} holds no {', '.join(INPUT_SUFFIXES)} files; pass --files=NAME,...")
     return names
 
 
@@ -57,34 +58,35 @@ def obtain(cfg: DataConfig, name: str) -> Path:
         path = local / name
         if not path.is_file():
             raise DataError(f"--source={cfg.source} has no file {name!r} (from --files); "
-                            f"it holds: {', '.join(sorted(p.name for p in local.glob('*.jsonl*'))) or 'nothing'}")
+                            f"it holds: {', '.join(sorted(p.name for p in local.iterdir() if p.name.endswith(INPUT_SUFFIXES))) or 'nothing'}")
         return path
     return download(file_url(cfg.source, name), Path(cfg.work_dir) / "raw" / name, retries=cfg.retries,
                     backoff_s=cfg.retry_backoff_s, timeout_s=cfg.timeout_s,
                     expected_sha256=cfg.checksums.get(name))
 
 
-def _open_lines(path: Path):
-    with open(path, "rb") as fh:
-        gzipped = fh.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rb") if gzipped else open(path, "rb")
+READ_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error, OSError, pa.ArrowException)
 
 
-def read_lines(raw: Path, downloaded: bool) -> Iterator[bytes]:
-    """The lines of an input file; a damaged input is reported as the input's fault, with the fix."""
+def _unreadable(raw: Path, downloaded: bool, exc: BaseException) -> DataError:
+    """A damaged input, reported as the input's fault, with the fix."""
+    fix = ("it was downloaded: delete it to fetch it again" if downloaded else
+           "it is an input file: replace it with a complete copy, or leave it out of --files")
+    return DataError(f"input {raw}: cannot read ({type(exc).__name__}: {exc}); {fix}")
+
+
+def read_units(reader: sources.FileReader, stats: StageStats, raw: Path, downloaded: bool):
+    """The records of an input file, with read errors blamed on the input (not the output being written)."""
     try:
-        with _open_lines(raw) as lines:
-            yield from lines
-    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
-        fix = ("it was downloaded: delete it to fetch it again" if downloaded else
-               "it is an input file: replace it with a complete copy, or leave it out of --files")
-        raise DataError(f"input {raw}: cannot read ({type(exc).__name__}: {exc}); {fix}") from None
+        yield from reader.units(stats)
+    except READ_ERRORS as exc:
+        raise _unreadable(raw, downloaded, exc) from None
 
 
 def convert(raw: Path, name: str, out: Path, rejects: Path, cfg: DataConfig) -> StageStats:
-    """Stream JSONL (plain or gzip) into parquet; malformed lines go to ``rejects`` with their reason."""
+    """Stream one input file (any format, see sftkit.data.formats) into parquet rows; malformed records
+    go to ``rejects`` with their reason. OpenAssistant preference pairs go to ``<file>.pairs.jsonl``."""
     stats = StageStats(f"download {name}")
-    default_source = name.split(".")[0]
     columns: dict[str, list] = {k: [] for k in SCHEMA.names}
     tmp_rejects = atomic.temp_path(rejects)
     downloaded = local_source_dir(cfg.source) is None
@@ -94,36 +96,37 @@ def convert(raw: Path, name: str, out: Path, rejects: Path, cfg: DataConfig) -> 
         for values in columns.values():
             values.clear()
 
+    # ---- issue #10 hook: any input format, identity rewrite (sftkit.data.sources) ----
+    try:
+        reader = sources.FileReader(raw, name, cfg)
+    except READ_ERRORS as exc:
+        raise _unreadable(raw, downloaded, exc) from None
+    malformed = 0
     try:
         with ParquetSink(out, SCHEMA) as sink, open(tmp_rejects, "w", encoding="utf-8") as bad, \
-                tqdm(desc=f"convert {name}", unit=" lines", leave=False) as bar:
-            for number, line in enumerate(read_lines(raw, downloaded), 1):
-                line = line.rstrip(b"\r\n")
-                if not line.strip():
-                    continue
-                stats.rows_in += 1
-                text, source = parse_line(line)
-                if text is None:
-                    stats.drop(source, 1)
-                    excerpt = line[:200].decode("utf-8", errors="replace")
-                    bad.write(json.dumps({"file": name, "line": number, "reason": source,
-                                          "excerpt": excerpt}) + "\n")
-                    continue
-                for key, value in zip(SCHEMA.names, (text, source or default_source, name, number)):
-                    columns[key].append(value)
+                tqdm(desc=f"convert {name}", unit=" records", leave=False) as bar:
+            for unit, rows in read_units(reader, stats, raw, downloaded):
+                if unit.malformed:
+                    malformed += 1
+                    bad.write(json.dumps({"file": name, "line": unit.line, "reason": unit.reason,
+                                          "excerpt": unit.excerpt}) + "\n")
+                for text, source in rows:
+                    for key, value in zip(SCHEMA.names, (text, source, name, unit.line)):
+                        columns[key].append(value)
                 if len(columns["text"]) >= cfg.batch_rows:
                     flush(sink)
-                    bar.update(number - bar.n)
+                bar.update(1)
             flush(sink)
-            rejected = sum(stats.dropped.values())
             bad.close()
             os.replace(tmp_rejects, rejects)
-            if rejected > cfg.max_reject_fraction * max(stats.rows_in, 1):
+            reader.finish(stats, out.parent)
+            if malformed > cfg.max_reject_fraction * max(stats.rows_in, 1):
                 raise DataError(
-                    f"{raw}: {rejected} of {stats.rows_in} lines are malformed "
+                    f"{raw}: {malformed} of {stats.rows_in} lines are malformed "
                     f"({', '.join(f'{k}={v}' for k, v in sorted(stats.dropped.items()))}), more than "
                     f"--max_reject_fraction={cfg.max_reject_fraction}; see {rejects} for each file, line and "
-                    "reason. Fix the input, or raise --max_reject_fraction to keep the good lines")
+                    "reason. Fix the input (or name its format with --input_format), or raise "
+                    "--max_reject_fraction to keep the good records")
     except OSError as exc:  # reading errors are DataErrors by now: this is an output that cannot be written
         raise DataError(f"output {exc.filename or out}: cannot write ({exc.strerror or exc}); it is in "
                         f"--work_dir={cfg.work_dir}: make that a writable directory with free space") from None
@@ -140,9 +143,11 @@ def file_steps(cfg: DataConfig, shard: Shard) -> list[Step]:
     for name in resolve_files(cfg)[shard.index::shard.count]:
         raw = obtain(cfg, name)
         out, rejects = out_dir / f"{name}.parquet", out_dir / f"{name}.rejects.jsonl"
-        steps.append(Step(f"download {name}", out_dir / f"{name}.manifest.json", [raw], [out, rejects],
-                          ("max_reject_fraction",),
-                          lambda raw=raw, name=name, out=out, rejects=rejects: convert(raw, name, out, rejects, cfg)))
+        steps.append(Step(f"download {name}", out_dir / f"{name}.manifest.json", [raw],
+                          [out, rejects, sources.pairs_path(out_dir, name)],
+                          ("max_reject_fraction", *sources.SETTINGS),
+                          lambda raw=raw, name=name, out=out, rejects=rejects: convert(raw, name, out, rejects, cfg),
+                          derived=sources.derived_settings(cfg)))
     return steps
 
 

@@ -4,7 +4,9 @@ Writes ``<work_dir>/oig_instruct_cleaned.json``, a JSON list of ``{"id", "input"
 "source"}`` in the ``<human>: …\\n<bot>: …`` format that finetune.py reads, and
 ``oig_instruct_cleaned.card.json`` / ``.card.md``: one output over every shard of grade. The shuffle never holds more than
 ``shuffle_bucket_rows`` rows: rows are dealt to random buckets on disk, then each bucket is
-shuffled in memory; the order depends only on the row ids and ``--seed``.
+shuffled in memory; the order depends only on the row ids and ``--seed``. Near duplicates are
+dropped and personality rows added first (sftkit.data.finalize_extras), and the OpenAssistant
+ranked pairs are merged into ``oasst_pairs.json``.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sftkit import atomic
-from sftkit.data import DataError, datacard
+from sftkit.data import DataError, datacard, finalize_extras
 from sftkit.data.config import DataConfig
 from sftkit.data.hashing import uniform_draws
 from sftkit.data.parquet_io import ParquetSink, count_rows, iter_batches
@@ -73,19 +75,28 @@ def finalize(cfg: DataConfig, inputs: list[Path], out: Path) -> StageStats:
     scratch = atomic.temp_path(out.parent / "finalize-buckets")  # a killed run's is cleaned at the next start
     tmp = atomic.temp_path(out)
     sources: Counter = Counter()
+    near_duplicates = finalize_extras.near_duplicate_ids(cfg, inputs)  # issue #10: global over all shards
     try:
         with contextlib.ExitStack() as stack:  # pass 1: deal the kept rows to random buckets on disk
             sinks = [stack.enter_context(ParquetSink(scratch / f"bucket-{b:05d}.parquet", ROW_SCHEMA))
                      for b in range(n_buckets)]
-            for batch in iter_batches(inputs, cfg.batch_rows, ["id", "text", "source"]):
-                keep = np.ones(batch.num_rows, dtype=bool)
-                for reason, mask in clean_drops(batch.column("text"), cfg).items():
-                    stats.drop(reason, int((mask & keep).sum()))
-                    keep &= ~mask
-                batch = batch.filter(pa.array(keep))
+
+            def deal(batch: pa.RecordBatch) -> None:
                 buckets = (uniform_draws(batch.column("id").to_numpy(), cfg.seed, 3) * n_buckets).astype(np.int64)
                 for b in np.unique(buckets):
                     sinks[b].write(batch.filter(pa.array(buckets == b)))
+
+            for batch in iter_batches(inputs, cfg.batch_rows, ["id", "text", "source"]):
+                near = np.isin(batch.column("id").to_numpy(), near_duplicates)
+                stats.drop("near_duplicate", int(near.sum()))
+                keep = ~near
+                for reason, mask in clean_drops(batch.column("text"), cfg).items():
+                    stats.drop(reason, int((mask & keep).sum()))
+                    keep &= ~mask
+                deal(batch.filter(pa.array(keep)))
+            personality = finalize_extras.personality_batch(cfg, ROW_SCHEMA)  # issue #10: generated rows
+            stats.add("personality", personality.num_rows)
+            deal(personality)
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write("[")
             for sink in sinks:  # pass 2: shuffle each bucket in memory, stream it out
@@ -100,7 +111,7 @@ def finalize(cfg: DataConfig, inputs: list[Path], out: Path) -> StageStats:
                     stats.rows_out += 1
                     sources[row_sources[i]] += 1
             fh.write("\n]\n")
-        if stats.rows_out == 0 and not cfg.allow_empty:
+        if stats.rows_out == stats.added["personality"] and not cfg.allow_empty:  # generated rows alone
             raise DataError(f"finalize: 0 rows left of {stats.rows_in:,} (see each stage's summary for where they "
                             "went); nothing was written. Check --source/--files and the thresholds, or pass "
                             "--allow_empty=True to write an empty dataset")
@@ -110,7 +121,7 @@ def finalize(cfg: DataConfig, inputs: list[Path], out: Path) -> StageStats:
         tmp.unlink(missing_ok=True)
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in EXECUTION_SETTINGS}
     card = datacard.build(datacard.earlier_stages(cfg) + [stats], out, sources, settings,
-                          datacard.input_digests(cfg))
+                          datacard.input_files(cfg))  # every input file's format, counts, drops and sha256
     card_json, card_md = card_paths(out)
     atomic.write_text(card_json, json.dumps(card, indent=1))
     atomic.write_text(card_md, datacard.markdown(card))
@@ -121,13 +132,14 @@ def shard_steps(cfg: DataConfig, shard: Shard) -> list[Step]:
     inputs = stage_parts(cfg.work_dir, "grade", "finalize")
     out = output_path(cfg)
     return [Step("finalize", out.with_suffix(".manifest.json"), inputs, [out, *card_paths(out)],
-                 ("seed", "censor_words", "unhelpful_phrases", "shuffle_bucket_rows"),
+                 ("seed", "censor_words", "unhelpful_phrases", "shuffle_bucket_rows", *finalize_extras.SETTINGS),
                  lambda: finalize(cfg, inputs, out))]
 
 
 def report(cfg: DataConfig, stats: StageStats) -> None:
     out = output_path(cfg)
     print(f"[finalize] wrote {out} ({stats.rows_out:,} rows) and its data card {card_paths(out)[1].name}")
+    finalize_extras.write_oasst_pairs(cfg)  # issue #10
 
 
 STAGE = Stage(

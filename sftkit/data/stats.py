@@ -37,9 +37,10 @@ class StageStats:
         return self.rows_in + sum(self.added.values()) - sum(self.dropped.values()) == self.rows_out
 
     def merge(self, other: "StageStats") -> "StageStats":
+        """Counts of two independent pieces (files, shards) added up; notes sorted, so any split agrees."""
         merged = StageStats(self.stage, self.rows_in + other.rows_in, self.rows_out + other.rows_out,
                             self.dropped + other.dropped, self.added + other.added,
-                            list(dict.fromkeys(self.notes + other.notes)), self._counted_sum(other))
+                            sorted(set(self.notes + other.notes)), self._counted_sum(other))
         return merged
 
     def then(self, later: "StageStats") -> "StageStats":
