@@ -30,7 +30,8 @@ from sftkit.data.manifest import cached_step, digests, sha256_file
 from sftkit.data.parallel import ordered_map, resolve_workers
 from sftkit.data.parquet_io import ParquetSink, count_rows, iter_batches, read_schema
 from sftkit.data.readability import ensure_cmudict, flesch_kincaid_grades
-from sftkit.data.scorers import RewardModelScorer, profane_flags
+from sftkit.data.scorers import profane_flags
+from sftkit.reward import RewardModelScorer
 from sftkit.data.stats import StageStats
 from sftkit.data.workdir import check_shard, part_name, shard_mask, stage_dir, stage_parts
 from sftkit.prompts import BOT, split_turns
