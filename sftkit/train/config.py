@@ -173,7 +173,8 @@ class ExportConfig:
     """Settings of ``finetune.py export``: merge a LoRA adapter into its base model."""
 
     base_model: str = flag(DEFAULT_BASE_MODEL, "Base model the adapter was trained on (directory, hub id or alias).")
-    lora_weights: str = flag("lora_out", "The adapter directory (finetune.py's output_dir or a checkpoint-N).")
+    lora_weights: str = flag("lora_out", "The adapter directory (finetune.py's output_dir or a checkpoint-N); a full "
+                                         "fine-tuning output_dir is re-saved as it is.")
     output_dir: str = flag("merged", "Where to write the standalone merged model (must not exist).")
     dtype: str = flag("float32", "Dtype of the saved weights: float32, bfloat16 or float16.")
     local_files_only: bool = flag(False, "Never reach a model hub; load only local files.")
