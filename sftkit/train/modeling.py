@@ -121,13 +121,12 @@ def _gathered(model, zero3: bool, trainable_only: bool):
 def weights_saver(model, world, zero3: bool):
     """A function writing the trained weights to a folder: the adapter (LoRA; only the "default" one),
     or the whole model (full fine-tuning). Gathers ZeRO-3 partitions; only the main process writes."""
-    from peft import get_peft_model_state_dict
-
     def save(folder: Path | None) -> None:
         if is_peft(model):
             with _gathered(model, zero3, trainable_only=True):
-                state = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()} \
-                    if zero3 else None
+                # peft picks the adapter's tensors (LoRA, and modules_to_save such as a reward head) from these.
+                state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+                         if "lora_" in k or "modules_to_save" in k} if zero3 else None
             if world.is_main:
                 model.save_pretrained(folder, state_dict=state, safe_serialization=True,
                                       selected_adapters=["default"])

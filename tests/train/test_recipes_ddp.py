@@ -27,3 +27,17 @@ def test_two_processes_match_one(stage, tiny_llama, tmp_path):
     assert ddp.keys() == one.keys()
     for key in one:
         torch.testing.assert_close(ddp[key], one[key], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_deepspeed_zero3_reward_model_is_saved_whole(tiny_llama, tmp_path):
+    from sftkit.reward import RewardModelScorer
+    from tests.train.test_distributed import REPO
+
+    metrics = torchrun(tmp_path, tiny_llama, "zero3", stage="rm", data_path=write_pairs(tmp_path / "pairs.json"),
+                       deepspeed=str(REPO / "configs" / "deepspeed" / "zero3.json"))
+    assert metrics["step"] == 3 and metrics["run"]["deepspeed"]
+    saved = load_file(str(tmp_path / "zero3" / "model.safetensors"))
+    assert all(v.numel() > 0 for v in saved.values()) and "score.weight" in saved  # gathered, head included
+    scorer = RewardModelScorer(str(tmp_path / "zero3"), device="cpu")
+    assert len(scorer.score(["Who are you?"], ["I am a helpful assistant."])) == 1
