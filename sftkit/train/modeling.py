@@ -109,7 +109,8 @@ def is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 
 
-def _gathered(model, zero3: bool, trainable_only: bool):
+def gathered_parameters(model, zero3: bool, trainable_only: bool):
+    """Under ZeRO-3, the whole (or trainable) parameters inside the block; nothing to do otherwise."""
     if not zero3:
         return contextlib.nullcontext()
     import deepspeed
@@ -123,7 +124,7 @@ def weights_saver(model, world, zero3: bool):
     or the whole model (full fine-tuning). Gathers ZeRO-3 partitions; only the main process writes."""
     def save(folder: Path | None) -> None:
         if is_peft(model):
-            with _gathered(model, zero3, trainable_only=True):
+            with gathered_parameters(model, zero3, trainable_only=True):
                 # peft picks the adapter's tensors (LoRA, and modules_to_save such as a reward head) from these.
                 state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
                          if "lora_" in k or "modules_to_save" in k} if zero3 else None
@@ -131,7 +132,7 @@ def weights_saver(model, world, zero3: bool):
                 model.save_pretrained(folder, state_dict=state, safe_serialization=True,
                                       selected_adapters=["default"])
         else:
-            with _gathered(model, zero3, trainable_only=False):
+            with gathered_parameters(model, zero3, trainable_only=False):
                 state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if zero3 else None
             if world.is_main:
                 model.save_pretrained(folder, state_dict=state, safe_serialization=True)
@@ -149,9 +150,9 @@ def load_full_weights(model, folder: Path, device: str) -> None:
     for f in files:
         state.update(load_file(str(f), device=device))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    loaded = {p.data_ptr() for name, p in model.named_parameters() if name in state}
-    untied = [k for k in missing if dict(model.named_parameters()).get(k) is None
-              or dict(model.named_parameters())[k].data_ptr() not in loaded]
+    params = dict(model.named_parameters())
+    loaded = {p.data_ptr() for name, p in params.items() if name in state}
+    untied = [k for k in missing if k not in params or params[k].data_ptr() not in loaded]
     if unexpected or untied:
         raise TrainError(f"{folder}: checkpoint does not fit the model (unexpected {unexpected[:5]}, "
                          f"missing {untied[:5]})")

@@ -35,6 +35,7 @@ class Recipe:
     name = ""
     unit = "token"  # what the loss is a mean over
     metrics: tuple[str, ...] = ()  # per-unit means logged besides the loss
+    pad_token_id = 0  # set by the loop once the tokenizer is loaded
 
     def __init__(self, config: TrainConfig):
         self.config = config

@@ -45,7 +45,6 @@ class DPORecipe(Recipe):
         if self.config.full_finetune:
             raise FlagError("--stage=dpo trains a LoRA adapter (its reference is the model with the adapter "
                             "switched off); set --lora_r above 0 and --finetune_method=lora")
-        self.pad_token_id = tokenizer.pad_token_id
         return build_causal_lm(self.config, device, dtype, reference_adapter=bool(self.config.lora_weights))
 
     def read_data(self, tokenizer, progress: bool) -> Data:

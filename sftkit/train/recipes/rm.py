@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from sftkit.reward import PROMPT_TYPE_KEY
 from sftkit.train.batching import collate_pairs
-from sftkit.train.modeling import _gathered, build_reward_model, is_peft
+from sftkit.train.modeling import build_reward_model, gathered_parameters, is_peft
 from sftkit.train.recipes import Data, Recipe, move_into, read_pair_data
 
 
@@ -55,7 +55,7 @@ class RewardModelRecipe(Recipe):
 
     def save_final(self, model, tokenizer, output_dir: Path, save_weights, world, zero3: bool) -> None:
         """The reward model with LoRA merged in, as one loadable directory (the adapter stays in checkpoints)."""
-        with _gathered(model, zero3, trainable_only=False):
+        with gathered_parameters(model, zero3, trainable_only=False):
             if not world.is_main:
                 return
             plain = model.merge_and_unload() if is_peft(model) else model
