@@ -42,7 +42,8 @@ class BenchConfig:
     micro_batch_size: int = flags.flag(4, "Rows per forward pass.")
     threads: int = flags.flag(2, "torch CPU threads per mode.")
     suite: str = flags.flag("all", "batching, objectives or all.")
-    steps: int = flags.flag(4, "Objectives suite: optimizer steps timed per stage and precision (after one warm-up step).")
+    steps: int = flags.flag(4, "Objectives suite: optimizer steps timed per stage and precision (after one "
+                               "warm-up step).")
     mode: str = flags.flag("", "Internal: run one mode and print its result as JSON.")
 
 
@@ -153,6 +154,7 @@ def run_modes(cfg: BenchConfig, modes) -> list[dict]:
         if line is None:
             sys.exit(f"bench_train: mode {mode} failed:\n{done.stderr[-3000:]}")
         results.append(json.loads(line[len("RESULT "):]))
+        print(f"bench_train: {mode} done, {results[-1]['tokens_per_s']:.0f} tokens/s", file=sys.stderr, flush=True)
     return results
 
 
@@ -166,8 +168,8 @@ def print_objectives(cfg: BenchConfig, results: list[dict]) -> None:
         stage, precision = r["mode"].split("_")
         base = by_mode.get(f"{stage}_float32", r)["tokens_per_s"]
         label = "float32" if precision == "float32" else "bf16 autocast (fp32 w)"
-        print(f"{stage:<8}{label:<22}{r['steps_per_s']:>9.3f}{r['tokens_per_s']:>10.0f}{r['tokens_per_s'] / base:>8.2f}x"
-              f"{r['peak_rss_gib']:>10.2f}{r['loss']:>8.3f}{r['prepare_seconds']:>11.1f}")
+        print(f"{stage:<8}{label:<22}{r['steps_per_s']:>9.3f}{r['tokens_per_s']:>10.0f}"
+              f"{r['tokens_per_s'] / base:>8.2f}x{r['peak_rss_gib']:>10.2f}{r['loss']:>8.3f}{r['prepare_seconds']:>11.1f}")
     print("\nvs fp32: tokens/s over the float32 run of the same stage in this run; sft steps are packed rows, rm and "
           "dpo steps are pairs (two rows each); prepare s: DPO's one-off reference log-probs")
 
