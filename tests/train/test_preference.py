@@ -76,3 +76,18 @@ def test_pairs_cut_at_cutoff_len_keep_an_answer_or_are_skipped(tiny_llama):
     dropped = tokenize_pairs([Pair([("human", Q)], GOOD + " more" * 40, BAD)], tokenizer, "human_bot", 32,
                              add_eos_token=False, drop_truncations=True, progress=False)
     assert dropped.stats.dropped_truncations == 1 and not dropped.examples
+
+
+def test_bundled_preference_set_reads_whole_and_holds_out_its_demo_questions():
+    import importlib.util
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[2] / "data"
+    spec = importlib.util.spec_from_file_location("build_preferences", data / "build_preferences.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    assert json.loads((data / "preference_sample.json").read_text()) == builder.pairs()  # file matches its script
+    pairs, stats = load_pairs(str(data / "preference_sample.json"))
+    assert len(pairs) == 72 and not stats.skipped
+    asked = {turn for pair in pairs for _, turn in pair.prompt}
+    assert not asked & set(json.loads((data / "preference_heldout.json").read_text()))
