@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 REQS := requirements.txt $(wildcard reqs_optional/*.txt)
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench venv browser clean
+.PHONY: demo demo-align test test-fast bench venv browser clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,10 @@ browser:
 
 demo: venv
 	$(PY) -m sftkit.demo
+
+# SFT -> reward model -> DPO on the bundled preference set, with reward scores of base/SFT/DPO answers.
+demo-align: venv
+	$(PY) -m sftkit.demo_align
 
 test: venv browser
 	$(PY) -m pytest tests -q -rs

@@ -562,7 +562,7 @@ def answer_batch(model, tokenizer, prompts: list[str], config: GenerateConfig, *
 
 def load_scorer(config: GenerateConfig):
     """The reward model of ``--reward_model``, the same scorer as the grade stage of create_data.py."""
-    from sftkit.data.scorers import RewardModelScorer, ScorerError
+    from sftkit.reward import RewardModelScorer, ScorerError
 
     try:
         return RewardModelScorer(config.reward_model, device=config.device, local_files_only=config.local_files_only,

@@ -25,7 +25,7 @@ RAY_INSTALL = ("--executor=ray needs Ray: pip install -r reqs_optional/requireme
 
 
 def reward_scorer(cfg: DataConfig):
-    from sftkit.data.scorers import RewardModelScorer
+    from sftkit.reward import RewardModelScorer
 
     return RewardModelScorer(cfg.reward_model, batch_size=cfg.reward_batch_size, device=cfg.device,
                              max_length=cfg.reward_max_length, local_files_only=cfg.local_files_only,

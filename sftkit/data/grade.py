@@ -36,6 +36,7 @@ from sftkit.data.scorers import profane_flags
 from sftkit.data.stats import StageStats
 from sftkit.data.workdir import stage_dir
 from sftkit.prompts import BOT, split_turns
+from sftkit.reward import RewardModelScorer
 
 VERSION = 2
 

@@ -3,7 +3,9 @@
 * :func:`profanity_probs`: alt-profanity-check's linear model, batched;
 * :func:`profane_flags`: better_profanity's word-list match;
 * :class:`DetoxifyScorer`: detoxify's multi-head toxicity classifier;
-* :class:`RewardModelScorer`: any Hugging Face sequence-classification reward model.
+
+The reward-model scorer of the grade stage lives in :mod:`sftkit.reward`, shared with generation
+and reward-model training.
 
 Models whose weights are missing fail with one :class:`ScorerError` saying how to provide them.
 """
@@ -89,15 +91,6 @@ def profane_flags(texts: list[str]) -> np.ndarray:
     return flags
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    import torch
-
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    message = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
-
-
 def _default_device(device: str | None) -> str:
     from sftkit.models import default_device
 
@@ -150,77 +143,3 @@ class DetoxifyScorer:
             for head in self.heads:
                 columns[head][start:start + len(chunk)] = np.atleast_1d(np.asarray(result[head]))
         return columns
-
-
-class RewardModelScorer:
-    """Grades (question, answer) pairs with a Hugging Face sequence-classification reward model.
-
-    A single-logit model's score is ``sigmoid(logit)``; a multi-label model's is the probability of
-    its last label. Pairs are scored longest first in batches of similar length (less padding, and
-    an out-of-memory error shows up on the first batch), halving the batch on out-of-memory.
-    """
-
-    def __init__(self, name_or_path: str, *, batch_size: int = 8, device: str | None = None,
-                 max_length: int = 512, local_files_only: bool = False, trust_remote_code: bool = False):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from sftkit.models import pick_dtype
-
-        self.name_or_path = name_or_path
-        self.batch_size = batch_size
-        self.device = _default_device(device)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_files_only,
-                                                           trust_remote_code=trust_remote_code)
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                name_or_path, local_files_only=local_files_only, trust_remote_code=trust_remote_code,
-                dtype=pick_dtype(self.device))
-        except Exception as exc:
-            raise ScorerError(
-                f"cannot load reward model {name_or_path!r}: {type(exc).__name__}: {exc}. Pass a local "
-                "directory of a sequence-classification model (--reward_model=DIR), allow the download, or "
-                "switch it off with --use_reward_model=false") from None
-        self.max_length = min(max_length, self.tokenizer.model_max_length)  # never past the model's positions
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.model.to(self.device).eval()
-
-    def _forward(self, questions: list[str], answers: list[str]) -> list[float]:
-        import torch
-
-        encoded = self.tokenizer(questions, answers, truncation=True, max_length=self.max_length,
-                                 padding=True, return_tensors="pt").to(self.device)
-        with torch.inference_mode():
-            logits = self.model(**encoded).logits.float()
-        scores = torch.sigmoid(logits[:, 0]) if logits.shape[-1] == 1 else torch.softmax(logits, -1)[:, -1]
-        return scores.cpu().tolist()
-
-    def score(self, questions: list[str], answers: list[str]) -> list[float]:
-        """One score in [0, 1] per pair, in the order given."""
-        import torch
-
-        if len(questions) != len(answers):
-            raise ScorerError(f"{len(questions)} questions but {len(answers)} answers")
-        order = sorted(range(len(questions)), key=lambda i: len(questions[i]) + len(answers[i]), reverse=True)
-        scores = [0.0] * len(order)
-        batch_size, done = self.batch_size, 0
-        while done < len(order):
-            index = order[done:done + batch_size]
-            try:
-                batch_scores = self._forward([questions[i] for i in index], [answers[i] for i in index])
-            except Exception as exc:
-                if not _is_out_of_memory(exc):
-                    raise
-                if batch_size == 1:
-                    raise ScorerError(f"reward model {self.name_or_path!r} runs out of memory on a single "
-                                      f"pair; lower --reward_max_length (now {self.max_length}) or use "
-                                      "another --device") from None
-                batch_size //= 2
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                continue
-            for i, s in zip(index, batch_scores):
-                scores[i] = s
-            done += len(index)
-        return scores

@@ -99,3 +99,19 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
                                              shift_labels.reshape(-1), ignore_index=IGNORE, reduction="none")
     return loss.view(shift_labels.shape)
+
+
+def collate_pairs(batch: list[list], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """One micro-batch of preference pairs as a single forward's rows: every chosen answer, then every
+    rejected one (rows ``i`` and ``i + n`` are a pair), with the pairs' reference log-probs."""
+    pairs = [p for row in batch for p in row]
+    out = collate([[p.chosen] for p in pairs] + [[p.rejected] for p in pairs], pad_token_id)
+    out["num_pairs"] = len(pairs)
+    out["ref_chosen"] = torch.tensor([p.ref_chosen for p in pairs], dtype=torch.float32)
+    out["ref_rejected"] = torch.tensor([p.ref_rejected for p in pairs], dtype=torch.float32)
+    return out
+
+
+def answer_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of the log-probabilities of each row's labelled tokens, shape (batch,)."""
+    return -token_losses(logits, labels).sum(-1)

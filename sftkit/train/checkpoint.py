@@ -149,7 +149,11 @@ def load_checkpoint(path: Path, *, world, model, optimizer, scheduler, engine) -
         engine.load_checkpoint(str(path / "ds"), tag="state", load_module_strict=False,
                                load_optimizer_states=True, load_lr_scheduler_states=False)
     else:
-        set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors"), device=world.device))
+        if (path / "adapter_model.safetensors").is_file():
+            set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors"), device=world.device))
+        else:  # full fine-tuning saves the whole model
+            from sftkit.train.modeling import load_full_weights
+            load_full_weights(model, path, world.device)
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=world.device, weights_only=True))
     scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
     rng_file = path / f"rng_state_{world.rank}.safetensors"

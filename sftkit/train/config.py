@@ -5,17 +5,20 @@ Flag names follow h2oGPT's finetune.py so commands written for it keep working.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 from sftkit.flags import FlagError, flag
 from sftkit.models import DEFAULT_BASE_MODEL
-from sftkit.prompts import prompt_type_names
+from sftkit.prompts import DEFAULT_PROMPT_TYPE, prompt_type_names
 
 FINALIZED_DATA = "oig_work/oig_instruct_cleaned.json"
 BUNDLED_SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
+BUNDLED_PREFERENCES = BUNDLED_SAMPLE.parent / "preference_sample.json"
 VAL_METRICS = ("bleu", "sacrebleu", "rouge", "meteor")
 LR_SCHEDULERS = ("cosine", "linear", "constant")
+STAGES = ("sft", "rm", "dpo")
+DPO_LOSSES = ("sigmoid", "ipo")
 
 
 @dataclass
@@ -23,7 +26,8 @@ class TrainConfig:
     base_model: str = flag(DEFAULT_BASE_MODEL, "Base model: a local directory, a hub id, or a built-in alias.")
     tokenizer_base_model: str = flag("", "Tokenizer to use (empty: the base model's).")
     data_path: str = flag("", "Training data: json/jsonl(.gz)/parquet file, a directory of them, or a hub "
-                              f"dataset id (empty: {FINALIZED_DATA} if present, else the bundled data/sample).")
+                              f"dataset id (empty: {FINALIZED_DATA} if present, else the bundled data/sample; for "
+                              "--stage=rm/dpo the bundled data/preference_sample.json).")
     data_col_dict: dict = flag({}, "Rename columns before reading rows, e.g. {'question': 'instruction', "
                                    "'answer': 'output'}.")
     prompt_type: str = flag("", "How rows are written, for every row (empty: each row's prompt_type column, else "
@@ -41,7 +45,8 @@ class TrainConfig:
     micro_batch_size: int = flag(4, "Sequences per forward pass on each process.")
     gradient_checkpointing: bool = flag(False, "Recompute activations in the backward pass to save memory.")
     fp16: bool = flag(False, "Train in float16.")
-    bf16: bool = flag(False, "Train in bfloat16 (default on GPUs that support it; float32 on the CPU).")
+    bf16: bool = flag(False, "Train in bfloat16 (default on GPUs that support it). On the CPU: float32 weights "
+                             "with bfloat16 autocast (fast on CPUs with AVX512-BF16/AMX).")
     train_8bit: bool = flag(False, "Load the base model in 8-bit (bitsandbytes) and train LoRA on top.")
     train_4bit: bool = flag(False, "Load the base model in 4-bit nf4 (QLoRA) and train LoRA on top.")
     num_epochs: float = flag(1.0, "Passes over the training data (fractions allowed).")
@@ -57,7 +62,7 @@ class TrainConfig:
     val_max_new_tokens: int = flag(64, "Longest generated answer when computing val_metrics.")
     eval_steps: int = flag(0, "Evaluate every this many steps (0: every eval_epochs epochs).")
     eval_epochs: float = flag(1.0, "Evaluate every this many epochs when eval_steps is 0; always at the end.")
-    lora_r: int = flag(8, "LoRA rank.")
+    lora_r: int = flag(8, "LoRA rank (0: full fine-tuning, like --finetune_method=full).")
     lora_alpha: int = flag(16, "LoRA alpha (scaling = alpha / r).")
     lora_dropout: float = flag(0.05, "Dropout on the LoRA path.")
     lora_target_modules: list[str] = flag([], "Layer names to adapt (empty: every linear layer inside the "
@@ -82,6 +87,12 @@ class TrainConfig:
     deepspeed: str = flag("", "A DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json); 'auto' values are "
                               "filled from these flags.")
     config: str = flag("", "A YAML recipe of these flags (e.g. configs/smollm2_lora.yaml); flags override it.")
+    # ---- objectives beyond SFT (sftkit/train/recipes/) and full fine-tuning
+    stage: str = flag("sft", "What to train: sft (answers), rm (a reward model from preference pairs) or dpo "
+                             "(align to preference pairs).")
+    finetune_method: str = flag("lora", "lora (an adapter) or full (every weight; --lora_r=0 means the same).")
+    beta: float = flag(0.1, "DPO only: strength of the pull towards the reference model.")
+    dpo_loss: str = flag("sigmoid", "DPO only: sigmoid (the DPO paper) or ipo (squared, for noisy preferences).")
 
     # ------------------------------------------------------------ h2oGPT command compatibility, run record
     run_id: str = flag("", "A name for this run, shown in the log lines and saved in run_config.yaml.")
@@ -101,6 +112,44 @@ class TrainConfig:
                       "drop the flag",
     }
 
+    @property
+    def fixed_prompt_type(self) -> str:
+        """The prompt type of rows that carry none of their own (preference pairs): the flag, else human_bot."""
+        return self.prompt_type or DEFAULT_PROMPT_TYPE
+
+    @property
+    def full_finetune(self) -> bool:
+        return self.finetune_method == "full" or self.lora_r == 0
+
+    def _stage_checks(self) -> list[tuple[bool, str]]:
+        """Flags that mean something for one stage only are refused for the others, never ignored."""
+        defaults = {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(self)}
+        changed = lambda name: getattr(self, name) != defaults[name]  # noqa: E731
+        checks = [
+            (self.stage in STAGES, f"--stage must be one of {', '.join(STAGES)}"),
+            (self.finetune_method in ("lora", "full"), "--finetune_method must be lora or full"),
+            (self.dpo_loss in DPO_LOSSES, f"--dpo_loss must be one of {', '.join(DPO_LOSSES)}"),
+            (self.beta > 0, "--beta must be above 0"),
+            (not (self.full_finetune and (self.train_8bit or self.train_4bit)),
+             "full fine-tuning trains every weight, which cannot be 8/4-bit; drop --train_8bit/--train_4bit "
+             "or train LoRA (--lora_r above 0)"),
+            (not (self.full_finetune and self.lora_weights),
+             "--lora_weights with full fine-tuning: merge the adapter first (finetune.py export) and pass the "
+             "merged model as --base_model"),
+        ]
+        for name in ("beta", "dpo_loss"):
+            checks.append((self.stage == "dpo" or not changed(name), f"--{name} only applies to --stage=dpo"))
+        if self.stage != "sft":
+            for name, why in (("pack", "a preference pair's two answers are scored as separate rows"),
+                              ("val_metrics", "they score generated answers against SFT references"),
+                              ("data_mix_in_path", "mixing in is for SFT rows"),
+                              ("train_on_inputs", "only answers are compared")):
+                checks.append((not changed(name), f"--{name} does not apply to --stage={self.stage}: {why}"))
+        if self.stage == "rm":
+            checks.append((not self.lora_weights, "--lora_weights does not apply to --stage=rm: a reward model "
+                                                  "starts from --base_model (merge an SFT adapter first)"))
+        return checks
+
     def __post_init__(self):
         self.val_metrics = [m.strip().lower() for m in self.val_metrics if m.strip()]
         self.report_to = self.report_to.strip().lower()
@@ -111,7 +160,7 @@ class TrainConfig:
             (self.num_epochs > 0 or self.max_steps > 0, "set --num_epochs above 0 or --max_steps"),
             (self.val_set_size >= 0 and (self.val_set_size < 1 or float(self.val_set_size).is_integer()),
              "--val_set_size is a fraction below 1 or a whole number of rows"),
-            (self.lora_r >= 1, "--lora_r must be at least 1"),
+            (self.lora_r >= 0, "--lora_r must be 0 (full fine-tuning) or more"),
             (self.data_mix_in_factor >= 0, "--data_mix_in_factor must not be negative"),
             (not (self.train_8bit and self.train_4bit), "--train_8bit and --train_4bit are exclusive"),
             (not (self.fp16 and self.bf16), "--fp16 and --bf16 are exclusive"),
@@ -119,6 +168,7 @@ class TrainConfig:
             (self.report_to in ("tensorboard", "none"), "--report_to must be tensorboard or none"),
             (math.isfinite(self.learning_rate) and self.learning_rate > 0, "--learning_rate must be above 0"),
         ]
+        checks += self._stage_checks()
         unknown = [m for m in self.val_metrics if m not in VAL_METRICS]
         checks.append((not unknown, f"--val_metrics: unknown {unknown}; choose from {', '.join(VAL_METRICS)}"))
         for ok, message in checks:
@@ -132,6 +182,8 @@ class TrainConfig:
         """
         if self.data_path:
             return self.data_path
+        if self.stage != "sft":
+            return str(BUNDLED_PREFERENCES)
         if Path(FINALIZED_DATA).is_file():
             return FINALIZED_DATA
         if not BUNDLED_SAMPLE.is_dir():
@@ -167,7 +219,8 @@ class ExportConfig:
     """Settings of ``finetune.py export``: merge a LoRA adapter into its base model."""
 
     base_model: str = flag(DEFAULT_BASE_MODEL, "Base model the adapter was trained on (directory, hub id or alias).")
-    lora_weights: str = flag("lora_out", "The adapter directory (finetune.py's output_dir or a checkpoint-N).")
+    lora_weights: str = flag("lora_out", "The adapter directory (finetune.py's output_dir or a checkpoint-N); a full "
+                                         "fine-tuning output_dir is re-saved as it is.")
     output_dir: str = flag("merged", "Where to write the standalone merged model (must not exist).")
     dtype: str = flag("float32", "Dtype of the saved weights: float32, bfloat16 or float16.")
     local_files_only: bool = flag(False, "Never reach a model hub; load only local files.")

@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from sftkit.data import scorers
+from sftkit import reward
 from sftkit.data.grade import answers_text, question_and_answer, run
 from tests.data.conftest import sample_config
 
@@ -35,7 +35,7 @@ def test_grade_thresholds_and_score_columns(work):
 def test_reward_scoring_resumes_after_a_kill_and_is_reused(work, tiny_reward_model, monkeypatch):
     cfg = sample_config(work, use_reward_model=True, reward_model=str(tiny_reward_model), reward_progress_rows=40,
                         reward_threshold=0.5, device="cpu", local_files_only=True)
-    real_score, scored_rows = scorers.RewardModelScorer.score, []
+    real_score, scored_rows = reward.RewardModelScorer.score, []
 
     def killed_on_third_unit(self, questions, answers):
         if len(scored_rows) == 80:
@@ -43,13 +43,13 @@ def test_reward_scoring_resumes_after_a_kill_and_is_reused(work, tiny_reward_mod
         scored_rows.extend(zip(questions, answers))
         return real_score(self, questions, answers)
 
-    monkeypatch.setattr(scorers.RewardModelScorer, "score", killed_on_third_unit)
+    monkeypatch.setattr(reward.RewardModelScorer, "score", killed_on_third_unit)
     with pytest.raises(KeyboardInterrupt):
         run(cfg)
     cache = next((work / "4_grade" / "reward_cache").iterdir())
     assert len(list(cache.glob("unit-*.parquet"))) == 2 and not (work / "4_grade" / "part-00000-of-00001.parquet").exists()
 
-    monkeypatch.setattr(scorers.RewardModelScorer, "score",
+    monkeypatch.setattr(reward.RewardModelScorer, "score",
                         lambda self, q, a: (scored_rows.extend(zip(q, a)), real_score(self, q, a))[1])
     stats = run(cfg)
     out = pq.read_table(work / "4_grade" / "part-00000-of-00001.parquet")

@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from sftkit.data.scorers import DetoxifyScorer, RewardModelScorer, ScorerError, profane_flags, profanity_probs
+from sftkit.data.scorers import DetoxifyScorer, profane_flags, profanity_probs
+from sftkit.errors import ScorerError
+from sftkit.reward import RewardModelScorer
 
 CLEAN = ["The capital of France is Paris.", "Photosynthesis turns light into chemical energy.",
          "Thank you for the detailed explanation of compound interest."]

@@ -1,0 +1,122 @@
+"""Training objectives. The step loop (sftkit/train/loop.py) is written once; each objective is a
+recipe saying how to build its model, read its data, batch it, compute a micro-batch's loss and save
+the result:
+
+* ``sft``: next-token loss on answers (sft.py);
+* ``rm``: a reward model from preference pairs, pairwise loss −log σ(r_chosen − r_rejected) (rm.py);
+* ``dpo``: direct preference optimisation against a reference model (dpo.py).
+
+A recipe's ``loss`` returns the *sum* over a micro-batch of its per-unit losses (tokens for SFT,
+pairs for RM/DPO) and the sums of the metrics it reports; the loop divides by the global number of
+units in the step, so the gradient is the same whatever the split over micro-batches and processes.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sftkit.train.config import TrainConfig
+
+
+@dataclass
+class Data:
+    """What a recipe trains and validates on, with every count for metrics.json."""
+
+    train: list
+    valid: list
+    stats: dict = field(default_factory=dict)
+    summary: str = ""  # one log line
+
+
+class Recipe:
+    name = ""
+    unit = "token"  # what the loss is a mean over
+    metrics: tuple[str, ...] = ()  # per-unit means logged besides the loss
+    pad_token_id = 0  # set by the loop once the tokenizer is loaded
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+
+    def build_model(self, device: str, dtype, tokenizer):
+        raise NotImplementedError
+
+    def read_data(self, tokenizer, progress: bool) -> Data:
+        raise NotImplementedError
+
+    def prepare(self, model, data: Data, world, autocast) -> None:
+        """Work needed once before training (DPO's reference log-probs)."""
+
+    def collate(self, micro_batch: list, pad_token_id: int) -> dict:
+        raise NotImplementedError
+
+    def units(self, batch: dict) -> int:
+        raise NotImplementedError
+
+    def loss(self, model, batch: dict, device: str):
+        """(sum of the per-unit losses as a tensor, {metric: sum over units})."""
+        raise NotImplementedError
+
+    def extra_eval(self, model, tokenizer, valid: list, world, synced: bool) -> dict:
+        return {}
+
+    def save_final(self, model, tokenizer, output_dir: Path, save_weights, world, zero3: bool) -> None:
+        """Weights (adapter, or the whole model) and tokenizer at the top of output_dir, swapped in atomically."""
+        staging = Path(tempfile.mkdtemp(prefix=".final.", dir=output_dir)) if world.is_main else None
+        save_weights(staging)
+        if world.is_main:
+            tokenizer.save_pretrained(staging)
+            move_into(staging, output_dir)
+
+
+def move_into(staging: Path, output_dir: Path) -> None:
+    for f in staging.iterdir():
+        target = output_dir / f.name
+        if target.is_dir() and f.is_dir():
+            shutil.rmtree(target)
+        os.replace(f, target)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def get_recipe(config: TrainConfig) -> Recipe:
+    from sftkit.train.recipes.dpo import DPORecipe
+    from sftkit.train.recipes.rm import RewardModelRecipe
+    from sftkit.train.recipes.sft import SFTRecipe
+
+    return {"sft": SFTRecipe, "rm": RewardModelRecipe, "dpo": DPORecipe}[config.stage](config)
+
+
+def read_pair_data(config: TrainConfig, tokenizer, progress: bool, *, add_eos_token: bool) -> Data:
+    """Preference pairs for RM and DPO: read, split off validation, tokenize."""
+    from sftkit.errors import DataError
+    from sftkit.prompts import PromptError, get_prompt_type
+    from sftkit.train.data import split_validation
+    from sftkit.train.preference import load_pairs, tokenize_pairs
+
+    if get_prompt_type(config.fixed_prompt_type).name == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise PromptError("--prompt_type=chat needs a tokenizer with a chat template; this one has none")
+    path = config.resolved_data_path()
+    pairs, read_stats = load_pairs(path, config.data_col_dict)
+    stats: dict = {"data_path": path, "rows_read": read_stats.rows, "rows_skipped": read_stats.skipped}
+    if config.valid_path:
+        val_pairs, val_read = load_pairs(config.valid_path, config.data_col_dict)
+        stats["valid_rows_skipped"] = val_read.skipped
+    elif config.val_set_size > 0:
+        pairs, val_pairs = split_validation(pairs, config.val_set_size, config.seed)
+    else:
+        val_pairs = []
+    kw = dict(cutoff_len=config.cutoff_len, add_eos_token=add_eos_token, progress=progress)
+    train = tokenize_pairs(pairs, tokenizer, config.fixed_prompt_type, drop_truncations=config.drop_truncations,
+                           desc="tokenize train pairs", **kw)
+    val = tokenize_pairs(val_pairs, tokenizer, config.fixed_prompt_type, desc="tokenize valid pairs", **kw)
+    stats["train"], stats["valid"] = train.stats.as_dict(), val.stats.as_dict()
+    if not train.examples:
+        raise DataError(f"{path}: no training pairs left after tokenizing ({train.stats.as_dict()}); raise "
+                        f"--cutoff_len or check the prompt_type")
+    t = stats["train"]
+    skipped = sum(read_stats.skipped.values()) + t["skipped_no_answer_in_cutoff"] + t["skipped_render"]
+    summary = (f"data: {path}: {read_stats.rows} rows read, {len(train.examples)} train / {len(val.examples)} "
+               f"valid pairs; truncated {t['truncated']}, dropped {t['dropped_truncations']}, skipped {skipped}")
+    return Data(train.examples, val.examples, stats, summary)

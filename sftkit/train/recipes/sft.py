@@ -1,0 +1,149 @@
+"""Supervised fine-tuning: next-token cross entropy on the bot answers of conversations."""
+from __future__ import annotations
+
+import torch
+
+from sftkit.prompts import stop_strings
+from sftkit.train import distributed
+from sftkit.train.batching import collate, token_losses
+from sftkit.train.data import DataError, load_conversations, mix_in, split_validation
+from sftkit.train.metrics import compute_metrics
+from sftkit.train.modeling import build_causal_lm
+from sftkit.train.recipes import Data, Recipe
+from sftkit.train.tokenize import IGNORE, check_prompt_types, tokenize_all
+
+
+def packing_needs_block_mask(model) -> bool:
+    """Whether packed rows need an explicit block-diagonal mask to keep examples apart.
+
+    Flash-attention kernels read example boundaries from restarting position_ids (padding-free,
+    varlen). transformers 5.23's sdpa and eager paths try to derive a mask from them too, but on
+    the CPU packed examples after the first still attend to earlier ones (tests/train/test_batching.py
+    shows it), so every other attention implementation gets the explicit mask.
+    """
+    return not str(getattr(model.config, "_attn_implementation", "")).startswith("flash_attention")
+
+
+def forward_logits(model, batch: dict, device: str):
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    return model(**inputs, use_cache=False).logits
+
+
+def shard(items: list, world) -> tuple[list, int]:
+    """This rank's share and how many of it are real: padded by repetition so every rank runs the
+    same number of forwards (ZeRO-3 gathers weights collectively in each one)."""
+    per_rank = -(-len(items) // world.size)
+    mine = items[world.rank::world.size]
+    return mine + items[: per_rank - len(mine)], len(mine)
+
+
+class SFTRecipe(Recipe):
+    name = "sft"
+    unit = "token"
+
+    block_mask = False
+    mask_dtype = torch.float32
+
+    def build_model(self, device, dtype, tokenizer):
+        model = build_causal_lm(self.config, device, dtype)
+        self.block_mask = self.config.pack and packing_needs_block_mask(model)
+        self.mask_dtype = dtype
+        return model
+
+    def read_data(self, tokenizer, progress: bool) -> Data:
+        """Read, mix, split and tokenize; train and validation examples with every count."""
+        config = self.config
+        path = config.resolved_data_path()
+        # Each row keeps its own prompt_type column unless --prompt_type is given; the summary says which won.
+        train_convs, read_stats = load_conversations(path, config.data_col_dict, config.prompt_type)
+        check_prompt_types(read_stats.prompt_types, tokenizer)
+        stats: dict = {"data_path": path, "rows_read": read_stats.rows, "rows_skipped": read_stats.skipped,
+                       "rows_repaired_utf8": read_stats.repaired_utf8,
+                       "prompt_type": read_stats.prompt_type_summary()}
+        if config.valid_path:
+            val_convs, val_read = load_conversations(config.valid_path, config.data_col_dict, config.prompt_type)
+            stats["valid_rows_skipped"] = val_read.skipped
+        elif config.val_set_size > 0:
+            train_convs, val_convs = split_validation(train_convs, config.val_set_size, config.seed)
+        else:
+            val_convs = []
+        kw = dict(cutoff_len=config.cutoff_len, train_on_inputs=config.train_on_inputs,
+                  add_eos_token=config.add_eos_token, drop_truncations=config.drop_truncations, progress=progress)
+        train = tokenize_all(train_convs, tokenizer, config.prompt_type, desc="tokenize train", **kw)
+        stats["train"] = train.stats.as_dict()
+        examples = train.examples
+        if config.data_mix_in_path and config.data_mix_in_factor > 0:
+            mix_convs, mix_read = load_conversations(config.data_mix_in_path, config.data_mix_in_col_dict,
+                                                     config.data_mix_in_prompt_type or config.prompt_type)
+            check_prompt_types(mix_read.prompt_types, tokenizer)
+            mixed = tokenize_all(mix_convs, tokenizer, config.data_mix_in_prompt_type or config.prompt_type,
+                                 desc="tokenize mix-in", **kw)
+            examples = mix_in(examples, mixed.examples, config.data_mix_in_factor, config.seed)
+            stats["mix_in"] = {"path": config.data_mix_in_path, "rows_skipped": mix_read.skipped,
+                               **mixed.stats.as_dict(), "rows_added": len(examples) - len(train.examples)}
+        val = tokenize_all(val_convs, tokenizer, config.prompt_type, desc="tokenize valid",
+                           **{**kw, "drop_truncations": False})
+        stats["valid"] = val.stats.as_dict()
+        if not examples:
+            raise DataError(f"{path}: no training rows left after tokenizing (truncated/dropped/skipped: "
+                            f"{train.stats.as_dict()}); raise --cutoff_len or check the prompt_type")
+        t = stats["train"]
+        skipped = sum(stats["rows_skipped"].values()) + t["skipped_no_answer_in_cutoff"] + t["skipped_render"]
+        summary = (f"data: {path}: {read_stats.rows} rows read, {len(examples)} train / {len(val.examples)} valid "
+                   f"examples; truncated {t['truncated']}, dropped {t['dropped_truncations']}, skipped {skipped}"
+                   + (f"; mixed in {stats['mix_in']['rows_added']} rows of {config.data_mix_in_path}"
+                      if "mix_in" in stats else ""))
+        summary += f"\n{read_stats.prompt_type_summary()}"
+        if read_stats.summary():
+            summary += f"\ndata: {path}: {read_stats.summary()}"
+        return Data(examples, val.examples, stats, summary)
+
+    def collate(self, micro_batch, pad_token_id):
+        return collate(micro_batch, pad_token_id, block_mask=self.block_mask, mask_dtype=self.mask_dtype)
+
+    def units(self, batch):
+        return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+    def loss(self, model, batch, device):
+        losses = token_losses(forward_logits(model, batch, device), batch["labels"].to(device))
+        return losses.sum(), {}
+
+    def extra_eval(self, model, tokenizer, valid, world, synced):
+        if not self.config.val_metrics or not valid:
+            return {}
+        predictions, references = generate_answers(model, tokenizer, valid, self.config, world, synced)
+        out = {f"eval_{k}": v for k, v in compute_metrics(self.config.val_metrics, predictions, references).items()}
+        out["eval_sample"] = {"prompt": valid[0].prompt[-300:], "prediction": predictions[0],
+                              "reference": references[0]}
+        return out
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, examples, config, world, synced: bool) -> tuple[list[str], list[str]]:
+    """Greedy answers to each validation prompt, cut at the prompt type's stop strings."""
+    add_special = all(ex.prompt_type != "chat" for ex in examples)
+    stops = sorted({stop for ex in examples for stop in stop_strings(ex.prompt_type, tokenizer)})
+    mine, _ = shard(list(enumerate(examples)), world)
+    answers: list[str] = []
+    for i in range(0, len(mine), config.micro_batch_size):
+        chunk = mine[i:i + config.micro_batch_size]
+        encoded = [tokenizer(ex.prompt, add_special_tokens=add_special)["input_ids"][-config.cutoff_len:]
+                   for _, ex in chunk]
+        width = max(len(e) for e in encoded)
+        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded], device=world.device)
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=world.device)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=config.val_max_new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id, synced_gpus=synced)
+        for row in out[:, width:]:
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            for stop in stops:
+                text = text.split(stop)[0]
+            answers.append(text.strip())
+    gathered = distributed.all_gather_strings([f"{i}\t{a}" for (i, _), a in zip(mine, answers)])
+    by_index = {}
+    for part in gathered:
+        for item in part:
+            index, answer = item.split("\t", 1)
+            by_index[int(index)] = answer
+    return [by_index[i] for i in range(len(examples))], [ex.reference for ex in examples]
