@@ -187,7 +187,9 @@ def main() -> None:
                 done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.check_timeout)
                 line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
                 if line is None:
-                    tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+                    lines = [ln for ln in done.stderr.replace("\r", "\n").splitlines()
+                             if ln.strip() and "it/s]" not in ln and "s/it]" not in ln]
+                    tail = (lines or ["no output"])[-1][:300]
                     rows.append((name, f"failed (exit {done.returncode}): {tail}", None))
                 else:
                     rows.append((name, "ok", json.loads(line[len("RESULT "):])))

@@ -47,7 +47,9 @@ class SFTRecipe(Recipe):
     def build_model(self, device, dtype, tokenizer):
         model = build_causal_lm(self.config, device, dtype)
         self.block_mask = self.config.pack and packing_needs_block_mask(model)
-        self.mask_dtype = dtype
+        # The additive mask must match the attention's activations: float32 where 8/4-bit preparation
+        # upcasts the non-quantized layers (the embeddings among them), else the weights' dtype.
+        self.mask_dtype = model.get_input_embeddings().weight.dtype
         return model
 
     def read_data(self, tokenizer, progress: bool) -> Data:
