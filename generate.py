@@ -4,7 +4,7 @@
     python generate.py --cli=True
     python generate.py --eval_prompts_file=prompts.json --eval_output_file=answers.json
 
-Run with --help for every flag and its default. The logic lives in sftkit/generation.py.
+Run with --help for every flag and its default. The logic lives in the sftkit/generation/ package.
 """
 from sftkit import cli
 

@@ -10,7 +10,9 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from sftkit.generation import AnswerStream, GenerateConfig, GenerationError, build_prompt, context_length
+from sftkit.errors import GenerationError
+from sftkit.generation.config import GenerateConfig
+from sftkit.generation.engine import AnswerStream, Models, build_prompt, context_length
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no phoning home
 
@@ -32,10 +34,11 @@ def _title(config: GenerateConfig) -> str:
     return f"### sftkit chat · `{config.base_model}`{adapter} · prompt type `{config.prompt_type}`"
 
 
-def build_ui(model, tokenizer, config: GenerateConfig):
+def build_ui(models: Models, config: GenerateConfig):
     """The gradio Blocks app chatting with ``model``; parameters default to ``config``'s."""
     import gradio as gr
 
+    model, tokenizer = models.model, models.tokenizer
     context = context_length(model, config)
     running: dict[str, threading.Event] = {}  # session -> the Stop switch of its running answer
 
@@ -134,14 +137,14 @@ def build_ui(model, tokenizer, config: GenerateConfig):
     return demo
 
 
-def serve(model, tokenizer, config: GenerateConfig, *, block: bool = True):
+def serve(models: Models, config: GenerateConfig, *, block: bool = True):
     """Launch the UI on ``server_name:server_port`` (127.0.0.1 by default; no share link unless asked)."""
     import gradio as gr
 
-    demo = build_ui(model, tokenizer, config)
+    demo = build_ui(models, config)
     demo.queue(default_concurrency_limit=1)
     theme = gr.themes.Default(primary_hue="orange", secondary_hue="slate")
-    demo.launch(server_name=config.server_name, server_port=config.server_port, share=config.share,
+    demo.launch(server_name=config.server_name, server_port=config.port(), share=config.share,
                 prevent_thread_lock=not block, ssr_mode=False, theme=theme, footer_links=[],
                 show_error=True)
     return demo

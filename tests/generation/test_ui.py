@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sftkit.generation import GenerateConfig, build_prompt, generate_answers, load_for_generation
+from sftkit.generation import GenerateConfig, build_prompt, generate_answers, load_models
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -24,13 +24,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(config: GenerateConfig, model=None, tokenizer=None):
-    from sftkit.ui import serve
+def start_server(config: GenerateConfig, models=None):
+    from sftkit.generation.ui import serve
 
-    if model is None:
-        model, tokenizer = load_for_generation(config)
+    models = models or load_models(config)
     started = time.monotonic()
-    demo = serve(model, tokenizer, config, block=False)
+    demo = serve(models, config, block=False)
     return demo, f"http://{config.server_name}:{config.server_port}/", time.monotonic() - started
 
 
@@ -76,9 +75,10 @@ def ui(tiny_llama):
         pytest.fail("chromium is not installed: run `make browser` (apt-get install chromium)")
     config = GenerateConfig(base_model=tiny_llama, local_files_only=True, max_new_tokens=24,
                             repetition_penalty=1.0, server_port=free_port())
-    model, tokenizer = load_for_generation(config)
+    models = load_models(config)
+    model, tokenizer = models.model, models.tokenizer
     model.register_forward_pre_hook(lambda module, args: time.sleep(STEP_SECONDS))
-    demo, url, launch_seconds = start_server(config, model, tokenizer)
+    demo, url, launch_seconds = start_server(config, models)
     with sync_playwright() as playwright:
         browser = launch_browser(playwright)
         yield dict(config=config, model=model, tokenizer=tokenizer, url=url, browser=browser,
@@ -138,7 +138,7 @@ def test_chat_streams_then_undo_and_clear(ui):
 
 @pytest.mark.slow
 def test_empty_message_is_rejected_with_a_message(ui):
-    from sftkit.ui import EMPTY_MESSAGE
+    from sftkit.generation.ui import EMPTY_MESSAGE
 
     page = open_page(ui, [])
     send(page, "   ")

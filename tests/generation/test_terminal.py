@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from sftkit.generation import GenerateConfig, build_prompt, generate_answers, load_for_generation
-from sftkit.terminal import chat_loop
+from sftkit.generation.terminal import chat_loop
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
