@@ -335,6 +335,7 @@ class _StopCriteria:
         self.window = max((len(s.encode()) for row in stops for s in row), default=0) + 1
         self.stopped_at: dict[int, int] = {}
         self.cut_at: dict[int, int] = {}
+        self.halted: set[int] = set()  # rows whose shown text already ended at a stop string
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
@@ -351,7 +352,7 @@ class _StopCriteria:
             row_stops = self.stops
             for row in range(rows):
                 event = self.row_cancel[row]
-                if length >= self.limits[row] or (event is not None and event.is_set()):
+                if length >= self.limits[row] or row in self.halted or (event is not None and event.is_set()):
                     done[row] = True
                     self.cut_at.setdefault(row, length)
         if self.window > 1:
@@ -657,11 +658,7 @@ class BatchStream:
                     first.setdefault(row, time.perf_counter() - start)
                     yield row, visible
                 if shown[row].stopped:
-                    row_cancel = requests[row].cancel
-                    if row_cancel is None:
-                        row_cancel = requests[row].cancel = threading.Event()
-                        batch.criteria.row_cancel[row] = row_cancel
-                    row_cancel.set()
+                    batch.criteria.halted.add(row)
                     if all(s.stopped for s in shown):
                         halt.set()
             for row, filter_ in enumerate(shown):
