@@ -276,3 +276,65 @@ def test_quantized_loading_generates(tiny_llama, bits):
     assert result.new_tokens > 0 and result.finish_reason in ("eos", "stop_string", "max_new_tokens")
 
 
+
+
+# ---------------------------------------------------------------- several adapters on one base
+
+def test_lora_weights_names_several_adapters(tmp_path):
+    from sftkit.generation.engine import parse_lora_weights
+
+    assert parse_lora_weights(None) == []
+    assert parse_lora_weights("base=,tuned=lora_out") == [("base", None), ("tuned", "lora_out")]
+    (tmp_path / "my lora").mkdir()
+    assert parse_lora_weights(str(tmp_path / "my lora")) == [("my_lora", str(tmp_path / "my lora"))]
+    assert parse_lora_weights("runs/lora_out") == [("lora_out", "runs/lora_out")]
+    with pytest.raises(GenerationError, match="given twice"):
+        parse_lora_weights("a=x,a=y")
+    with pytest.raises(GenerationError, match="is not name=path"):
+        parse_lora_weights("a=x,y")
+    with pytest.raises(GenerationError, match="at most once"):
+        parse_lora_weights("a=,b=")
+
+
+def test_one_load_serves_every_adapter_and_a_mixed_batch_matches_each_alone(tiny_llama, two_adapters):
+    from peft import PeftModel
+
+    from sftkit.generation import load_models
+
+    spec = f"tuned={two_adapters['tuned']},other={two_adapters['other']}"
+    models = load_models(tiny_config(tiny_llama, lora_weights=spec))
+    assert isinstance(models.model, PeftModel)
+    assert models.names == ["base", "tuned", "other"] and models.default == "tuned"
+    assert models.adapter("base") is None and models.adapter(None) == "tuned"
+    with pytest.raises(GenerationError, match="unknown model 'nope'; this server has base, tuned, other"):
+        models.adapter("nope")
+    config = tiny_config(tiny_llama)
+    prompt = build_prompt(models.tokenizer, [], "Who are you?", config, 512).text
+    alone = {name: generate_answers(models.model, models.tokenizer, [prompt], config,
+                                    adapters=[models.adapter(name)])[0].text for name in models.names}
+    assert len(set(alone.values())) == 3, "each adapter answers differently"
+    base_model, tokenizer = load_for_generation(config)
+    assert alone["base"] == answer(base_model, tokenizer, config, "Who are you?").text
+    mixed = generate_answers(models.model, models.tokenizer, [prompt] * 3, config,
+                             adapters=[models.adapter(name) for name in models.names])
+    assert [a.text for a in mixed] == [alone[name] for name in models.names]
+    # the default (first named) adapter answers when none is named, as a single adapter always did
+    assert generate_answers(models.model, models.tokenizer, [prompt], config)[0].text == alone["tuned"]
+
+
+def test_batch_stream_streams_two_adapters_together(tiny_llama, two_adapters):
+    from sftkit.generation import BatchStream, Request, load_models
+
+    models = load_models(tiny_config(tiny_llama, lora_weights=f"base=,tuned={two_adapters['tuned']}"))
+    config = tiny_config(tiny_llama)
+    prompt = build_prompt(models.tokenizer, [], "Hello there", config, 512).text
+    stream = BatchStream(models.model, models.tokenizer, [Request(prompt, None), Request(prompt, "tuned")], config)
+    texts = ["", ""]
+    order = []
+    for row, piece in stream:
+        texts[row] += piece
+        order.append(row)
+    assert texts == [a.text for a in stream.answers]
+    assert {0, 1} <= set(order[:4]), "both answers advance together"
+    alone = generate_answers(models.model, models.tokenizer, [prompt, prompt], config, adapters=[None, "tuned"])
+    assert texts == [a.text for a in alone]
