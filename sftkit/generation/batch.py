@@ -21,6 +21,7 @@ from sftkit.errors import GenerationError
 from sftkit.generation.config import GenerateConfig
 from sftkit.generation.engine import (Models, adapter_fingerprint, build_prompt, context_length, generate_answers,
                                       load_models, parse_lora_weights)
+from sftkit.generation.scoring import add_scores, load_scorer
 
 # Settings that change what an answer is; a resume must match every one of them.
 ANSWER_SETTINGS = ("base_model", "tokenizer_base_model", "prompt_type", "system_prompt", "stop", "load_8bit",
@@ -122,25 +123,6 @@ def answer_batch(model, tokenizer, prompts: list[str], config: GenerateConfig, *
             if on_rows:
                 on_rows(new)
             bar.update(len(chunk))
-    return rows
-
-
-def load_scorer(config: GenerateConfig):
-    """The reward model of ``--score_model``, the same scorer as the grade stage of create_data.py."""
-    from sftkit.data.scorers import RewardModelScorer, ScorerError
-
-    try:
-        return RewardModelScorer(config.score_model, device=config.device, local_files_only=config.local_files_only,
-                                 trust_remote_code=config.trust_remote_code)
-    except ScorerError as exc:
-        raise GenerationError(str(exc).replace("--reward_model=", "--score_model=")) from None
-
-
-def add_scores(rows: list[dict], scorer) -> list[dict]:
-    """Add the reward model's ``score`` of each (prompt, response) to its row."""
-    scores = scorer.score([r["prompt"] for r in rows], [r["response"] for r in rows])
-    for row, score in zip(rows, scores):
-        row["score"] = round(float(score), 6)
     return rows
 
 
