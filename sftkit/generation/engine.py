@@ -16,7 +16,7 @@ import re
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -459,11 +459,12 @@ def _tokenize(tokenizer, texts: list[str], config: GenerateConfig, device):
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _new_token_count(row_ids, eos_ids: list[int], *limits: int | None) -> tuple[int, str | None]:
-    """How many tokens a row really generated (before padding), and what ended it."""
+def _new_token_count(row_ids, eos_ids: list[int], stopped_at: int | None = None,
+                     cut_at: int | None = None) -> tuple[int, str | None]:
+    """How many tokens a row really generated (before padding), and what ended it: the end-of-sequence
+    token, a stop string (``stopped_at``), or its own limit or cancel (``cut_at``, reason None)."""
     ids = row_ids.tolist()
     eos_at = next((i + 1 for i, t in enumerate(ids) if t in eos_ids), None)
-    stopped_at, cut_at = (limits + (None, None))[:2]
     ends = [(n, why) for n, why in ((eos_at, "eos"), (stopped_at, "stop_string"), (cut_at, None))
             if n is not None]
     return min(ends, key=lambda e: e[0]) if ends else (len(ids), None)
@@ -689,8 +690,6 @@ class BatchStream:
 
 
 def _one_sequence(config: GenerateConfig) -> GenerateConfig:
-    from dataclasses import replace
-
     return replace(config, num_return_sequences=1)
 
 

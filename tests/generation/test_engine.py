@@ -1,11 +1,6 @@
 """Generation engine: stopping, streaming, prompting, adapters, quantized loading and batch mode."""
-import json
-import os
-import subprocess
-import sys
 import threading
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +10,6 @@ from sftkit.generation import (AnswerStream, GenerationError, StopTextFilter, bu
 from sftkit.models import ModelError
 from tests.generation.conftest import make_adapter, tiny_config
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def answer(model, tokenizer, config, message, history=()):
