@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hmac
 import json
 import sys
@@ -218,8 +219,15 @@ def _usage(answers: list[Answer]) -> dict:
 
 def build_app(models: Models, config: GenerateConfig):
     """The FastAPI app serving ``models``; its ``state.scheduler`` is the generating thread."""
-    app = FastAPI(title="sftkit", docs_url=None, redoc_url=None, openapi_url=None)
-    scheduler = app.state.scheduler = Scheduler(models, config)
+    scheduler = Scheduler(models, config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        scheduler.stop()
+
+    app = FastAPI(title="sftkit", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.scheduler = scheduler
     context = context_length(models.model, config)
     created = int(time.time())
     key = config.api_key.encode() if config.api_key else None
@@ -381,10 +389,6 @@ def build_app(models: Models, config: GenerateConfig):
                 "model": name, "usage": usage,
                 "choices": [{"index": i, "text": a.text, "logprobs": None, "finish_reason": _finish_reason(a)}
                             for i, a in enumerate(answers)]}
-
-    @app.on_event("shutdown")
-    def stop_worker():
-        scheduler.stop()
 
     return app
 
