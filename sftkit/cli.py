@@ -12,7 +12,8 @@ from sftkit import flags
 
 DATA_SUMMARY = "Raw conversation files to a clean instruct dataset, in five resumable stages."
 FINETUNE_SUMMARY = "LoRA / 8-bit / 4-bit / full fine-tuning, under torchrun or DeepSpeed."
-GENERATE_SUMMARY = "Chat with a base model plus LoRA adapter: browser UI (default), terminal (--cli=True) or batch."
+GENERATE_SUMMARY = ("Chat with a base model plus LoRA adapters: browser UI (default), terminal (--cli=True), "
+                    "OpenAI-compatible API (--api=True) or batch/eval report (--eval_prompts_file).")
 
 
 def data_main(argv: list[str] | None = None, summary: str = DATA_SUMMARY) -> None:
