@@ -173,7 +173,7 @@ def _attach(model, name: str, path: str, base_model: str):
 
 
 def load_for_generation(config: GenerateConfig):
-    """(model, tokenizer) ready to answer with the default model of ``--lora_weights``."""
+    """(model, tokenizer) ready to answer; with adapters, calls that name none use the first adapter loaded."""
     models = load_models(config)
     return models.model, models.tokenizer
 
