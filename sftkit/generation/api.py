@@ -106,7 +106,7 @@ def chat_prompt(messages: list[Message], config: GenerateConfig, tokenizer) -> s
 
 # ---------------------------------------------------------------- scheduling
 
-@dataclass
+@dataclass(eq=False)
 class Job:
     """One HTTP request: its rows (n choices), its settings, and where the worker posts events."""
 
@@ -148,6 +148,16 @@ class Scheduler:
             self.waiting.append(job)
             self.condition.notify()
         return True
+
+    def cancel(self, job: Job) -> None:
+        """Cancel ``job``: a waiting job leaves the queue at once, a running one ends at its next token."""
+        job.cancel.set()
+        with self.condition:
+            if job not in self.waiting:
+                return
+            self.waiting.remove(job)
+            self.admitted -= 1
+        job.post("done", None)
 
     def stop(self) -> None:
         with self.condition:
@@ -310,7 +320,7 @@ def build_app(models: Models, config: GenerateConfig):
                 event = await asyncio.wait_for(job.events.get(), timeout=0.25)
             except asyncio.TimeoutError:
                 if await request.is_disconnected():
-                    job.cancel.set()
+                    scheduler.cancel(job)
                 continue
             if event[0] == "done":
                 return event[1] or []
@@ -356,7 +366,7 @@ def build_app(models: Models, config: GenerateConfig):
                         break
                 yield sse("[DONE]")
             finally:
-                job.cancel.set()  # no-op after the end; a disconnect cancels the generation
+                scheduler.cancel(job)  # no-op after the end; a disconnect cancels the generation
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -292,7 +292,7 @@ def screenshots(lora_dir: str | None = None, docs: str = "docs"):
     from playwright.sync_api import sync_playwright
 
     lora = f"base=,tuned={lora_dir}" if lora_dir else None
-    config = GenerateConfig(prompt_type="human_bot", max_new_tokens=64, server_port=free_port(), lora_weights=lora)
+    config = GenerateConfig(prompt_type="human_bot", max_new_tokens=48, server_port=free_port(), lora_weights=lora)
     demo, url = start_server(config)
     try:
         with sync_playwright() as playwright:
