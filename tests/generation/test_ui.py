@@ -21,7 +21,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 STEP_SECONDS = 0.03  # each forward pass is slowed this much, so streaming is visible to the browser
-WAIT_MS = 60_000  # only guards against a hang
+WAIT_MS = 300_000  # only guards against a hang
 
 # Counts finished answers (the status line turning into "... tokens in ...") and records every text
 # the chats show, as the browser renders them.
