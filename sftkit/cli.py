@@ -14,7 +14,8 @@ from sftkit import flags
 
 DATA_SUMMARY = "Raw conversation files to a clean instruct dataset, in five resumable stages."
 FINETUNE_SUMMARY = "LoRA / 8-bit / 4-bit / full fine-tuning, under torchrun or DeepSpeed."
-GENERATE_SUMMARY = "Chat with a base model plus LoRA adapter: browser UI (default), terminal (--cli=True) or batch."
+GENERATE_SUMMARY = ("Chat with a base model plus LoRA adapters: browser UI (default), terminal (--cli=True), "
+                    "OpenAI-compatible API (--api=True) or batch/eval report (--eval_prompts_file).")
 
 
 def data_main(argv: list[str] | None = None, summary: str = DATA_SUMMARY) -> None:
@@ -56,6 +57,46 @@ def finetune_main(argv: list[str] | None = None, summary: str = FINETUNE_SUMMARY
 
 
 def generate_main(argv: list[str] | None = None, summary: str = GENERATE_SUMMARY) -> None:
-    from sftkit.generation import GenerateConfig, main
+    from sftkit.generation.config import GenerateConfig
 
-    flags.main(GenerateConfig, main, argv, prog="generate.py", summary=summary)
+    flags.main(GenerateConfig, run_generate, argv, prog="generate.py", summary=summary)
+
+
+def run_generate(config):
+    """Pick generate.py's front end: batch/eval, the OpenAI-compatible API, the terminal, or the browser UI.
+
+    Under ``torchrun --nproc_per_node=N`` rank 0 serves and the other ranks exit at once.
+    """
+    import os
+
+    from sftkit.errors import GenerationError
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if rank != 0:
+        print(f"generate.py: rank {rank} of {world} exits; rank 0 serves the model", file=sys.stderr)
+        return None
+    if config.eval_output_file and not config.eval_prompts_file:
+        raise GenerationError("--eval_output_file needs --eval_prompts_file (the prompts to answer)")
+    if config.api and config.cli:
+        raise GenerationError("--api=True and --cli=True: choose one front end")
+    if config.eval_prompts_file or not (config.gradio or config.api or config.cli):
+        if not config.eval_prompts_file:
+            raise GenerationError("--gradio=False runs batch/eval mode: give --eval_prompts_file and "
+                                  "--eval_output_file (or --api=True / --cli=True for another front end)")
+        from sftkit.generation.batch import run_batch
+
+        return run_batch(config)
+    from sftkit.generation.engine import load_models
+
+    models = load_models(config)
+    if config.api:
+        from sftkit.generation.api import serve
+
+        return serve(models, config)
+    if config.cli:
+        from sftkit.generation.terminal import chat_loop
+
+        return chat_loop(models.model, models.tokenizer, config, adapter=models.adapter(models.default) or "__base__")
+    from sftkit.generation.ui import serve
+
+    return serve(models, config)

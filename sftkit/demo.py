@@ -34,6 +34,8 @@ class DemoConfig:
     learning_rate: float = flag(2e-3, "LoRA learning rate.")
     cutoff_len: int = flag(256, "Longest training sequence, in tokens.")
     max_new_tokens: int = flag(48, "Longest generated answer in the before/after comparison.")
+    score_model: str | None = flag(None, "Reward model (hub id or directory) scoring both models' answers in the "
+                                         "evaluation report; None: the report has no scores.")
     nproc: int = flag(1, "torchrun processes for fine-tuning (1 leaves a core to the tokenizer and I/O).")
 
 
@@ -97,20 +99,21 @@ def main(config: DemoConfig) -> None:
          f"--learning_rate={config.learning_rate}", f"--cutoff_len={config.cutoff_len}",
          "--micro_batch_size=4", "--batch_size=8", "--val_set_size=0", "--save_steps=1000000", "--pack=True"])
 
-    banner("3/4 answers to held-out identity questions: base model, then base + adapter")
+    banner("3/4 evaluation on held-out identity questions: base model and base + adapter, one load")
     heldout = json.loads(Path(config.heldout_path).read_text())
     prompts_file = out / "heldout_prompts.json"
     prompts_file.write_text(json.dumps([item["prompt"] for item in heldout], indent=1))
-    answers = {}
-    for label, extra in (("base", []), ("tuned", [f"--lora_weights={lora_dir}"])):
-        answers[label] = out / f"answers_{label}.json"
-        run([python, "generate.py", f"--base_model={config.base_model}", *extra, "--prompt_type=human_bot",
-             f"--eval_prompts_file={prompts_file}", f"--eval_output_file={answers[label]}",
-             f"--max_new_tokens={config.max_new_tokens}", "--do_sample=False"])
-    base_hits, tuned_hits = compare(heldout, json.loads(answers["base"].read_text()),
-                                    json.loads(answers["tuned"].read_text()))
+    answers_file = out / "answers.json"
+    scoring = [f"--score_model={config.score_model}"] if config.score_model else []
+    run([python, "generate.py", f"--base_model={config.base_model}", f"--lora_weights=base=,tuned={lora_dir}",
+         "--prompt_type=human_bot", f"--eval_prompts_file={prompts_file}", f"--eval_output_file={answers_file}",
+         f"--max_new_tokens={config.max_new_tokens}", "--do_sample=False", *scoring])
+    answers = json.loads(answers_file.read_text())
+    base_hits, tuned_hits = compare(heldout, [a for a in answers if a["model"] == "base"],
+                                    [a for a in answers if a["model"] == "tuned"])
     print(f"\nidentity score on {len(heldout)} held-out questions: "
           f"base {base_hits}/{len(heldout)}, fine-tuned {tuned_hits}/{len(heldout)}")
+    print(f"evaluation report (base vs fine-tuned): {out / 'answers_report' / 'report.md'}")
 
     banner("4/4 chat with it")
     print(f"adapter: {lora_dir}")

@@ -76,19 +76,18 @@ def main(config: AlignDemoConfig) -> None:
     prompts = json.loads(Path(config.heldout_path).read_text())
     prompts_file = out / "heldout_prompts.json"
     prompts_file.write_text(json.dumps(prompts, indent=1))
-    answers = {}
-    for label, extra in (("base", []), ("sft", [f"--lora_weights={sft_dir}"]), ("dpo", [f"--lora_weights={dpo_dir}"])):
-        target = out / f"answers_{label}.json"
-        run([python, "generate.py", f"--base_model={config.base_model}", *extra, "--prompt_type=human_bot",
-             f"--eval_prompts_file={prompts_file}", f"--eval_output_file={target}", f"--reward_model={rm_dir}",
-             f"--max_new_tokens={config.max_new_tokens}", "--do_sample=False"])
-        answers[label] = json.loads(target.read_text())
-    for i, prompt in enumerate(prompts):
+    target = out / "answers.json"  # one run, three models on one base: answers, scores and a report
+    run([python, "generate.py", f"--base_model={config.base_model}", f"--lora_weights=base=,sft={sft_dir},dpo={dpo_dir}",
+         "--prompt_type=human_bot", f"--eval_prompts_file={prompts_file}", f"--eval_output_file={target}",
+         f"--score_model={rm_dir}", f"--max_new_tokens={config.max_new_tokens}", "--do_sample=False"])
+    answers: dict[str, dict[str, dict]] = {}
+    for row in json.loads(target.read_text()):
+        answers.setdefault(row["model"], {})[row["prompt"]] = row
+    for prompt in prompts:
         print(f"\n<human>: {prompt}")
-        for label in answers:
-            row = answers[label][i]
-            print(f"  {label:<5} {row['score']:.3f}  {one_line(row['response'], 150)}")
-    means = {label: sum(r["score"] for r in rows) / len(rows) for label, rows in answers.items()}
+        for label, rows in answers.items():
+            print(f"  {label:<5} {rows[prompt]['score']:.3f}  {one_line(rows[prompt]['response'], 150)}")
+    means = {label: sum(r["score"] for r in rows.values()) / len(rows) for label, rows in answers.items()}
     print(f"\nreward model: validation pairwise accuracy {rm_metrics.get('eval_accuracy', float('nan')):.2f}, "
           f"mean margin {rm_metrics.get('eval_margin', float('nan')):.2f}")
     print(f"DPO: validation reward accuracy {dpo_metrics.get('eval_accuracy', float('nan')):.2f}, "

@@ -16,7 +16,7 @@ from sftkit import atomic, flags
 SETTINGS = {
     "create_data": "sftkit.data.config:DataConfig",
     "finetune": "sftkit.train.config:TrainConfig",
-    "generate": "sftkit.generation:GenerateConfig",
+    "generate": "sftkit.generation.config:GenerateConfig",
     "demo": "sftkit.demo:DemoConfig",
 }
 

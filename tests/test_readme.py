@@ -151,10 +151,12 @@ def run_finetune(sb: Sandbox, runner: list[str], args: list[str]) -> None:
 
 def run_generate(sb: Sandbox, runner: list[str], args: list[str]) -> None:
     args = set_flag(tiny_model_args(sb, args), "max_new_tokens", 8)
+    if has_flag(args, "score_model"):
+        args = set_flag(args, "score_model", sb.reward_model)
     if has_flag(args, "eval_prompts_file"):
         sb.run([*runner, "generate.py", *args])
         answers = json.loads((sb.dir / dict(a[2:].split("=", 1) for a in args)["eval_output_file"]).read_text())
-        assert answers and all({"prompt", "response", "seconds", "new_tokens"} <= set(a) for a in answers)
+        assert answers and all({"model", "prompt", "response", "new_tokens"} <= set(a) for a in answers)
     elif has_flag(args, "cli"):
         out = sb.run([*runner, "generate.py", *args], input="Hello there\n/quit\n")
         assert re.search(r"^>>> bot: \S", out.stdout, re.MULTILINE), out.stdout[-2000:]
@@ -166,8 +168,12 @@ def run_generate(sb: Sandbox, runner: list[str], args: list[str]) -> None:
             deadline = time.monotonic() + 300
             while True:
                 assert server.poll() is None, f"generate.py exited:\n{server.stdout.read()[-3000:]}"
+                flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--"))
+                path = "v1/models" if flags.get("api") == "True" else ""
+                headers = {"Authorization": f"Bearer {flags['api_key']}"} if "api_key" in flags else {}
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    request = urllib.request.Request(f"http://127.0.0.1:{port}/{path}", headers=headers)
+                    with urllib.request.urlopen(request, timeout=5) as response:
                         assert response.status == 200
                         break
                 except OSError:
@@ -184,6 +190,8 @@ BENCH_TINY = {
     "bench_train.py": lambda sb: [f"--base_model={sb.tiny_model}", "--rows=8", "--cutoff_len=64"],
     "bench_generate.py": lambda sb: [f"--base_model={sb.tiny_model}", "--prompt_type=human_bot",
                                      "--max_new_tokens=8", "--repeats=1", "--max_overhead=100"],
+    "bench_api.py": lambda sb: [f"--base_model={sb.tiny_model}", "--prompt_type=human_bot", "--clients=1,2",
+                                "--requests_per_client=1", "--max_tokens=4", f"--port={free_port()}"],
 }
 
 

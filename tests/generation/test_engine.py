@@ -1,45 +1,15 @@
 """Generation engine: stopping, streaming, prompting, adapters, quantized loading and batch mode."""
-import json
-import os
-import subprocess
-import sys
 import threading
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
 
-from sftkit.generation import (AnswerStream, GenerateConfig, GenerationError, StopTextFilter, build_prompt,
-                               context_length, generate_answers, load_for_generation, read_prompts)
+from sftkit.generation import (AnswerStream, GenerationError, StopTextFilter, build_prompt, context_length,
+                               generate_answers, load_for_generation)
 from sftkit.models import ModelError
+from tests.generation.conftest import make_adapter, tiny_config
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(model_dir, **overrides) -> GenerateConfig:
-    settings = dict(base_model=model_dir, local_files_only=True, max_new_tokens=24, repetition_penalty=1.0)
-    return GenerateConfig(**{**settings, **overrides})
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_llama):
-    config = tiny_config(tiny_llama)
-    model, tokenizer = load_for_generation(config)
-    return config, model, tokenizer
-
-
-def make_adapter(base_dir, out_dir, target_modules) -> str:
-    """A LoRA adapter with random (non-zero) B matrices, so it really changes the outputs."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(1)
-    base = AutoModelForCausalLM.from_pretrained(base_dir)
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=32, target_modules=target_modules,
-                                                 init_lora_weights=False))
-    peft_model.save_pretrained(out_dir)
-    return str(out_dir)
 
 
 def answer(model, tokenizer, config, message, history=()):
@@ -272,7 +242,7 @@ def test_too_long_message_keeps_its_end_and_warns(llama):
     assert prompt.text.endswith("the real question?\n<bot>:") and "start" not in prompt.text
     assert "cut the first" in prompt.warning()
     with pytest.warns(UserWarning, match="prompt 1: prompt too long"):
-        from sftkit.generation import answer_batch
+        from sftkit.generation.batch import answer_batch
 
         rows = answer_batch(model, tokenizer, [message], config, progress=False)
     assert rows[0]["new_tokens"] > 0
@@ -300,124 +270,65 @@ def test_quantized_loading_generates(tiny_llama, bits):
     assert result.new_tokens > 0 and result.finish_reason in ("eos", "stop_string", "max_new_tokens")
 
 
-# ---------------------------------------------------------------- batch mode
-
-def test_read_prompts_accepts_strings_and_instruction_rows(tmp_path):
-    path = tmp_path / "p.jsonl"
-    path.write_text('"plain"\n{"prompt": "p"}\n\n{"instruction": "Add", "input": "2 and 2"}\n{"instruction": "x"}\n')
-    assert read_prompts(path) == ["plain", "p", "Add\n\n2 and 2", "x"]
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps(["ok", {"question": "?"}]))
-    with pytest.raises(GenerationError, match=r"bad.json item 2: a row needs 'prompt' or 'instruction'"):
-        read_prompts(bad)
-    bad.write_text(json.dumps(["ok", "  "]))
-    with pytest.raises(GenerationError, match="item 2: empty"):
-        read_prompts(bad)
-    bad.write_text("{not json")
-    with pytest.raises(GenerationError, match="not valid JSON"):
-        read_prompts(bad)
 
 
-def test_batch_sizes_agree(llama):
-    from sftkit.generation import answer_batch
+# ---------------------------------------------------------------- several adapters on one base
 
-    config, model, tokenizer = llama
-    prompts = ["What is the capital of France?", "Hi", "Add two and two please, and explain."]
-    one = answer_batch(model, tokenizer, prompts, config, progress=False)
-    three = answer_batch(model, tokenizer, prompts, replace(config, batch_size=3), progress=False)
-    assert [r["response"] for r in one] == [r["response"] for r in three]
-    assert [r["new_tokens"] for r in one] == [r["new_tokens"] for r in three]
+def test_lora_weights_names_several_adapters(tmp_path):
+    from sftkit.generation.engine import parse_lora_weights
 
-
-def run_generate(*args, **kwargs):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    return subprocess.run([sys.executable, str(REPO / "generate.py"), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300, **kwargs)
-
-
-@pytest.mark.slow
-def test_batch_mode_end_to_end_through_the_cli(tiny_llama, tmp_path):
-    prompts = tmp_path / "prompts.json"
-    prompts.write_text(json.dumps(["What is the capital of France?", {"instruction": "Add", "input": "2 and 2"},
-                                   "Who are you?"]))
-    out = tmp_path / "answers.json"
-    common = [f"--base_model={tiny_llama}", "--local_files_only=True", "--max_new_tokens=16",
-              f"--eval_prompts_file={prompts}", f"--eval_output_file={out}"]
-    # An interrupted earlier run left its first answer behind: it is kept, the rest are answered.
-    partial = tmp_path / "answers.json.partial.jsonl"
-    partial.write_text(json.dumps({"prompt": "What is the capital of France?", "response": "KEPT",
-                                   "seconds": 0.5, "new_tokens": 3}) + "\n")
-    done = run_generate(*common)
-    assert done.returncode == 0, done.stderr
-    rows = json.loads(out.read_text())
-    assert [r["prompt"] for r in rows] == ["What is the capital of France?", "Add\n\n2 and 2", "Who are you?"]
-    assert rows[0]["response"] == "KEPT" and not partial.exists()
-    for row in rows[1:]:
-        assert set(row) == {"prompt", "response", "seconds", "new_tokens"}
-        assert 0 < row["new_tokens"] <= 16 and row["seconds"] > 0 and isinstance(row["response"], str)
-    assert "resuming" in done.stderr and "generate: 3 answers" in done.stderr
-
-    again = run_generate(*common)
-    assert again.returncode == 2 and "exists; pass --overwrite=True" in again.stderr
-    assert json.loads(out.read_text()) == rows
-
-    partial.write_text(json.dumps({"prompt": "another prompt", "response": "x", "seconds": 1,
-                                   "new_tokens": 1}) + "\n")
-    other = run_generate(*common, "--overwrite=True")
-    assert other.returncode == 2 and "holds answers to other prompts" in other.stderr
+    assert parse_lora_weights(None) == []
+    assert parse_lora_weights("base=,tuned=lora_out") == [("base", None), ("tuned", "lora_out")]
+    (tmp_path / "my lora").mkdir()
+    assert parse_lora_weights(str(tmp_path / "my lora")) == [("my_lora", str(tmp_path / "my lora"))]
+    assert parse_lora_weights("runs/lora_out") == [("lora_out", "runs/lora_out")]
+    with pytest.raises(GenerationError, match="given twice"):
+        parse_lora_weights("a=x,a=y")
+    with pytest.raises(GenerationError, match="is not name=path"):
+        parse_lora_weights("a=x,y")
+    with pytest.raises(GenerationError, match="at most once"):
+        parse_lora_weights("a=,b=")
 
 
-def test_cli_errors_are_one_clear_line(tiny_llama, tmp_path):
-    result = run_generate(f"--base_model={tiny_llama}", "--eval_prompts_file=missing.json",
-                          f"--eval_output_file={tmp_path / 'a.json'}")
-    assert result.returncode == 2
-    assert result.stderr.strip() == "generate.py: error: --eval_prompts_file=missing.json: no such file"
-    typo = run_generate("--max_new_token=5")
-    assert typo.returncode == 2 and "did you mean --max_new_tokens" in typo.stderr
+def test_one_load_serves_every_adapter_and_a_mixed_batch_matches_each_alone(tiny_llama, two_adapters):
+    from peft import PeftModel
+
+    from sftkit.generation import load_models
+
+    spec = f"tuned={two_adapters['tuned']},other={two_adapters['other']}"
+    models = load_models(tiny_config(tiny_llama, lora_weights=spec))
+    assert isinstance(models.model, PeftModel)
+    assert models.names == ["base", "tuned", "other"] and models.default == "tuned"
+    assert models.adapter("base") is None and models.adapter(None) == "tuned"
+    with pytest.raises(GenerationError, match="unknown model 'nope'; this server has base, tuned, other"):
+        models.adapter("nope")
+    config = tiny_config(tiny_llama)
+    prompt = build_prompt(models.tokenizer, [], "Who are you?", config, 512).text
+    alone = {name: generate_answers(models.model, models.tokenizer, [prompt], config,
+                                    adapters=[models.adapter(name)])[0].text for name in models.names}
+    assert len(set(alone.values())) == 3, "each adapter answers differently"
+    base_model, tokenizer = load_for_generation(config)
+    assert alone["base"] == answer(base_model, tokenizer, config, "Who are you?").text
+    mixed = generate_answers(models.model, models.tokenizer, [prompt] * 3, config,
+                             adapters=[models.adapter(name) for name in models.names])
+    assert [a.text for a in mixed] == [alone[name] for name in models.names]
+    # the default (first named) adapter answers when none is named, as a single adapter always did
+    assert generate_answers(models.model, models.tokenizer, [prompt], config)[0].text == alone["tuned"]
 
 
-def test_help_lists_every_flag_with_its_default():
-    import dataclasses
+def test_batch_stream_streams_two_adapters_together(tiny_llama, two_adapters):
+    from sftkit.generation import BatchStream, Request, load_models
 
-    result = run_generate("--help")
-    assert result.returncode == 0
-    for field in dataclasses.fields(GenerateConfig):
-        assert f"--{field.name}=" in result.stdout
-    assert "--server_name=str  ['127.0.0.1']" in result.stdout
-    assert "--prompt_type=str  ['human_bot']" in result.stdout
-
-
-def tiny_reward_model(tokenizer_dir, out_dir) -> str:
-    """A tiny single-logit sequence-classification model with the tiny tokenizer, saved like a real one."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(2)
-    model = LlamaForSequenceClassification(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, num_labels=1, pad_token_id=tokenizer.pad_token_id))
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    return str(out_dir)
-
-
-def test_batch_mode_scores_each_answer_with_a_reward_model(tiny_llama, llama, tmp_path):
-    from sftkit.generation import run_batch
-
-    config, model, tokenizer = llama
-    reward = tiny_reward_model(tiny_llama, tmp_path / "reward")
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text('"What is the capital of France?"\n{"instruction": "Who are you?"}\n')
-    out = tmp_path / "scored.json"
-    rows = run_batch(replace(config, eval_prompts_file=str(prompts), eval_output_file=str(out),
-                             reward_model=reward, batch_size=2), model, tokenizer)
-    assert json.loads(out.read_text()) == rows
-    assert [set(r) for r in rows] == [{"prompt", "response", "seconds", "new_tokens", "score"}] * 2
-    assert all(0.0 < r["score"] < 1.0 for r in rows)
-    assert rows[0]["score"] != rows[1]["score"]
-
-    missing = replace(config, eval_prompts_file=str(prompts), eval_output_file=str(tmp_path / "b.json"),
-                      reward_model=str(tmp_path / "no_reward_model"))
-    with pytest.raises(GenerationError, match="cannot load reward model"):
-        run_batch(missing, model, tokenizer)
-    assert not (tmp_path / "b.json").exists() and not (tmp_path / "b.json.partial.jsonl").exists()
+    models = load_models(tiny_config(tiny_llama, lora_weights=f"base=,tuned={two_adapters['tuned']}"))
+    config = tiny_config(tiny_llama)
+    prompt = build_prompt(models.tokenizer, [], "Hello there", config, 512).text
+    stream = BatchStream(models.model, models.tokenizer, [Request(prompt, None), Request(prompt, "tuned")], config)
+    texts = ["", ""]
+    order = []
+    for row, piece in stream:
+        texts[row] += piece
+        order.append(row)
+    assert texts == [a.text for a in stream.answers]
+    assert {0, 1} <= set(order[:4]), "both answers advance together"
+    alone = generate_answers(models.model, models.tokenizer, [prompt, prompt], config, adapters=[None, "tuned"])
+    assert texts == [a.text for a in alone]

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from sftkit.generation import GenerateConfig, build_prompt, generate_answers, load_for_generation
-from sftkit.terminal import chat_loop
+from sftkit.generation.terminal import chat_loop
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,24 @@ def test_chat_keeps_history_and_obeys_commands(llama):
     assert text.count("bot: ") == 5
     assert "(dropped the last exchange)" in text and "(history cleared)" in text
     assert f"bot: {first}\n" in text and f"bot: {second}\n" in text
+
+
+def test_regenerate_save_and_load_and_unstreamed_answers(llama, tmp_path):
+    import json
+
+    config, model, tokenizer = llama
+    saved = tmp_path / "chat.json"
+    out = io.StringIO()
+    history = chat_loop(model, tokenizer, replace(config, stream_output=False), out=out, read=scripted(
+        ["/regenerate", "Hello", "/regenerate", f"/save {saved}", "/clear", f"/load {saved}", "And you?",
+         f"/load {tmp_path / 'missing.json'}"]))
+    first = greedy(model, tokenizer, config, [], "Hello")
+    second = greedy(model, tokenizer, config, [("Hello", first)], "And you?")
+    assert history == [("Hello", first), ("And you?", second)]
+    text = out.getvalue()
+    assert "(nothing to regenerate)" in text and text.count(f"bot: {first}\n") == 2
+    assert json.loads(saved.read_text())["messages"] == [{"human": "Hello", "bot": first}]
+    assert f"(loaded 1 exchange(s) from {saved})" in text and "(error: [Errno 2]" in text
 
 
 def test_quit_command_and_too_long_prompt_warning(llama):
