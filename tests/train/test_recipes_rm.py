@@ -38,11 +38,12 @@ def test_reward_model_learns_the_preferences_and_scores_through_the_shared_score
 
 def test_grade_and_generation_load_the_same_scorer(tiny_llama, tmp_path):
     from sftkit.data import grade
-    from sftkit.generation import GenerateConfig, add_scores, load_scorer
+    from sftkit.generation import GenerateConfig
+    from sftkit.generation.scoring import add_scores, load_scorer
 
     assert grade.RewardModelScorer is RewardModelScorer
     train(pair_config(tiny_llama, tmp_path, "rm", max_steps=2, val_set_size=0))
-    config = GenerateConfig(base_model=tiny_llama, reward_model=str(tmp_path / "out"), device="cpu")
+    config = GenerateConfig(base_model=tiny_llama, score_model=str(tmp_path / "out"), device="cpu")
     rows = add_scores([{"prompt": r["prompt"], "response": r["chosen"]} for r in toy_pairs(4)], load_scorer(config))
     assert all(0 < r["score"] < 1 for r in rows)
     # The grade stage's multi-turn questions are parsed back into turns, not nested in one human turn.
