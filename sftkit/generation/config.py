@@ -38,7 +38,8 @@ class GenerateConfig:
     min_new_tokens: int = flag(0, "Fewest tokens generated per answer (end-of-sequence is held off until then).")
     max_time: float = flag(0.0, "Most seconds spent on one generate call (0: no limit).")
     num_return_sequences: int = flag(1, "Answers per prompt in batch mode (sampled, or the best beams).")
-    repetition_penalty: float = flag(1.07, "Penalty > 1 discourages repeating tokens already in the text.")
+    repetition_penalty: float = flag(1.07, "Penalty > 1 discourages repeating tokens already in the text "
+                                           "(never EOS or the stop strings' tokens).")
     do_sample: bool = flag(False, "Sample (True) or decode greedily / by beam search (False).")
     seed: int = flag(0, "Reseed before every answer so sampling is reproducible; 0: fresh randomness.")
     max_context_tokens: int = flag(0, "Context length for prompt plus answer; 0: the model's own "

@@ -375,8 +375,58 @@ def _stopping_criteria(*args):
     return criteria, StoppingCriteriaList([criteria])
 
 
-def generation_kwargs(config: GenerateConfig, model, tokenizer) -> dict:
-    """Keyword arguments for ``model.generate`` from the settings (sampling knobs only when sampling)."""
+class SparingRepetitionPenalty:
+    """Transformers' repetition penalty, except on the tokens that end an answer.
+
+    The stop marker (``<human>:``) is in every prompt, so the plain penalty pushes every answer away
+    from stopping (on the embedded model, 1 answer in 5 stopped before ``max_new_tokens`` at 1.07
+    against 5 in 5 without it). This applies the same formula to the tokens already in each row
+    (its left padding excepted, as ``generate`` does), but leaves each row's ``spared`` ids alone:
+    EOS and the tokens of its stop strings.
+    """
+
+    def __init__(self, penalty: float, spared: list[list[int]], padding=None):
+        self.penalty = penalty
+        self.spared = spared  # one list per row, or one list for every row
+        self.padding = padding  # left padding per row (a 1-D tensor), or None for unpadded rows
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        rows, vocab = scores.shape
+        ids = input_ids.clamp(max=vocab)  # ids past the scores' width cannot be generated: no penalty
+        if self.padding is not None:
+            padding = self.padding.to(ids.device).repeat_interleave(rows // len(self.padding))
+            positions = torch.arange(ids.shape[1], device=ids.device)
+            ids = ids.masked_fill(positions[None, :] < padding[:, None], vocab)
+        present = torch.zeros(rows, vocab + 1, dtype=torch.bool, device=scores.device)
+        present.scatter_(1, ids.to(scores.device), True)
+        spared = torch.zeros(len(self.spared), vocab, dtype=torch.bool)
+        for row, row_ids in enumerate(self.spared):
+            spared[row, [i for i in row_ids if 0 <= i < vocab]] = True
+        # Beams and repeated sequences follow their row (generate expands rows with repeat_interleave).
+        spared = spared.to(scores.device).repeat_interleave(rows // len(self.spared), dim=0)
+        penalised = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)
+        return torch.where(present[:, :vocab] & ~spared, penalised, scores)
+
+
+def answer_end_ids(tokenizer, stops: Iterable[str], eos_ids: Iterable[int]) -> list[int]:
+    """EOS and every token of each stop string, alone and after a newline (as it follows an answer)."""
+    ids = set(eos_ids)
+    for stop in stops:
+        for text in (stop, "\n" + stop):
+            ids.update(tokenizer.encode(text, add_special_tokens=False))
+    return sorted(ids)
+
+
+def generation_kwargs(config: GenerateConfig, model, tokenizer, stops: list[list[str]] | None = None,
+                      attention_mask=None) -> dict:
+    """Keyword arguments for ``model.generate`` from the settings (sampling knobs only when sampling).
+
+    The repetition penalty is :class:`SparingRepetitionPenalty`, sparing each row's ``stops`` (by
+    default the prompt type's and ``--stop``, the same for every row); ``attention_mask`` tells it the
+    rows' left padding.
+    """
     if config.max_new_tokens < 1:
         raise GenerationError(f"--max_new_tokens={config.max_new_tokens}: must be at least 1")
     if config.num_beams < 1:
@@ -388,9 +438,19 @@ def generation_kwargs(config: GenerateConfig, model, tokenizer) -> dict:
     eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if tokenizer.eos_token_id is not None:
         eos_ids.add(tokenizer.eos_token_id)
+    if config.repetition_penalty <= 0:
+        raise GenerationError(f"--repetition_penalty={config.repetition_penalty}: must be above 0 (1.0: none)")
     kwargs = dict(max_new_tokens=config.max_new_tokens, num_beams=config.num_beams,
-                  repetition_penalty=config.repetition_penalty, do_sample=config.do_sample,
+                  repetition_penalty=1.0, do_sample=config.do_sample,
                   eos_token_id=sorted(eos_ids), pad_token_id=tokenizer.pad_token_id)
+    if config.repetition_penalty != 1.0:
+        from transformers import LogitsProcessorList
+
+        stops = [answer_stop_strings(config, tokenizer)] if stops is None else stops
+        padding = None if attention_mask is None else (attention_mask != 0).int().argmax(dim=1)
+        spared = [answer_end_ids(tokenizer, row, eos_ids) for row in stops]
+        kwargs["logits_processor"] = LogitsProcessorList(
+            [SparingRepetitionPenalty(float(config.repetition_penalty), spared, padding)])
     if config.min_new_tokens:
         kwargs["min_new_tokens"] = config.min_new_tokens
     if config.max_time > 0:
@@ -475,10 +535,10 @@ class _Batch:
 
     def __init__(self, model, tokenizer, requests: list[Request], config: GenerateConfig,
                  cancel: list[threading.Event | None]):
-        self.kwargs = generation_kwargs(config, model, tokenizer)
         common = answer_stop_strings(config, tokenizer)
         self.stops = [[*common, *(s for s in r.stop if s)] for r in requests]
         self.inputs = _tokenize(tokenizer, [r.prompt for r in requests], config, model.device)
+        self.kwargs = generation_kwargs(config, model, tokenizer, self.stops, self.inputs["attention_mask"])
         self.prompt_length = self.inputs["input_ids"].shape[1]
         self.prompt_tokens = self.inputs["attention_mask"].sum(dim=1).tolist()
         limits = [min(r.max_new_tokens or config.max_new_tokens, config.max_new_tokens) for r in requests]
