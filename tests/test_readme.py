@@ -72,8 +72,8 @@ class Sandbox:
         self.env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
 
     def run(self, argv: list[str], timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
-        result = subprocess.run(argv, cwd=self.dir, env=self.env, capture_output=True, text=True,
-                                timeout=timeout, **kwargs)
+        kwargs.setdefault("env", self.env)
+        result = subprocess.run(argv, cwd=self.dir, capture_output=True, text=True, timeout=timeout, **kwargs)
         assert result.returncode == 0, f"{shlex.join(argv)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         return result
 
@@ -145,7 +145,8 @@ def run_finetune(sb: Sandbox, runner: list[str], args: list[str]) -> None:
     args = set_flag(tiny_model_args(sb, args), "max_steps", 2)
     sb.run([*runner, "finetune.py", *args])
     output_dir = sb.dir / dict(a[2:].split("=", 1) for a in args)["output_dir"]
-    assert (output_dir / "adapter_model.safetensors").exists()
+    whole_model = "--stage=rm" in args or "--lora_r=0" in args or "--finetune_method=full" in args
+    assert (output_dir / ("model.safetensors" if whole_model else "adapter_model.safetensors")).exists()
     assert json.loads((output_dir / "metrics.json").read_text())["train_loss"] > 0
 
 
@@ -207,6 +208,11 @@ def run_readme_command(sb: Sandbox, command: str) -> None:
         return run_make(sb, words[1:])
     if head == "export":
         return run_export(sb, words[1:])
+    if head == "bash" and words[1:2] == ["bench/gpu_check.sh"]:  # on a CPU: its --tiny self-test, two checks
+        out = sb.run(["bash", "bench/gpu_check.sh", "--tiny", "--only=lora_bf16_pack,generate", "--steps=2"],
+                     env={**sb.env, "PYTHON": PYTHON})
+        assert "2/2 checks ok" in out.stdout
+        return
     if head == "pytest" and words[1:2] == ["-s"] and words[2].startswith("create_data.py::"):
         return run_pytest_stage(sb, words[1:])
     if head in ("python", "torchrun"):

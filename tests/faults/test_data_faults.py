@@ -146,7 +146,7 @@ def test_detox_killed_reruns_to_identical_bytes(reference, reward_args, tmp_path
     assert_same(reference, work, ["1_download", "2_detox"])
 
 
-@pytest.mark.parametrize("kill_at", [("sftkit.data.scorers:RewardModelScorer.score", 3),  # mid reward batch
+@pytest.mark.parametrize("kill_at", [("sftkit.reward:RewardModelScorer.score", 3),  # mid reward batch
                                      ("sftkit.data.manifest:write_manifest", 2)])  # filter renamed, no manifest
 def test_grade_killed_reruns_to_identical_bytes(reference, reward_args, tmp_path, kill_at):
     work = with_stages(reference, tmp_path, ["1_download", "2_detox", "3_chop"])
