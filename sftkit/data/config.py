@@ -97,6 +97,7 @@ class DataConfig:
     grade_actors: int = flag(1, "ray: reward-model actors for grade with --use_reward_model (model loaded once each)")
     num_gpus_per_worker: float = flag(0.0, "ray: GPUs per reward-model actor (0 = CPU actors)")
     allow_empty: bool = flag(False, "Let finalize write a dataset with 0 rows (otherwise an empty result fails)")
+    debug: bool = flag(False, "Show the traceback of errors (otherwise one line saying what to do)")
 
     # download
     retries: int = flag(4, "download: attempts per file before giving up")

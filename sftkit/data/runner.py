@@ -31,7 +31,8 @@ from sftkit.errors import FlagError
 
 # Settings that say where and how a run executes, never what it produces (left out of data cards).
 EXECUTION_SETTINGS = ("work_dir", "config", "shard_index", "num_shards", "workers", "batch_rows", "executor",
-                      "ray_address", "max_retries", "grade_actors", "num_gpus_per_worker", "allow_empty")
+                      "ray_address", "max_retries", "grade_actors", "num_gpus_per_worker", "allow_empty",
+                      "debug")
 
 
 @dataclass(frozen=True)

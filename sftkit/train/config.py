@@ -87,6 +87,7 @@ class TrainConfig:
     deepspeed: str = flag("", "A DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json); 'auto' values are "
                               "filled from these flags.")
     config: str = flag("", "A YAML recipe of these flags (e.g. configs/smollm2_lora.yaml); flags override it.")
+    debug: bool = flag(False, "Show the traceback of errors (otherwise one line saying what to do).")
     # ---- objectives beyond SFT (sftkit/train/recipes/) and full fine-tuning
     stage: str = flag("sft", "What to train: sft (answers), rm (a reward model from preference pairs) or dpo "
                              "(align to preference pairs).")
