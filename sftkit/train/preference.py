@@ -23,7 +23,7 @@ from tqdm import tqdm
 from sftkit.errors import DataError, PromptError
 from sftkit.prompts import Turn, get_prompt_type, render_conversation, split_turns
 from sftkit.train.data import InvalidLine, ReadStats, read_rows, rename_columns
-from sftkit.train.tokenize import IGNORE, Example
+from sftkit.train.tokenize import IGNORE, Example, TokenizeStats
 
 _ROLE_NAMES = {"system": "system", "user": "human", "human": "human", "prompter": "human",
                "assistant": "bot", "bot": "bot", "gpt": "bot", "model": "bot"}
@@ -168,23 +168,9 @@ def tokenize_answer(prompt: list[Turn], answer: str, tokenizer, prompt_type: str
 
 
 @dataclass
-class PairStats:
-    rows: int = 0
-    kept: int = 0
-    truncated: int = 0
-    dropped_truncations: int = 0
-    skipped_no_answer_in_cutoff: int = 0
-    skipped_render: int = 0
-    tokens: int = 0
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-@dataclass
 class TokenizedPairs:
     examples: list[PairExample] = field(default_factory=list)
-    stats: PairStats = field(default_factory=PairStats)
+    stats: TokenizeStats = field(default_factory=TokenizeStats)
 
 
 def tokenize_pairs(pairs: list[Pair], tokenizer, prompt_type: str, cutoff_len: int, *, add_eos_token: bool,

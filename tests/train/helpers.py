@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+from sftkit import cli
 from sftkit.train.config import TrainConfig
 
 ROWS = [
@@ -26,3 +27,12 @@ def tiny_config(model_dir: str, tmp_path: Path, **overrides) -> TrainConfig:
                     logging_steps=1, report_to="none", seed=0)
     settings.update(overrides)
     return TrainConfig(**settings)
+
+
+def run_cli(*args):
+    """finetune.py's main in this process (same code path as the script); its exit status."""
+    try:
+        cli.finetune_main(list(args))
+        return 0
+    except SystemExit as exc:
+        return exc.code

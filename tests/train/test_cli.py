@@ -5,25 +5,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sftkit import cli
 from sftkit.train.config import TrainConfig
+from tests.train.helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run(*args):
-    """finetune.py's main in this process (same code path as the script, without re-importing torch)."""
-    try:
-        cli.finetune_main(list(args))
-        return 0
-    except SystemExit as exc:
-        return exc.code
 
 
 def test_help_lists_every_flag_with_its_default(capsys):
     import dataclasses
 
-    assert run("--help") in (0, None)
+    assert run_cli("--help") in (0, None)
     out = capsys.readouterr().out
     for f in dataclasses.fields(TrainConfig):
         assert f"--{f.name}=" in out
@@ -39,7 +32,7 @@ def test_help_lists_every_flag_with_its_default(capsys):
 def test_bad_input_is_one_clear_line(args, message, tiny_llama, tmp_path, capsys):
     (tmp_path / "nobot.json").write_text(json.dumps([{"input": "<human>: hi"}, {"text": "just text"}]))
     args = [a.format(missing=tmp_path / "missing.json", nobot=tmp_path / "nobot.json") for a in args]
-    code = run(f"--base_model={tiny_llama}", f"--output_dir={tmp_path / 'out'}", *args)
+    code = run_cli(f"--base_model={tiny_llama}", f"--output_dir={tmp_path / 'out'}", *args)
     err = capsys.readouterr().err
     assert code == 2, err[-2000:]
     assert re.search(message, err.splitlines()[-1]), err[-1000:]

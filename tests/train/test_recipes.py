@@ -8,20 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sftkit import cli
 from sftkit.train.loop import train
-from tests.train.helpers import tiny_config
+from tests.train.helpers import run_cli, tiny_config
 from tests.train.toy_preferences import pair_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run(*args):
-    try:
-        cli.finetune_main(list(args))
-        return 0
-    except SystemExit as exc:
-        return exc.code
 
 
 @pytest.mark.parametrize("args, message", [
@@ -35,7 +28,7 @@ def run(*args):
     (["--stage=dpo", "--finetune_method=full"], "--stage=dpo trains a LoRA adapter"),
 ])
 def test_flags_of_another_stage_are_refused_in_one_line(args, message, tiny_llama, tmp_path, capsys):
-    code = run(f"--base_model={tiny_llama}", f"--output_dir={tmp_path / 'out'}", "--report_to=none", *args)
+    code = run_cli(f"--base_model={tiny_llama}", f"--output_dir={tmp_path / 'out'}", "--report_to=none", *args)
     err = capsys.readouterr().err
     assert code == 2, err[-2000:]
     assert re.search(re.escape(message), err.splitlines()[-1]), err[-1000:]
@@ -56,7 +49,7 @@ def test_full_finetuning_trains_every_weight_resumes_and_exports(tiny_llama, tmp
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
     merged = tmp_path / "merged"
-    done = subprocess.run([sys.executable, str(REPO / "finetune.py"), "export", f"--base_model={tiny_llama}",
+    done = subprocess.run_cli([sys.executable, str(REPO / "finetune.py"), "export", f"--base_model={tiny_llama}",
                            f"--lora_weights={tmp_path / 'a' / 'out'}", f"--output_dir={merged}"],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
