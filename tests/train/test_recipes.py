@@ -49,7 +49,7 @@ def test_full_finetuning_trains_every_weight_resumes_and_exports(tiny_llama, tmp
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
     merged = tmp_path / "merged"
-    done = subprocess.run_cli([sys.executable, str(REPO / "finetune.py"), "export", f"--base_model={tiny_llama}",
+    done = subprocess.run([sys.executable, str(REPO / "finetune.py"), "export", f"--base_model={tiny_llama}",
                            f"--lora_weights={tmp_path / 'a' / 'out'}", f"--output_dir={merged}"],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
