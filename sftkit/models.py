@@ -167,6 +167,15 @@ def pick_dtype(device: str, fp16: bool = False, bf16: bool = False):
     return torch.float32
 
 
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where bf16 autocast pays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def quantization_config(load_8bit: bool, load_4bit: bool, compute_dtype):
     """A BitsAndBytesConfig for 8-bit or QLoRA-style 4-bit (nf4, double quantization), or None."""
     if load_8bit and load_4bit:

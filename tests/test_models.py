@@ -107,3 +107,14 @@ def test_embedded_model_converts_once_and_works_everywhere(tmp_path, monkeypatch
     with torch.no_grad():
         assert four_bit.generate(**prompt, max_new_tokens=2, do_sample=False).shape[1] == prompt["input_ids"].shape[1] + 2
     assert AutoModelForCausalLM.from_pretrained(path).config.vocab_size == len(tokenizer)
+
+
+def test_demo_bf16_setting_auto_follows_the_hardware():
+    from sftkit.demo import use_bf16
+    from sftkit.errors import FlagError
+    from sftkit.models import cpu_has_bf16_units
+
+    assert use_bf16("auto") == cpu_has_bf16_units()  # no GPU in the test environment
+    assert use_bf16("True") is True and use_bf16("false") is False
+    with pytest.raises(FlagError, match="--bf16=maybe"):
+        use_bf16("maybe")
