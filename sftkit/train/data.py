@@ -51,6 +51,7 @@ class ReadStats:
     skipped: dict[str, int] = field(default_factory=dict)
     repaired_utf8: int = 0  # rows kept with U+FFFD in place of invalid UTF-8 bytes
     first_repaired: str = ""
+    first_problem: str = ""  # the first unusable row, in full
     prompt_types: dict[str, int] = field(default_factory=dict)  # usable rows per prompt type
     prompt_type_from: dict[str, int] = field(default_factory=dict)  # usable rows per deciding source
     overridden: dict[str, int] = field(default_factory=dict)  # row columns the flag overrode, by value
@@ -313,23 +314,12 @@ def load_conversations(path: str, col_dict: dict | None = None, prompt_type: str
     if not rows:
         raise DataError(f"{path}: the dataset is empty")
     stats = ReadStats(rows=len(rows))
-    conversations, first_problem = [], None
-    for where, row in rows:
-        repaired = isinstance(row, Repaired)
-        try:
-            if isinstance(row, InvalidLine):
-                raise DataError(str(row))
-            if not isinstance(row, dict):
-                raise DataError(f"row is a {type(row).__name__}, not a JSON object")
-            row = rename_columns(row, col_dict or {})
-            conversation, source = row_to_conversation(row, where, prompt_type, fallback)
-        except (DataError, PromptError) as exc:
-            stats.skip(str(exc).split(";")[0].split(" (found")[0])
-            first_problem = first_problem or f"{where}: {exc}"
-            continue
-        if repaired:
-            stats.repaired_utf8 += 1
-            stats.first_repaired = stats.first_repaired or where
+    conversations = []
+
+    def convert(row: dict, where: str):
+        return row_to_conversation(row, where, prompt_type, fallback)
+
+    for row, (conversation, source) in usable_rows(rows, col_dict, stats, convert):
         conversations.append(conversation)
         chosen = conversation.prompt_type
         stats.prompt_types[chosen] = stats.prompt_types.get(chosen, 0) + 1
@@ -338,8 +328,30 @@ def load_conversations(path: str, col_dict: dict | None = None, prompt_type: str
         if prompt_type and own and own != chosen:
             stats.overridden[own] = stats.overridden.get(own, 0) + 1
     if not conversations:
-        raise DataError(f"{path}: no usable rows out of {len(rows)}; first problem: {first_problem}")
+        raise DataError(f"{path}: no usable rows out of {len(rows)}; first problem: {stats.first_problem}")
     return conversations, stats
+
+
+def usable_rows(rows: list[tuple[str, object]], col_dict: dict | None, stats: ReadStats, convert):
+    """Yield ``(row, convert(row, where))`` for every row that converts; count the others in ``stats`` by
+    reason (the first one in full), and rows kept with repaired UTF-8. Shared by SFT and preference data."""
+    for where, row in rows:
+        repaired = isinstance(row, Repaired)
+        try:
+            if isinstance(row, InvalidLine):
+                raise DataError(str(row))
+            if not isinstance(row, dict):
+                raise DataError(f"row is a {type(row).__name__}, not a JSON object")
+            row = rename_columns(row, col_dict or {})
+            item = convert(row, where)
+        except (DataError, PromptError) as exc:
+            stats.skip(str(exc).split(";")[0].split(" (found")[0])
+            stats.first_problem = stats.first_problem or f"{where}: {exc}"
+            continue
+        if repaired:
+            stats.repaired_utf8 += 1
+            stats.first_repaired = stats.first_repaired or where
+        yield row, item
 
 
 def mix_in(base: list, extra: list, factor: float, seed: int) -> list:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from sftkit.errors import DataError, PromptError
 from sftkit.prompts import Turn, get_prompt_type, render_conversation, split_turns
-from sftkit.train.data import InvalidLine, ReadStats, read_rows, rename_columns
+from sftkit.train.data import ReadStats, read_rows, usable_rows
 from sftkit.train.tokenize import IGNORE, Example, TokenizeStats
 
 _ROLE_NAMES = {"system": "system", "user": "human", "human": "human", "prompter": "human",
@@ -132,19 +132,10 @@ def load_pairs(path: str, col_dict: dict | None = None) -> tuple[list[Pair], Rea
     if not rows:
         raise DataError(f"{path}: the dataset is empty")
     stats = ReadStats(rows=len(rows))
-    pairs, first_problem = [], None
-    for where, row in rows:
-        try:
-            if isinstance(row, InvalidLine):
-                raise DataError(f"invalid JSON; {row}")
-            if not isinstance(row, dict):
-                raise DataError(f"row is a {type(row).__name__}, not a JSON object")
-            pairs.append(row_to_pair(rename_columns(row, col_dict or {}), where))
-        except (DataError, PromptError) as exc:
-            stats.skip(str(exc).split(";")[0].split(" (found")[0])
-            first_problem = first_problem or f"{where}: {exc}"
+    pairs = [pair for _, pair in usable_rows(rows, col_dict, stats, row_to_pair)]
     if not pairs:
-        raise DataError(f"{path}: no usable preference pairs out of {len(rows)}; first problem: {first_problem}")
+        raise DataError(f"{path}: no usable preference pairs out of {len(rows)}; first problem: "
+                        f"{stats.first_problem}")
     return pairs, stats
 
 
