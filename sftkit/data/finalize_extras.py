@@ -40,10 +40,8 @@ def near_duplicate_ids(cfg: DataConfig, inputs: list[Path]) -> np.ndarray:
         return np.empty(0, dtype=np.uint64)
     items = ((row_id, _plain(text)) for batch in iter_batches(inputs, cfg.batch_rows, ["id", "text"])
              for row_id, text in zip(batch.column("id").to_numpy().tolist(), batch.column("text").to_pylist()))
-    dropped = neardup.near_duplicate_ids(items, cfg.near_dup_threshold, cfg.near_dup_shingle_words,
-                                         cfg.near_dup_num_perm, cfg.batch_rows, order="id",
-                                         scratch_dir=cfg.work_dir)
-    return np.unique(np.array(dropped, dtype=np.uint64))
+    return neardup.near_duplicate_ids(items, cfg.near_dup_threshold, cfg.near_dup_shingle_words,
+                                      cfg.near_dup_num_perm, cfg.batch_rows, scratch_dir=cfg.work_dir)
 
 
 def personality_batch(cfg: DataConfig, schema: pa.Schema) -> pa.RecordBatch:

@@ -1,13 +1,20 @@
 """Near-duplicate rows: MinHash (datasketch) over word shingles, LSH banding, keep the first of each cluster.
 
-A row is a near duplicate when one of its LSH bands equals a band of an earlier *kept* row: the
+A row is a near duplicate when one of its LSH bands equals a band of a kept row with a lower id: the
 banding (b bands of r MinHash values, chosen by datasketch for the Jaccard threshold) makes that
-likely above the threshold and unlikely below it. Each cluster is thus an earlier kept row and the
-later rows that match it; the first row stays.
+likely above the threshold and unlikely below it. The rows are taken in ascending id, so the same
+rows are kept however the input is split or ordered (a caller that wants input order numbers its
+rows). This is what datasketch's MinHashLSH gives when each row is queried, then inserted if kept.
 
-Memory: the index keeps one 64-bit key per band per kept row, in sorted numpy arrays (72 bytes a
-row at the default 9 bands), not the MinHash signatures and not Python objects per row; the MinHash
-of a row lives only while its batch is processed. In row-id order the rows' keys wait on disk.
+Memory does not hold the index. Two external sorts on disk do the work:
+1. every (band key, row id) pair goes to bucket files by the key's top bits; a bucket in memory
+   finds the keys that two or more rows share, and numbers each such *group*;
+2. every (row id, group) pair goes to bucket files by the id's top bits; the buckets are read in
+   id order, and a row is dropped when one of its groups already has a kept row, else it is kept
+   and claims its groups.
+Memory holds one batch, one bucket (a bucket over ``bucket_bytes`` is split again by the next
+bits), one byte per group and the dropped ids: a few bytes per near-duplicate row, nothing per
+unique row. Disk holds 16 bytes per band per row while the pass runs.
 """
 from __future__ import annotations
 
@@ -22,9 +29,12 @@ import numpy as np
 from sftkit.data import DataError
 
 _WORD = re.compile(r"\w+")
-_MERGE_AT = 1 << 16  # pending keys merged into the sorted arrays beyond this many
-ID_BUCKET_BITS = 8  # id order: rows go to 2**8 files by their ids' top bits, each sorted in memory
-ID_BUCKETS = 1 << ID_BUCKET_BITS
+RADIX_BITS = 8  # each split deals records to 2**8 files
+BUCKET_BYTES = 64 << 20  # a bucket file larger than this is split again before it is loaded
+_FLUSH_RECORDS = 1 << 18  # records buffered before they are dealt to the bucket files
+
+KEY_RECORD = np.dtype([("key", np.uint64), ("id", np.uint64)])
+MEMBER_RECORD = np.dtype([("id", np.uint64), ("group", np.uint64)])
 
 
 def shingles(text: str, words_per_shingle: int) -> list[bytes]:
@@ -60,7 +70,8 @@ def signatures(texts: list[str], words_per_shingle: int, num_perm: int) -> np.nd
 
 
 def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """(n, bands) 64-bit keys: each band's ``rows`` MinHash values mixed into one number."""
+    """(n, bands) 64-bit keys: each band's ``rows`` MinHash values mixed into one number, seeded by the
+    band so that equal keys in different bands do not meet."""
     keys = np.empty((len(sigs), bands), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for band in range(bands):
@@ -72,109 +83,122 @@ def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return keys
 
 
-class BandIndex:
-    """The band keys of the kept rows: per band, a sorted array plus a small pending one."""
+class RadixSpill:
+    """Records appended in any order, read back as buckets in ascending order of one uint64 field.
 
-    def __init__(self, bands: int):
-        self.sorted = [np.empty(0, dtype=np.uint64) for _ in range(bands)]
-        self.pending: list[list[np.ndarray]] = [[] for _ in range(bands)]
-        self.pending_sorted = [np.empty(0, dtype=np.uint64) for _ in range(bands)]
+    Records are dealt to 2**RADIX_BITS files by the field's top bits; a file larger than
+    ``bucket_bytes`` is dealt again by the next bits when read, so a bucket in memory stays small
+    however many records there are. Records with equal field values always share a bucket.
+    """
 
-    @staticmethod
-    def _contains(array: np.ndarray, keys: np.ndarray) -> np.ndarray:
-        if not len(array):
-            return np.zeros(len(keys), dtype=bool)
-        pos = np.minimum(np.searchsorted(array, keys), len(array) - 1)
-        return array[pos] == keys
+    def __init__(self, directory: Path, dtype: np.dtype, field: str, bucket_bytes: int = BUCKET_BYTES):
+        self.directory, self.dtype, self.field, self.bucket_bytes = directory, dtype, field, bucket_bytes
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._buffer: list[np.ndarray] = []
+        self._buffered = 0
 
-    def seen(self, keys: np.ndarray) -> np.ndarray:
-        """Mask of rows with at least one band key already in the index."""
-        hit = np.zeros(len(keys), dtype=bool)
-        for band in range(keys.shape[1]):
-            hit |= self._contains(self.sorted[band], keys[:, band])
-            hit |= self._contains(self.pending_sorted[band], keys[:, band])
-        return hit
+    def append(self, records: np.ndarray) -> None:
+        self._buffer.append(records)
+        self._buffered += len(records)
+        if self._buffered >= _FLUSH_RECORDS:
+            self._flush()
 
-    def add(self, keys: np.ndarray) -> None:
-        for band in range(keys.shape[1]):
-            pending = np.union1d(self.pending_sorted[band], keys[:, band])
-            if len(pending) > max(_MERGE_AT, len(self.sorted[band]) // 8):  # amortized: rare full merges
-                self.sorted[band] = np.union1d(self.sorted[band], pending)
-                pending = np.empty(0, dtype=np.uint64)
-            self.pending_sorted[band] = pending
+    def _flush(self) -> None:
+        if self._buffered:
+            _deal(np.concatenate(self._buffer), self.field, 64 - RADIX_BITS, self.directory)
+        self._buffer, self._buffered = [], 0
 
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.sorted + self.pending_sorted)
+    def buckets(self) -> Iterator[np.ndarray]:
+        """Every record, a bucket at a time in ascending field order (unsorted within a bucket)."""
+        self._flush()
+        yield from self._read(self.directory, 64 - RADIX_BITS)
 
-
-def _keyed_batches(items: Iterator[tuple[int, str]], bands: int, rows: int, words_per_shingle: int, num_perm: int,
-                   batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(ids, band keys) per batch of items; a row's MinHash lives only while its batch is hashed."""
-    for batch in _batches(items, batch_rows):
-        ids = np.array([row_id for row_id, _ in batch], dtype=np.uint64)
-        yield ids, band_keys(signatures([text for _, text in batch], words_per_shingle, num_perm), bands, rows)
-
-
-def _cluster(batches: Iterable[tuple[np.ndarray, np.ndarray]], bands: int) -> list[int]:
-    """Ids of the rows, in the batches' order, whose band keys meet an earlier kept row's."""
-    index = BandIndex(bands)
-    dropped: list[int] = []
-    for ids, keys in batches:
-        duplicate = index.seen(keys)
-        local: list[set] = [set() for _ in range(bands)]  # keys of rows kept earlier in this batch
-        for i, row_keys in enumerate(keys.tolist()):
-            if not duplicate[i] and any(k in local[b] for b, k in enumerate(row_keys)):
-                duplicate[i] = True
-            if not duplicate[i]:
-                for b, k in enumerate(row_keys):
-                    local[b].add(k)
-        dropped += ids[duplicate].tolist()
-        index.add(keys[~duplicate])
-    return dropped
+    def _read(self, directory: Path, shift: int) -> Iterator[np.ndarray]:
+        for path in sorted(directory.glob("*.bin")):
+            if path.stat().st_size > self.bucket_bytes and shift > 0:
+                sub = directory / path.stem
+                sub.mkdir()
+                with open(path, "rb") as fh:
+                    while len(part := np.fromfile(fh, dtype=self.dtype, count=_FLUSH_RECORDS)):
+                        _deal(part, self.field, max(shift - RADIX_BITS, 0), sub)
+                path.unlink()
+                yield from self._read(sub, max(shift - RADIX_BITS, 0))
+            else:
+                records = np.fromfile(path, dtype=self.dtype)
+                path.unlink()
+                yield records
 
 
-def _id_ordered(batches: Iterable[tuple[np.ndarray, np.ndarray]], bands: int, scratch: Path,
-                batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The same (ids, keys) in ascending id order, through ID_BUCKETS files on disk (an external sort by
-    the ids' top bits), so memory holds one bucket at a time rather than every row's keys."""
-    files = [scratch / f"ids-{b:03d}.bin" for b in range(ID_BUCKETS)]
-    record = np.dtype([("id", np.uint64), ("keys", np.uint64, (bands,))])
-    for ids, keys in batches:
-        rows = np.empty(len(ids), dtype=record)
-        rows["id"], rows["keys"] = ids, keys
-        bucket = (ids >> np.uint64(64 - ID_BUCKET_BITS)).astype(np.int64)
-        for b in np.unique(bucket):
-            with open(files[b], "ab") as fh:
-                fh.write(rows[bucket == b].tobytes())
-    for path in files:
-        if not path.exists():
-            continue
-        rows = np.fromfile(path, dtype=record)
-        path.unlink()
-        rows = rows[np.argsort(rows["id"], kind="stable")]
-        for start in range(0, len(rows), batch_rows):
-            part = rows[start:start + batch_rows]
-            yield part["id"].copy(), part["keys"].copy()
+def _deal(records: np.ndarray, field: str, shift: int, directory: Path) -> None:
+    """Append ``records`` to ``directory/<bucket>.bin`` by the 8 bits of ``field`` at ``shift``."""
+    bucket = ((records[field] >> np.uint64(shift)) & np.uint64((1 << RADIX_BITS) - 1)).astype(np.int64)
+    order = np.argsort(bucket, kind="stable")
+    records, bucket = records[order], bucket[order]
+    bounds = np.searchsorted(bucket, np.arange((1 << RADIX_BITS) + 1))
+    for b in np.flatnonzero(np.diff(bounds)):
+        with open(directory / f"{b:03d}.bin", "ab") as fh:
+            fh.write(records[bounds[b]:bounds[b + 1]].tobytes())
+
+
+def _shared_keys(keys: RadixSpill, members: RadixSpill) -> int:
+    """Number the band keys that two or more rows share; append (row id, group) per sharing row to
+    ``members``; return the number of groups."""
+    groups = 0
+    for records in keys.buckets():
+        records = records[np.lexsort((records["id"], records["key"]))]
+        key = records["key"]
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        sizes = np.diff(np.r_[starts, len(key)])
+        run = np.repeat(np.arange(len(starts)), sizes)
+        shared = sizes >= 2
+        group_of_run = np.cumsum(shared) - 1 + groups
+        in_group = shared[run]
+        out = np.empty(int(in_group.sum()), dtype=MEMBER_RECORD)
+        out["id"], out["group"] = records["id"][in_group], group_of_run[run[in_group]]
+        members.append(out)
+        groups += int(shared.sum())
+    return groups
+
+
+def _greedy_drops(members: RadixSpill, groups: int) -> np.ndarray:
+    """Ids, ascending, of the rows with a group already claimed by a kept row of lower id."""
+    claimed = np.zeros(groups, dtype=bool)
+    dropped: list[np.ndarray] = []
+    for records in members.buckets():
+        records = records[np.argsort(records["id"], kind="stable")]
+        ids, row_groups = records["id"], records["group"]
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]).tolist()
+        row_groups = row_groups.tolist()
+        bucket_drops = []
+        for start, end in zip(starts, starts[1:] + [len(ids)]):
+            mine = row_groups[start:end]
+            if claimed[mine].any():
+                bucket_drops.append(start)
+            else:
+                claimed[mine] = True
+        dropped.append(ids[bucket_drops])
+    return np.concatenate(dropped) if dropped else np.empty(0, dtype=np.uint64)
 
 
 def near_duplicate_ids(items: Iterable[tuple[int, str]], threshold: float = 0.8, words_per_shingle: int = 5,
-                       num_perm: int = 128, batch_rows: int = 2048, order: str = "input",
-                       scratch_dir: str | Path | None = None) -> list[int]:
-    """The ids of the rows to drop: each one's LSH band matches an earlier kept row's.
-
-    ``items`` is any iterator of ``(row_id, text)``, read once in batches. ``order`` says which row of
-    a cluster is the first: ``input`` (streamed), or ``id`` (ascending row id: the same rows are kept
-    however the input is split or ordered; the band keys wait in bucket files under ``scratch_dir``,
-    80 bytes a row on disk). Either way memory holds the kept rows' band keys and one batch.
-    """
+                       num_perm: int = 128, batch_rows: int = 2048, scratch_dir: str | Path | None = None,
+                       bucket_bytes: int = BUCKET_BYTES) -> np.ndarray:
+    """The ids (ascending uint64) of the rows to drop: each one shares an LSH band with a kept row of
+    lower id. ``items`` is any iterator of ``(row_id, text)`` with distinct non-negative ids, read once
+    in batches; the scratch files live in a temporary directory under ``scratch_dir``."""
     bands, rows = band_params(threshold, num_perm)
-    batches = _keyed_batches(iter(items), bands, rows, words_per_shingle, num_perm, batch_rows)
-    if order == "input":
-        return _cluster(batches, bands)
-    if order != "id":
-        raise ValueError(f"order must be 'input' or 'id', not {order!r}")
     with tempfile.TemporaryDirectory(prefix=".neardup-", dir=scratch_dir) as scratch:
-        return _cluster(_id_ordered(batches, bands, Path(scratch), batch_rows), bands)
+        keys = RadixSpill(Path(scratch) / "keys", KEY_RECORD, "key", bucket_bytes)
+        for batch in _batches(iter(items), batch_rows):
+            ids = np.array([row_id for row_id, _ in batch], dtype=np.uint64)
+            records = np.empty(len(ids) * bands, dtype=KEY_RECORD)
+            records["key"] = band_keys(signatures([t for _, t in batch], words_per_shingle, num_perm),
+                                       bands, rows).ravel()
+            records["id"] = np.repeat(ids, bands)
+            keys.append(records)
+        members = RadixSpill(Path(scratch) / "members", MEMBER_RECORD, "id", bucket_bytes)
+        groups = _shared_keys(keys, members)
+        return _greedy_drops(members, groups)
 
 
 def _batches(items: Iterator, size: int) -> Iterator[list]:
