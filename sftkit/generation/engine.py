@@ -515,7 +515,8 @@ def _requests(prompts: list[str] | list[Request], adapters: list[str | None] | N
 
 
 def _tokenize(tokenizer, texts: list[str], config: GenerateConfig, device):
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=config.prompt_type != "chat")
+    batch = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
+                      add_special_tokens=config.prompt_type != "chat")
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -545,7 +546,9 @@ class _Batch:
         self.criteria, self.criteria_list = _stopping_criteria(
             tokenizer, self.stops, self.prompt_length, limits, [r.cancel for r in requests], cancel)
         if _is_peft(model):
-            self.kwargs["adapter_names"] = ["__base__" if r.adapter is None else r.adapter for r in requests]
+            names = ["__base__" if r.adapter is None else r.adapter for r in requests]
+            if set(names) != {model.active_adapter}:  # all on the active adapter: a plain forward does it
+                self.kwargs["adapter_names"] = names
         elif any(r.adapter not in (None, "__base__") for r in requests):
             raise GenerationError(f"adapter {next(r.adapter for r in requests if r.adapter)!r} asked of a model "
                                   f"without adapters")
@@ -557,12 +560,13 @@ def _is_peft(model) -> bool:
 
 def generate_answers(model, tokenizer, prompt_texts: list[str] | list[Request], config: GenerateConfig,
                      cancel: threading.Event | None = None, adapters: list[str | None] | None = None,
-                     ) -> list[Answer]:
+                     synced_gpus: bool = False) -> list[Answer]:
     """Answer rendered prompts together in one ``generate`` call (left-padded), without streaming.
 
     ``adapters`` names each row's adapter (None: the base model); left out, a model with adapters
     answers with its active one. With ``num_return_sequences`` > 1 there are that many answers per
-    prompt, in prompt order.
+    prompt, in prompt order. ``synced_gpus`` keeps every rank stepping until all are done (DeepSpeed
+    ZeRO-3 gathers weights collectively in each forward; training validation uses it).
     """
     import torch
 
@@ -578,8 +582,10 @@ def generate_answers(model, tokenizer, prompt_texts: list[str] | list[Request], 
         batch.kwargs["num_return_sequences"] = min(repeats, config.num_beams)
     _reseed(config)
     start = time.perf_counter()
-    with torch.inference_mode():
-        output = model.generate(**batch.inputs, **batch.kwargs, stopping_criteria=batch.criteria_list)
+    # Under ZeRO-3 the gathered weights must not become inference tensors: training goes on after.
+    with torch.no_grad() if synced_gpus else torch.inference_mode():
+        output = model.generate(**batch.inputs, **batch.kwargs, stopping_criteria=batch.criteria_list,
+                                **({"synced_gpus": True} if synced_gpus else {}))
     seconds = time.perf_counter() - start
     per_prompt = output.shape[0] // len(requests)
     answers = []

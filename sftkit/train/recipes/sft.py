@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from sftkit.generation import GenerateConfig, Request
+from sftkit.generation import generate_answers as engine_answers
 from sftkit.prompts import stop_strings
 from sftkit.train import distributed
 from sftkit.train.batching import collate, token_losses
@@ -120,28 +122,19 @@ class SFTRecipe(Recipe):
         return out
 
 
-@torch.no_grad()
 def generate_answers(model, tokenizer, examples, config, world, synced: bool) -> tuple[list[str], list[str]]:
-    """Greedy answers to each validation prompt, cut at the prompt type's stop strings."""
-    add_special = all(ex.prompt_type != "chat" for ex in examples)
-    stops = sorted({stop for ex in examples for stop in stop_strings(ex.prompt_type, tokenizer)})
+    """Greedy answers to the validation prompts, through the generation engine (generate.py's own
+    stops and batching), each rank answering its share; every rank gets them all."""
+    chat = any(ex.prompt_type == "chat" for ex in examples)  # chat templates carry their own special tokens
+    settings = GenerateConfig(prompt_type="chat" if chat else examples[0].prompt_type,
+                              max_new_tokens=config.val_max_new_tokens, do_sample=False, repetition_penalty=1.0)
+    stops = tuple(sorted({stop for ex in examples for stop in stop_strings(ex.prompt_type, tokenizer)}))
     mine, _ = shard(list(enumerate(examples)), world)
     answers: list[str] = []
-    for i in range(0, len(mine), config.micro_batch_size):
-        chunk = mine[i:i + config.micro_batch_size]
-        encoded = [tokenizer(ex.prompt, add_special_tokens=add_special)["input_ids"][-config.cutoff_len:]
-                   for _, ex in chunk]
-        width = max(len(e) for e in encoded)
-        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded], device=world.device)
-        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=world.device)
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=config.val_max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, synced_gpus=synced)
-        for row in out[:, width:]:
-            text = tokenizer.decode(row, skip_special_tokens=True)
-            for stop in stops:
-                text = text.split(stop)[0]
-            answers.append(text.strip())
+    for i in range(0, len(mine), config.micro_batch_size):  # the same number of calls on every rank (ZeRO-3)
+        chunk = [Request(_last_tokens(tokenizer, ex.prompt, config.cutoff_len, not chat), stop=stops)
+                 for _, ex in mine[i:i + config.micro_batch_size]]
+        answers += [a.text for a in engine_answers(model, tokenizer, chunk, settings, synced_gpus=synced)]
     gathered = distributed.all_gather_strings([f"{i}\t{a}" for (i, _), a in zip(mine, answers)])
     by_index = {}
     for part in gathered:
@@ -149,3 +142,9 @@ def generate_answers(model, tokenizer, examples, config, world, synced: bool) ->
             index, answer = item.split("\t", 1)
             by_index[int(index)] = answer
     return [by_index[i] for i in range(len(examples))], [ex.reference for ex in examples]
+
+
+def _last_tokens(tokenizer, prompt: str, limit: int, add_special_tokens: bool) -> str:
+    """``prompt``, or its last ``limit`` tokens when longer (the end is what the answer follows)."""
+    ids = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
+    return prompt if len(ids) <= limit else tokenizer.decode(ids[-limit:])
