@@ -226,7 +226,7 @@ def clean_stale_temps(stage: Stage, cfg: DataConfig) -> None:
     for directory in stage.temp_dirs(cfg):
         removed += atomic.clean_stale(directory)
     if removed:
-        print(f"[{stage.name}] tidied {len(removed)} temporary file(s) left by a killed run: "
+        print(f"[{stage.name}] removed {len(removed)} temporary file(s) left by a killed run: "
               + ", ".join(p.name for p in removed[:5]) + (" ..." if len(removed) > 5 else ""), flush=True)
 
 
