@@ -115,8 +115,8 @@ def save_checkpoint(output_dir: str, step: int, *, world, save_adapter, optimize
     # Every rank writes into one temporary folder, named by the main process's PID (it does the
     # rename), so after a kill it is gone with that process: clean_stale removes it at the next start.
     main_pid = int(all_gather_strings([str(os.getpid())])[0][0])
-    with atomic.replacing(final) if world.is_main else contextlib.nullcontext(atomic.temp_path(final, main_pid)) \
-            as staging:
+    writing = atomic.replacing(final) if world.is_main else contextlib.nullcontext(atomic.temp_path(final, main_pid))
+    with writing as staging:
         if world.is_main:
             staging.mkdir()
         barrier()
