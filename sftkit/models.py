@@ -9,12 +9,11 @@ import fcntl
 import importlib.util
 import json
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sftkit import atomic
 from sftkit.errors import ModelError
 
 
@@ -71,6 +70,7 @@ def resolve_base_model(name: str) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(target.parent / f".{name}.lock"):
         if not (target / "config.json").is_file():
+            atomic.clean_stale(target.parent)  # a conversion killed half-way left its temporary folder
             convert_gguf(package_dir, embedded.gguf_file, target)
     return str(target)
 
@@ -108,15 +108,9 @@ def convert_gguf(directory: Path, gguf_file: str, target: Path) -> None:
 
 def save_model_dir(model, tokenizer, target: Path) -> None:
     """Write a model (safetensors) and its tokenizer to ``target`` atomically: all of it or nothing."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic.replacing(target) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def load_tokenizer(base_model: str, *, local_files_only: bool = False, trust_remote_code: bool = False,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import zlib
 from pathlib import Path
 
@@ -88,7 +87,6 @@ def convert(raw: Path, name: str, out: Path, rejects: Path, cfg: DataConfig) -> 
     go to ``rejects`` with their reason. OpenAssistant preference pairs go to ``<file>.pairs.jsonl``."""
     stats = StageStats(f"download {name}")
     columns: dict[str, list] = {k: [] for k in SCHEMA.names}
-    tmp_rejects = atomic.temp_path(rejects)
     downloaded = local_source_dir(cfg.source) is None
 
     def flush(sink: ParquetSink) -> None:
@@ -103,22 +101,22 @@ def convert(raw: Path, name: str, out: Path, rejects: Path, cfg: DataConfig) -> 
         raise _unreadable(raw, downloaded, exc) from None
     malformed = 0
     try:
-        with ParquetSink(out, SCHEMA) as sink, open(tmp_rejects, "w", encoding="utf-8") as bad, \
-                tqdm(desc=f"convert {name}", unit=" records", leave=False) as bar:
-            for unit, rows in read_units(reader, stats, raw, downloaded):
-                if unit.malformed:
-                    malformed += 1
-                    bad.write(json.dumps({"file": name, "line": unit.line, "reason": unit.reason,
-                                          "excerpt": unit.excerpt}) + "\n")
-                for text, source in rows:
-                    for key, value in zip(SCHEMA.names, (text, source, name, unit.line)):
-                        columns[key].append(value)
-                if len(columns["text"]) >= cfg.batch_rows:
-                    flush(sink)
-                bar.update(1)
-            flush(sink)
-            bad.close()
-            os.replace(tmp_rejects, rejects)
+        with ParquetSink(out, SCHEMA) as sink:
+            # The rejects are renamed into place before the check below, so a refused file still shows them.
+            with atomic.replacing(rejects) as tmp_rejects, open(tmp_rejects, "w", encoding="utf-8") as bad, \
+                    tqdm(desc=f"convert {name}", unit=" records", leave=False) as bar:
+                for unit, rows in read_units(reader, stats, raw, downloaded):
+                    if unit.malformed:
+                        malformed += 1
+                        bad.write(json.dumps({"file": name, "line": unit.line, "reason": unit.reason,
+                                              "excerpt": unit.excerpt}) + "\n")
+                    for text, source in rows:
+                        for key, value in zip(SCHEMA.names, (text, source, name, unit.line)):
+                            columns[key].append(value)
+                    if len(columns["text"]) >= cfg.batch_rows:
+                        flush(sink)
+                    bar.update(1)
+                flush(sink)
             reader.finish(stats, out.parent)
             if malformed > cfg.max_reject_fraction * max(stats.rows_in, 1):
                 raise DataError(
@@ -130,8 +128,6 @@ def convert(raw: Path, name: str, out: Path, rejects: Path, cfg: DataConfig) -> 
     except OSError as exc:  # reading errors are DataErrors by now: this is an output that cannot be written
         raise DataError(f"output {exc.filename or out}: cannot write ({exc.strerror or exc}); it is in "
                         f"--work_dir={cfg.work_dir}: make that a writable directory with free space") from None
-    finally:
-        tmp_rejects.unlink(missing_ok=True)
     stats.rows_out = sink.rows
     return stats
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import time
 import urllib.error
@@ -87,7 +86,7 @@ def download(url: str, dest: Path, *, retries: int, backoff_s: float, timeout_s:
             validator_path(part).unlink(missing_ok=True)
             raise DataError(f"{url}: sha256 {actual} does not match the expected {expected_sha256} "
                             "(from --checksums); the download was removed, fix the checksum or the source")
-    os.replace(part, dest)
+    atomic.promote(part, dest)
     validator_path(part).unlink(missing_ok=True)
     return dest
 

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import re
 import shutil
 from collections import Counter
@@ -73,12 +72,11 @@ def finalize(cfg: DataConfig, inputs: list[Path], out: Path) -> StageStats:
     stats = StageStats("finalize", rows_in=count_rows(inputs))
     n_buckets = max(1, math.ceil(stats.rows_in / cfg.shuffle_bucket_rows))
     scratch = atomic.temp_path(out.parent / "finalize-buckets")  # a killed run's is cleaned at the next start
-    tmp = atomic.temp_path(out)
     sources: Counter = Counter()
     near_duplicates = finalize_extras.near_duplicate_ids(cfg, inputs)  # issue #10: global over all shards
     try:
         with contextlib.ExitStack() as stack:  # pass 1: deal the kept rows to random buckets on disk
-            sinks = [stack.enter_context(ParquetSink(scratch / f"bucket-{b:05d}.parquet", ROW_SCHEMA))
+            sinks = [stack.enter_context(ParquetSink(scratch / f"bucket-{b:05d}.parquet", ROW_SCHEMA, durable=False))
                      for b in range(n_buckets)]
 
             def deal(batch: pa.RecordBatch) -> None:
@@ -97,7 +95,7 @@ def finalize(cfg: DataConfig, inputs: list[Path], out: Path) -> StageStats:
             personality = finalize_extras.personality_batch(cfg, ROW_SCHEMA)  # issue #10: generated rows
             stats.add("personality", personality.num_rows)
             deal(personality)
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with atomic.replacing(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
             fh.write("[")
             for sink in sinks:  # pass 2: shuffle each bucket in memory, stream it out
                 table = pq.read_table(sink.path)
@@ -111,14 +109,12 @@ def finalize(cfg: DataConfig, inputs: list[Path], out: Path) -> StageStats:
                     stats.rows_out += 1
                     sources[row_sources[i]] += 1
             fh.write("\n]\n")
-        if stats.rows_out == stats.added["personality"] and not cfg.allow_empty:  # generated rows alone
-            raise DataError(f"finalize: 0 rows left of {stats.rows_in:,} (see each stage's summary for where they "
-                            "went); nothing was written. Check --source/--files and the thresholds, or pass "
-                            "--allow_empty=True to write an empty dataset")
-        os.replace(tmp, out)
+            if stats.rows_out == stats.added["personality"] and not cfg.allow_empty:  # generated rows alone
+                raise DataError(f"finalize: 0 rows left of {stats.rows_in:,} (see each stage's summary for where "
+                                "they went); nothing was written. Check --source/--files and the thresholds, or "
+                                "pass --allow_empty=True to write an empty dataset")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        tmp.unlink(missing_ok=True)
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in EXECUTION_SETTINGS}
     card = datacard.build(datacard.earlier_stages(cfg) + [stats], out, sources, settings,
                           datacard.input_files(cfg))  # every input file's format, counts, drops and sha256

@@ -1,6 +1,7 @@
-"""Streaming parquet in and out: record batches in, row groups out, atomic rename at the end."""
+"""Streaming parquet in and out: record batches in, row groups out, written through sftkit.atomic."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -8,23 +9,30 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sftkit import atomic
+
 
 class ParquetSink:
-    """Write record batches to ``path`` through a temporary file renamed into place on success.
+    """Write record batches to ``path`` through :func:`sftkit.atomic.replacing`.
 
-    On an exception the temporary file is removed and ``path`` is left as it was.
+    The rows go to the atomic temporary, renamed into place when the ``with`` block ends
+    cleanly; on an exception the temporary is removed and ``path`` is left as it was.
+    ``durable=False`` skips the fsync, for scratch files a crash does not need.
     """
 
-    def __init__(self, path: str | os.PathLike, schema: pa.Schema):
+    def __init__(self, path: str | os.PathLike, schema: pa.Schema, durable: bool = True):
         self.path = Path(path)
         self.schema = schema
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.durable = durable
         self.rows = 0
         self._writer: pq.ParquetWriter | None = None
+        self._open = contextlib.ExitStack()
 
     def __enter__(self) -> "ParquetSink":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+        with contextlib.ExitStack() as opening:  # a failed open removes the temporary again
+            tmp = opening.enter_context(atomic.replacing(self.path, self.durable))
+            self._writer = opening.enter_context(pq.ParquetWriter(tmp, self.schema, compression="zstd"))
+            self._open = opening.pop_all()
         return self
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
@@ -33,12 +41,9 @@ class ParquetSink:
             self._writer.write_table(table.select(self.schema.names).cast(self.schema))
             self.rows += batch.num_rows
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self._writer.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        """Close the writer, then rename the temporary into place (or remove it on an error)."""
+        return self._open.__exit__(exc_type, exc, tb)
 
 
 def iter_batches(paths: Iterable[str | os.PathLike], batch_rows: int,

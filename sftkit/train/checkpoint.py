@@ -7,10 +7,11 @@ trained it, checked on resume: sftkit/train/run_record.py) and ``trainer_state.j
 Hugging Face's ``TrainerState.save_to_json`` writes (``global_step``, ``epoch``, ``log_history``…),
 so tools made for Trainer checkpoints read it. Under DeepSpeed the optimizer lives in DeepSpeed's
 own ``ds/`` sub-folder instead. Every folder is written under a temporary name and renamed when
-complete, so a crash never leaves a half checkpoint behind.
+complete (sftkit.atomic), so a crash never leaves a half checkpoint that 'latest' could pick.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -22,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from sftkit import atomic
 from sftkit.errors import TrainError
-from sftkit.train.distributed import barrier
+from sftkit.train.distributed import all_gather_strings, barrier
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -111,29 +112,30 @@ def save_checkpoint(output_dir: str, step: int, *, world, save_adapter, optimize
     settings (run_record.settings_of), stored for the resume check.
     """
     final = Path(output_dir) / f"checkpoint-{step}"
-    staging = Path(output_dir) / f".checkpoint-{step}.partial"
+    # Every rank writes into one temporary folder, named by the main process's PID (it does the
+    # rename), so after a kill it is gone with that process: clean_stale removes it at the next start.
+    main_pid = int(all_gather_strings([str(os.getpid())])[0][0])
+    writing = atomic.replacing(final) if world.is_main else contextlib.nullcontext(atomic.temp_path(final, main_pid))
+    with writing as staging:
+        if world.is_main:
+            staging.mkdir()
+        barrier()
+        save_adapter(staging)  # collective under ZeRO-3; only the main process writes
+        if engine is not None:
+            engine.save_checkpoint(str(staging / "ds"), tag="state", exclude_frozen_parameters=True)
+        elif world.is_main:
+            torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        if world.is_main:
+            atomic.write_json(staging / "scheduler.json", scheduler.state_dict())
+            # As TrainerState.save_to_json writes it: sorted keys, indent 2, a final newline.
+            atomic.write_text(staging / "trainer_state.json",
+                              json.dumps(to_trainer_state(trainer_state), indent=2, sort_keys=True) + "\n")
+            if settings is not None:
+                atomic.write_json(staging / "run_settings.json", settings)
+        save_file({k: v.contiguous() for k, v in _rng_state(world.device).items()},
+                  str(staging / f"rng_state_{world.rank}.safetensors"))
+        barrier()  # every rank's files are in before the main process renames the folder
     if world.is_main:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-    barrier()
-    save_adapter(staging)  # collective under ZeRO-3; only the main process writes
-    if engine is not None:
-        engine.save_checkpoint(str(staging / "ds"), tag="state", exclude_frozen_parameters=True)
-    elif world.is_main:
-        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-    if world.is_main:
-        atomic.write_json(staging / "scheduler.json", scheduler.state_dict())
-        # As TrainerState.save_to_json writes it: sorted keys, indent 2, a final newline.
-        atomic.write_text(staging / "trainer_state.json",
-                          json.dumps(to_trainer_state(trainer_state), indent=2, sort_keys=True) + "\n")
-        if settings is not None:
-            atomic.write_json(staging / "run_settings.json", settings)
-    save_file({k: v.contiguous() for k, v in _rng_state(world.device).items()},
-              str(staging / f"rng_state_{world.rank}.safetensors"))
-    barrier()
-    if world.is_main:
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
         if save_total_limit > 0:
             for old in list_checkpoints(output_dir)[:-save_total_limit]:
                 shutil.rmtree(old, ignore_errors=True)

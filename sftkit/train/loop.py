@@ -289,6 +289,7 @@ def run(config: TrainConfig, world) -> dict:
     if world.size > 1 and not config.ddp and not config.deepspeed:
         raise FlagError(f"--ddp=False but {world.size} processes were launched; run one process, or keep --ddp")
     grad_accum = config.gradient_accumulation(world.size)
+    distributed.barrier()  # every rank looks at output_dir after the main one tidied it (run_record.one_writer)
     check_output_dir(config)
     resume_from = checkpoint.resolve_resume(config.resume_from_checkpoint, config.output_dir) \
         if config.resume_from_checkpoint else None

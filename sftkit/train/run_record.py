@@ -164,8 +164,7 @@ def one_writer(output_dir: str, is_main: bool) -> Iterator[None]:
     if Path(output_dir).exists() and not Path(output_dir).is_dir():
         raise TrainError(f"--output_dir={output_dir} is a file; choose a directory")
     with lock.hold(output_dir, "--output_dir"):
-        # Holding the lock, nothing else writes here: whatever a killed run left half-written goes.
+        # Holding the lock, nothing else writes here: whatever a killed run left half-written goes
+        # (a half checkpoint, half final weights), and a checkpoint set aside mid-swap comes back.
         atomic.clean_stale(output_dir)
-        for leftover in [*Path(output_dir).glob(".checkpoint-*.partial"), *Path(output_dir).glob(".final.*")]:
-            shutil.rmtree(leftover, ignore_errors=True)
         yield

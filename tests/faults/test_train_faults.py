@@ -108,7 +108,7 @@ def test_kill_between_checkpoint_write_and_rename_then_resume_matches(tiny_llama
     caught = None
     while caught is None:
         def staged() -> Path | None:
-            return next((p for p in out.glob(".checkpoint-*.partial") if (p / "trainer_state.json").is_file()), None)
+            return next((p for p in out.glob(".checkpoint-*.tmp-*") if (p / "trainer_state.json").is_file()), None)
         wait_for(lambda: staged() is not None, run, "a staged checkpoint")
         run.send_signal(signal.SIGSTOP)
         partial = staged()
@@ -122,7 +122,7 @@ def test_kill_between_checkpoint_write_and_rename_then_resume_matches(tiny_llama
     done = resume(cmd)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"resumed from {out / f'checkpoint-{caught - 2}'}" in done.stdout + done.stderr
-    assert not list(out.glob(".checkpoint-*.partial"))
+    assert not list(out.glob(".checkpoint-*.tmp-*"))
     assert_same_run(out, ref_out)
 
 

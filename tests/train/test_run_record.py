@@ -12,6 +12,7 @@ import sftkit.train.loop as loop_module
 from sftkit.train.config import TrainConfig
 from sftkit.train.loop import train
 from sftkit.train.run_record import differences, read_run_config
+from tests.test_atomic import dead_pid
 from tests.train.helpers import ROWS, tiny_config, write_rows
 
 
@@ -105,9 +106,13 @@ def test_resume_refuses_changed_data_content_under_the_same_path(tiny_llama, tmp
 
 def test_resume_allows_safe_changes_and_appends_to_run_config(tiny_llama, tmp_path):
     _first_half(tiny_llama, tmp_path)
-    for leftover in (".checkpoint-3.partial", ".final.x1y2"):  # what a kill -9 mid-write leaves
-        (tmp_path / "out" / leftover).mkdir()
-        (tmp_path / "out" / leftover / "adapter_model.safetensors").write_bytes(b"half")
+    out, killed = tmp_path / "out", dead_pid()
+    for leftover in (f".checkpoint-3.tmp-{killed}", f".entries.tmp-{killed}"):  # what a kill -9 mid-write leaves
+        (out / leftover).mkdir()
+        (out / leftover / "adapter_model.safetensors").write_bytes(b"half")
+    # Killed while re-saving checkpoint-2 over itself, between setting the old one aside and renaming
+    # the new one in: 'latest' must find the old one put back.
+    (out / "checkpoint-2").rename(out / f".checkpoint-2.old-{killed}")
     train(tiny_config(tiny_llama, tmp_path, max_steps=4, save_steps=1, logging_steps=2, eval_steps=1,
                       lr_scheduler="constant", resume_from_checkpoint="latest", run_id="second"))
     first, resumed = read_run_config(tmp_path / "out")
@@ -116,7 +121,7 @@ def test_resume_allows_safe_changes_and_appends_to_run_config(tiny_llama, tmp_pa
     assert entry["at_step"] == 2 and entry["from"].endswith("checkpoint-2")
     assert entry["changed"]["max_steps"] == {"was": 2, "now": 4}
     assert "learning_rate" not in entry["changed"]
-    assert not list((tmp_path / "out").glob(".checkpoint-*.partial")) and not list((tmp_path / "out").glob(".final.*"))
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != lock.LOCK_NAME]
 
 
 def test_differences_treat_unknown_settings_as_meaningful():

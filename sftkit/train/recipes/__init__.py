@@ -12,12 +12,11 @@ units in the step, so the gradient is the same whatever the split over micro-bat
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sftkit import atomic
 from sftkit.train.config import TrainConfig
 
 
@@ -64,20 +63,10 @@ class Recipe:
 
     def save_final(self, model, tokenizer, output_dir: Path, save_weights, world, zero3: bool) -> None:
         """Weights (adapter, or the whole model) and tokenizer at the top of output_dir, swapped in atomically."""
-        staging = Path(tempfile.mkdtemp(prefix=".final.", dir=output_dir)) if world.is_main else None
-        save_weights(staging)
-        if world.is_main:
-            tokenizer.save_pretrained(staging)
-            move_into(staging, output_dir)
-
-
-def move_into(staging: Path, output_dir: Path) -> None:
-    for f in staging.iterdir():
-        target = output_dir / f.name
-        if target.is_dir() and f.is_dir():
-            shutil.rmtree(target)
-        os.replace(f, target)
-    shutil.rmtree(staging, ignore_errors=True)
+        with atomic.replacing_entries(output_dir) if world.is_main else contextlib.nullcontext() as staging:
+            save_weights(staging)  # collective under ZeRO-3; only the main process writes
+            if world.is_main:
+                tokenizer.save_pretrained(staging)
 
 
 def get_recipe(config: TrainConfig) -> Recipe:

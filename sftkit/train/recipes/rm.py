@@ -7,16 +7,16 @@ prompt type recorded in its config, so :class:`sftkit.reward.RewardModelScorer` 
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from sftkit import atomic
 from sftkit.reward import PROMPT_TYPE_KEY
 from sftkit.train.batching import collate_pairs
 from sftkit.train.modeling import build_reward_model, gathered_parameters, is_peft
-from sftkit.train.recipes import Data, Recipe, move_into, read_pair_data
+from sftkit.train.recipes import Data, Recipe, read_pair_data
 
 
 def pair_rewards(model, batch: dict, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +61,6 @@ class RewardModelRecipe(Recipe):
             plain = model.merge_and_unload() if is_peft(model) else model
             setattr(plain.config, PROMPT_TYPE_KEY, self.config.fixed_prompt_type)
             plain.config.use_cache = True
-            staging = Path(tempfile.mkdtemp(prefix=".final.", dir=output_dir))
-            plain.save_pretrained(staging, safe_serialization=True)
-            tokenizer.save_pretrained(staging)
-            move_into(staging, output_dir)
+            with atomic.replacing_entries(output_dir) as staging:
+                plain.save_pretrained(staging, safe_serialization=True)
+                tokenizer.save_pretrained(staging)
