@@ -106,32 +106,55 @@ def run_train_check(name: str, model: str, out: Path, tiny: bool, steps: int) ->
 
 
 def run_generate_check(model: str, tiny: bool) -> dict:
+    """Greedy generation at batch 1 and 16: plain ``model.generate``, then the sftkit engine (its stop
+    strings and padding) on the same prompts, and one raw decode step (the floor of a token's time)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sftkit.generation import GenerateConfig, generate_answers
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(model)
     lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(device).eval()
     new_tokens = 8 if tiny else 256
-    rates = {}
-    for batch in (1, 16):
-        ids = tokenizer(["<human>: Tell me about the water cycle.\n<bot>:"] * batch, return_tensors="pt").to(device)
-        kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                  pad_token_id=tokenizer.pad_token_id)
-        lm.generate(**ids, **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
+    prompt = "<human>: Tell me about the water cycle.\n<bot>:"
+    engine_config = GenerateConfig(base_model=model, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                   repetition_penalty=1.0, stop=[])
+
+    def timed(work) -> tuple[float, object]:
         if device == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        with torch.no_grad():
-            lm.generate(**ids, **kw)
+        result = work()
         if device == "cuda":
             torch.cuda.synchronize()
-        rates[batch] = batch * new_tokens / (time.perf_counter() - started)
+        return time.perf_counter() - started, result
+
+    plain, engine = {}, {}
+    for batch in (1, 16):
+        ids = tokenizer([prompt] * batch, return_tensors="pt").to(device)
+        kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                  pad_token_id=tokenizer.pad_token_id)
+        lm.generate(**ids, **kw)  # warm-up at full length: the first long run was 2-3x slower per token on an H200
+        with torch.no_grad():
+            seconds, _ = timed(lambda: lm.generate(**ids, **kw))
+        plain[batch] = batch * new_tokens / seconds
+        seconds, answers = timed(lambda: generate_answers(lm, tokenizer, [prompt] * batch, engine_config))
+        engine[batch] = sum(a.new_tokens for a in answers) / seconds
+    with torch.no_grad():  # one decode step after the prompt, with the KV cache: no generate() around it
+        ids = tokenizer([prompt], return_tensors="pt").to(device)
+        out = lm(**ids, use_cache=True)
+        step = out.logits[:, -1:].argmax(-1)
+        steps = 8 if tiny else 64
+        seconds, _ = timed(lambda: [lm(input_ids=step, past_key_values=out.past_key_values, use_cache=True)
+                                    for _ in range(steps)])
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-    return {"tokens_per_s": rates[16], "peak_memory_gib": peak, "params": sum(p.numel() for p in lm.parameters()),
-            "mfu_factor": 2, "note": f"greedy, {new_tokens} new tokens; batch 1: {rates[1]:.0f} tokens/s, "
-                                     f"batch 16: {rates[16]:.0f} tokens/s"}
+    return {"tokens_per_s": plain[16], "peak_memory_gib": peak, "params": sum(p.numel() for p in lm.parameters()),
+            "mfu_factor": 2, "note": f"greedy, {new_tokens} new tokens; model.generate batch 1: {plain[1]:.0f}, "
+                                     f"batch 16: {plain[16]:.0f} tokens/s; sftkit engine batch 1: {engine[1]:.0f}, "
+                                     f"batch 16: {engine[16]:.0f} tokens/s; one raw decode step "
+                                     f"{seconds / steps * 1000:.1f} ms"}
 
 
 def child(args) -> None:
