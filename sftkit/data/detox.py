@@ -1,15 +1,23 @@
 """Stage 2, detox: split conversations into rows, drop exact duplicates, score and drop toxic rows.
 
-Two steps, each reused when its inputs and settings are unchanged:
-``score`` splits, deduplicates and scores (alt-profanity-check, and detoxify when enabled) into
-``2_detox/scored/<part>.parquet``; ``filter`` applies the thresholds into ``2_detox/<part>.parquet``.
-The score columns stay in both, so changing a threshold re-runs only the cheap filter.
+Two phases, a shuffle between them, so that no shard repeats another's work:
+``split`` (shard k) splits the conversations of its blocks (``CONVERSATION_BLOCK`` consecutive
+conversations each, dealt round-robin: block b to shard b % shards) and scores them with
+alt-profanity-check, into ``2_detox/split/<part>.parquet``; ``score`` (shard j) reads from every
+split file the rows whose id falls in its partition, in the input's own order (a merge by block),
+drops exact duplicates (equal rows share an id, hence a shard: dedup stays global), runs detoxify
+when enabled, into ``2_detox/scored/<part>.parquet``; ``filter`` applies the thresholds into
+``2_detox/<part>.parquet``. The score columns stay, so changing a threshold re-runs only the cheap
+filter. A shard run alone (``--shard_index``) first splits, or reuses, the blocks of the others.
 """
 from __future__ import annotations
 
+import heapq
 import math
 from collections import Counter
+from operator import itemgetter
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -19,16 +27,21 @@ from sftkit.data import DataError
 from sftkit.data.config import DataConfig
 from sftkit.data.download import parquet_path, resolve_files
 from sftkit.data.hashing import SeenIds, row_ids
+from sftkit.data.manifest import cached, digests
 from sftkit.data.parallel import ordered_map, resolve_workers
 from sftkit.data.parquet_io import ParquetSink, count_rows, iter_batches, read_schema
 from sftkit.data.scorers import DetoxifyScorer, profanity_probs
-from sftkit.data.runner import Shard, ShardPhase, Stage, Step, run_stage
+from sftkit.data.runner import Shard, ShardPhase, Stage, Step, run_stage, settings_key
 from sftkit.data.splitting import split_conversation
 from sftkit.data.stats import StageStats
-from sftkit.data.workdir import shard_mask, stage_dir
+from sftkit.data.workdir import stage_dir
 
-VERSION = 2
+VERSION = 3
 DETOXIFY_PREFIX = "detoxify_"
+CONVERSATION_BLOCK = 1024  # conversations per block: the unit the split phase deals to shards
+SPLIT_SETTINGS = ("target_row_chars", "max_row_chars")
+SPLIT_SCHEMA = pa.schema([("id", pa.uint64()), ("text", pa.string()), ("source", pa.string()),
+                          ("profanity_prob", pa.float32()), ("conversation", pa.uint64())])
 
 
 def plain_text(row: str) -> str:
@@ -37,11 +50,11 @@ def plain_text(row: str) -> str:
 
 
 def split_and_score(job: tuple) -> dict:
-    """Worker: split a batch of conversations, keep this shard's rows, score them for profanity."""
-    texts, sources, target_chars, max_chars, shard_index, num_shards = job
-    rows, row_sources = [], []
+    """Worker: split a batch of conversations into rows and score each for profanity."""
+    texts, sources, conversations, target_chars, max_chars = job
+    rows, row_sources, row_conversations = [], [], []
     dropped, added, events = Counter(), Counter(), Counter()
-    for text, source in zip(texts, sources):
+    for text, source, conversation in zip(texts, sources, conversations):
         pieces, happened = split_conversation(text, target_chars, max_chars)
         events.update(happened)
         if not pieces:
@@ -49,12 +62,9 @@ def split_and_score(job: tuple) -> dict:
         added["split"] += max(len(pieces) - 1, 0)
         rows += pieces
         row_sources += [source] * len(pieces)
-    ids = row_ids(rows)
-    mine = shard_mask(ids, shard_index, num_shards)
-    dropped["other_shard"] += int((~mine).sum())
-    rows = [r for r, keep in zip(rows, mine) if keep]
-    row_sources = [s for s, keep in zip(row_sources, mine) if keep]
-    return {"conversations": len(texts), "ids": ids[mine], "rows": rows, "sources": row_sources,
+        row_conversations += [conversation] * len(pieces)
+    return {"conversations": len(texts), "ids": row_ids(rows), "rows": rows, "sources": row_sources,
+            "conversation": np.array(row_conversations, dtype=np.uint64),
             "profanity": profanity_probs([plain_text(r) for r in rows]), "dropped": dropped, "added": added,
             "events": events}
 
@@ -69,15 +79,93 @@ def input_files(cfg: DataConfig) -> list[Path]:
     return paths
 
 
-def score(cfg: DataConfig, inputs: list[Path], out: Path, shard: Shard = Shard(0, 1)) -> StageStats:
-    """Split every conversation, keep this shard's rows, drop exact duplicates and score the rest.
+def _my_conversations(inputs: list[Path], batch_rows: int, shard: Shard) -> Iterator[tuple]:
+    """(texts, sources, conversation numbers) of this shard's blocks, about ``batch_rows`` at a time."""
+    offset = 0
+    for batch in iter_batches(inputs, batch_rows, ["text", "source"]):
+        numbers = np.arange(offset, offset + batch.num_rows, dtype=np.uint64)
+        offset += batch.num_rows
+        mine = (numbers // np.uint64(CONVERSATION_BLOCK)) % np.uint64(shard.count) == np.uint64(shard.index)
+        if mine.any():
+            picked = batch.filter(pa.array(mine))
+            yield picked.column("text").to_pylist(), picked.column("source").to_pylist(), numbers[mine].tolist()
 
-    Every shard reads every conversation (a row's shard comes from its id, known only after the
-    split), so conversation-level counts (rows in, splits, too-long exchanges) are counted by the
-    shard that owns the input batch (batch number % shards): the shards' counts add up to the
-    unsharded run's. Equal rows share an id, hence a shard: exact dedup stays global.
-    """
-    stats = StageStats("detox")
+
+def split(cfg: DataConfig, inputs: list[Path], out: Path, shard: Shard = Shard(0, 1)) -> StageStats:
+    """Split and profanity-score the conversations of this shard's blocks (rows for every shard)."""
+    stats, events = StageStats("detox"), Counter()
+    total = count_rows(inputs)
+    workers = min(resolve_workers(cfg.workers), max(1, math.ceil(total / shard.count / cfg.batch_rows)))
+    jobs = ((texts, sources, numbers, cfg.target_row_chars, cfg.max_row_chars)
+            for texts, sources, numbers in _my_conversations(inputs, cfg.batch_rows, shard))
+    with ParquetSink(out, SPLIT_SCHEMA) as sink, \
+            tqdm(total=math.ceil(total / shard.count), desc="detox split", unit=" conv", leave=False) as bar:
+        for result in ordered_map(split_and_score, jobs, workers):
+            stats.rows_in += result["conversations"]
+            stats.dropped.update(result["dropped"])
+            stats.added.update(result["added"])
+            events.update(result["events"])
+            sink.write(pa.RecordBatch.from_pydict(
+                {"id": result["ids"], "text": result["rows"], "source": result["sources"],
+                 "profanity_prob": result["profanity"], "conversation": result["conversation"]},
+                schema=SPLIT_SCHEMA))
+            bar.update(result["conversations"])
+    stats.rows_out = sink.rows
+    stats.dropped, stats.added = +stats.dropped, +stats.added
+    stats.count("exchanges", +events)
+    return stats
+
+
+def _blocks(path: Path, shard: Shard, batch_rows: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """This shard's rows of one split file as (block, rows) pieces, in the file's (input) order."""
+    for batch in iter_batches([path], batch_rows):
+        batch = batch.filter(pa.array(shard.mask(batch.column("id").to_numpy())))
+        if not batch.num_rows:
+            continue
+        blocks = batch.column("conversation").to_numpy() // np.uint64(CONVERSATION_BLOCK)
+        starts = np.flatnonzero(np.r_[True, blocks[1:] != blocks[:-1]])
+        for start, end in zip(starts, np.r_[starts[1:], len(blocks)]):
+            yield int(blocks[start]), batch.slice(start, end - start)
+
+
+def _in_input_order(paths: list[Path], shard: Shard, batch_rows: int) -> Iterator[pa.Table]:
+    """This shard's rows from every split file, merged back into the input's order (each block lives in
+    one file), about ``batch_rows`` rows at a time."""
+    pending, rows = [], 0
+    for _, piece in heapq.merge(*(_blocks(p, shard, batch_rows) for p in paths), key=itemgetter(0)):
+        pending.append(piece)
+        rows += piece.num_rows
+        if rows >= batch_rows:
+            yield pa.Table.from_batches(pending)
+            pending, rows = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending)
+
+
+def split_step(cfg: DataConfig, inputs: list[Path], shard: Shard) -> Step:
+    out = stage_dir(cfg.work_dir, "detox") / "split" / f"{shard.part}.parquet"
+    # The blocks come from conversation numbers, not batches, so batch_rows changes nothing here.
+    return Step("detox/split", out.with_suffix(".manifest.json"), inputs, [out], SPLIT_SETTINGS,
+                lambda: split(cfg, inputs, out, shard))
+
+
+def ensure_splits(cfg: DataConfig, inputs: list[Path], shard: Shard) -> list[Path]:
+    """Every shard's split file, computed here where one is missing or stale (a shard run alone)."""
+    input_digests = digests(inputs)  # hashed once for every shard's manifest check
+    outputs = []
+    for other in (Shard(i, shard.count) for i in range(shard.count)):
+        step = split_step(cfg, inputs, other)
+        _, note = cached(step.name, step.manifest, input_digests, settings_key(STAGE, step, cfg, other),
+                         step.outputs, step.compute)
+        if note is None or "up to date" not in note:
+            print(f"[detox] split {other.part} here: it was missing or stale", flush=True)
+        outputs += step.outputs
+    return outputs
+
+
+def score(cfg: DataConfig, inputs: list[Path], out: Path, shard: Shard = Shard(0, 1)) -> StageStats:
+    """This shard's rows of every split file, in input order: drop exact duplicates, add detoxify scores."""
+    splits = ensure_splits(cfg, inputs, shard)
     detoxify = None
     if cfg.detoxify:
         detoxify = DetoxifyScorer(cfg.detoxify_model_type, cfg.detoxify_checkpoint, cfg.detoxify_config_path,
@@ -85,33 +173,21 @@ def score(cfg: DataConfig, inputs: list[Path], out: Path, shard: Shard = Shard(0
     heads = [DETOXIFY_PREFIX + h for h in (detoxify.heads if detoxify else [])]
     schema = pa.schema([("id", pa.uint64()), ("text", pa.string()), ("source", pa.string()),
                         ("profanity_prob", pa.float32())] + [(h, pa.float32()) for h in heads])
-    total = count_rows(inputs)
-    workers = min(resolve_workers(cfg.workers), max(1, math.ceil(total / cfg.batch_rows)))
-    jobs = ((b.column("text").to_pylist(), b.column("source").to_pylist(), cfg.target_row_chars,
-             cfg.max_row_chars, shard.index, shard.count)
-            for b in iter_batches(inputs, cfg.batch_rows, ["text", "source"]))
-    seen, events = SeenIds(), Counter()
-    with ParquetSink(out, schema) as sink, tqdm(total=total, desc="detox", unit=" conv", leave=False) as bar:
-        for number, result in enumerate(ordered_map(split_and_score, jobs, workers)):
-            if number % shard.count == shard.index:
-                stats.rows_in += result["conversations"]
-                stats.dropped.update({k: v for k, v in result["dropped"].items() if k != "other_shard"})
-                stats.added.update(result["added"])
-                events.update(result["events"])
-            fresh = seen.first_occurrences(result["ids"])
+    stats, seen = StageStats("detox"), SeenIds()
+    expected = math.ceil(count_rows(splits) / shard.count)  # ids balance the shards: for the progress bar
+    with ParquetSink(out, schema) as sink, tqdm(total=expected, desc="detox score", unit=" rows", leave=False) as bar:
+        for table in _in_input_order(splits, shard, cfg.batch_rows):
+            stats.rows_in += table.num_rows
+            fresh = seen.first_occurrences(table.column("id").to_numpy())
             stats.drop("duplicate", int((~fresh).sum()))
-            rows = [r for r, keep in zip(result["rows"], fresh) if keep]
-            columns = {"id": result["ids"][fresh], "text": rows,
-                       "source": [s for s, keep in zip(result["sources"], fresh) if keep],
-                       "profanity_prob": result["profanity"][fresh]}
+            kept = table.filter(pa.array(fresh))
+            columns = {name: kept.column(name) for name in ("id", "text", "source", "profanity_prob")}
             if detoxify is not None:
-                scores = detoxify.score([plain_text(r) for r in rows])
+                scores = detoxify.score([plain_text(r) for r in kept.column("text").to_pylist()])
                 columns.update({DETOXIFY_PREFIX + h: v for h, v in scores.items()})
-            sink.write(pa.RecordBatch.from_pydict(columns, schema=schema))
-            bar.update(result["conversations"])
+            sink.write(pa.Table.from_pydict(columns, schema=schema))
+            bar.update(table.num_rows)
     stats.rows_out = sink.rows
-    stats.dropped, stats.added = +stats.dropped, +stats.added
-    stats.count("exchanges", +events)
     stats.notes.append(f"detoxify: {cfg.detoxify_model_type}" if detoxify else
                        "detoxify: off (enable with --detoxify=true and its weights)")
     return stats
@@ -135,11 +211,16 @@ def filter_rows(cfg: DataConfig, scored: Path, out: Path) -> StageStats:
     return stats
 
 
-def shard_steps(cfg: DataConfig, shard: Shard) -> list[Step]:
+def split_steps(cfg: DataConfig, shard: Shard) -> list[Step]:
+    return [split_step(cfg, input_files(cfg), shard)]
+
+
+def score_steps(cfg: DataConfig, shard: Shard) -> list[Step]:
     inputs = input_files(cfg)
     directory = stage_dir(cfg.work_dir, "detox")
     scored, out = directory / "scored" / f"{shard.part}.parquet", directory / f"{shard.part}.parquet"
-    score_inputs, score_settings = list(inputs), ("target_row_chars", "max_row_chars", "detoxify")
+    # The split files are derived from the inputs and SPLIT_SETTINGS (ensure_splits checks them).
+    score_inputs, score_settings = list(inputs), (*SPLIT_SETTINGS, "detoxify")
     if cfg.detoxify:
         score_settings += ("detoxify_model_type", "detoxify_checkpoint", "detoxify_config_path")
         if cfg.detoxify_checkpoint and Path(cfg.detoxify_checkpoint).is_file():
@@ -151,11 +232,13 @@ def shard_steps(cfg: DataConfig, shard: Shard) -> list[Step]:
 
 
 STAGE = Stage(
-    "detox", VERSION, [ShardPhase(shard_steps)],
+    "detox", VERSION, [ShardPhase(split_steps), ShardPhase(score_steps)],
     num_shards=lambda cfg: cfg.num_shards,
-    describe=lambda cfg, shard: f"every file in {stage_dir(cfg.work_dir, 'download')}, rows with id % "
-                                f"{shard.count} == {shard.index}",
-    temp_dirs=lambda cfg: [stage_dir(cfg.work_dir, "detox"), stage_dir(cfg.work_dir, "detox") / "scored"])
+    describe=lambda cfg, shard: f"every file in {stage_dir(cfg.work_dir, 'download')}: conversation blocks "
+                                f"b % {shard.count} == {shard.index}, then rows with id % {shard.count} == "
+                                f"{shard.index} of every block",
+    temp_dirs=lambda cfg: [stage_dir(cfg.work_dir, "detox"), stage_dir(cfg.work_dir, "detox") / "split",
+                           stage_dir(cfg.work_dir, "detox") / "scored"])
 
 
 def run(cfg: DataConfig) -> StageStats:

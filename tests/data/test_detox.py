@@ -1,12 +1,14 @@
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from sftkit.data import DataError
 from sftkit.data.detox import run
 from sftkit.data.download import run as download
+from sftkit.data.splitting import split_conversation
 from sftkit.prompts import split_turns
 from tests.data.conftest import sample_config
 
@@ -77,3 +79,41 @@ def test_detoxify_without_weights_stops_before_writing(downloaded):
 def test_detox_needs_the_download_first(tmp_path):
     with pytest.raises(DataError, match="run `python create_data.py download` first"):
         run(sample_config(tmp_path))
+
+
+def test_shards_split_only_their_own_blocks_and_merge_back_to_the_same_rows(downloaded, tmp_path_factory,
+                                                                             monkeypatch, capsys):
+    import sftkit.data.detox as detox
+
+    run(sample_config(downloaded, batch_rows=16))
+    whole = pq.read_table(downloaded / "2_detox" / "part-00000-of-00001.parquet")
+    monkeypatch.setattr(detox, "CONVERSATION_BLOCK", 8)  # the sample spread over many blocks
+    calls = []
+    monkeypatch.setattr(detox, "split_conversation",
+                        lambda text, *a: calls.append(text) or split_conversation(text, *a))
+    sharded = tmp_path_factory.mktemp("sharded")
+    shutil.copytree(downloaded / "1_download", sharded / "1_download")
+    stats = run(sample_config(sharded, num_shards=3, batch_rows=16))
+    conversations = sum(pq.read_metadata(p).num_rows for p in (downloaded / "1_download").glob("*.parquet"))
+    assert len(calls) == conversations  # each conversation split once, by the shard owning its block
+    parts = [pq.read_table(sharded / "2_detox" / f"part-0000{i}-of-00003.parquet") for i in range(3)]
+    assert all(p.num_rows for p in parts) and stats.balanced()
+    assert sum(p.num_rows for p in parts) == whole.num_rows == stats.rows_out
+    merged = pa.concat_tables(parts)
+    assert sorted(merged.column("id").to_pylist()) == sorted(whole.column("id").to_pylist())
+    for i, part in enumerate(parts):  # each part keeps the input's order
+        order = {row_id: n for n, row_id in enumerate(whole.column("id").to_pylist())}
+        positions = [order[row_id] for row_id in part.column("id").to_pylist()]
+        assert positions == sorted(positions) and all(row_id % 3 == i for row_id in part.column("id").to_pylist())
+
+    by_hand = tmp_path_factory.mktemp("by_hand")
+    shutil.copytree(downloaded / "1_download", by_hand / "1_download")
+    capsys.readouterr()
+    run(sample_config(by_hand, num_shards=3, shard_index=2, batch_rows=16))
+    assert "[detox] split part-00000-of-00003 here" in capsys.readouterr().out  # a shard alone splits the others
+    for index in (0, 1):
+        run(sample_config(by_hand, num_shards=3, shard_index=index, batch_rows=16))
+        assert "split part-" not in capsys.readouterr().out  # ... which the next shards reuse
+    for i in range(3):
+        name = f"part-0000{i}-of-00003.parquet"
+        assert pq.read_table(by_hand / "2_detox" / name).equals(parts[i]), name
