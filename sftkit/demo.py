@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sftkit import flags
+from sftkit import atomic, flags
 from sftkit.flags import flag
 from sftkit.errors import FlagError
 from sftkit.models import DEFAULT_BASE_MODEL, cpu_has_bf16_units
@@ -118,7 +118,7 @@ def main(config: DemoConfig) -> None:
     banner("3/4 evaluation on held-out identity questions: base model and base + adapter, one load")
     heldout = json.loads(Path(config.heldout_path).read_text())
     prompts_file = out / "heldout_prompts.json"
-    prompts_file.write_text(json.dumps([item["prompt"] for item in heldout], indent=1))
+    atomic.write_text(prompts_file, json.dumps([item["prompt"] for item in heldout], indent=1) + "\n")
     answers_file = out / "answers.json"
     scoring = [f"--score_model={config.score_model}"] if config.score_model else []
     run([python, "generate.py", f"--base_model={config.base_model}", f"--lora_weights=base=,tuned={lora_dir}",

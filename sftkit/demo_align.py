@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sftkit import flags
+from sftkit import atomic, flags
 from sftkit.demo import banner, one_line, run
 from sftkit.flags import flag
 from sftkit.models import DEFAULT_BASE_MODEL
@@ -43,7 +43,7 @@ def chosen_as_sft_rows(preferences: Path, target: Path) -> None:
             seen.add(key)
             rows.append({"messages": [{"role": {"human": "user", "bot": "assistant"}.get(r, r), "content": t}
                                       for r, t in pair.prompt] + [{"role": "assistant", "content": pair.chosen}]})
-    target.write_text(json.dumps(rows, indent=1))
+    atomic.write_text(target, json.dumps(rows, indent=1) + "\n")
 
 
 def main(config: AlignDemoConfig) -> None:
@@ -75,7 +75,7 @@ def main(config: AlignDemoConfig) -> None:
     banner("4/4 held-out questions: base, SFT and DPO answers, scored by the reward model")
     prompts = json.loads(Path(config.heldout_path).read_text())
     prompts_file = out / "heldout_prompts.json"
-    prompts_file.write_text(json.dumps(prompts, indent=1))
+    atomic.write_text(prompts_file, json.dumps(prompts, indent=1) + "\n")
     target = out / "answers.json"  # one run, three models on one base: answers, scores and a report
     run([python, "generate.py", f"--base_model={config.base_model}", f"--lora_weights=base=,sft={sft_dir},dpo={dpo_dir}",
          "--prompt_type=human_bot", f"--eval_prompts_file={prompts_file}", f"--eval_output_file={target}",

@@ -209,11 +209,10 @@ def run_batch(config: GenerateConfig, models: Models | None = None) -> list[dict
     scorer = load_scorer(config) if config.score_model else None  # fail before generating, not after
     if models is None:
         models = load_models(config)
-    with progress.open("w", encoding="utf-8") as fh:
-        for line in [{"identity": identity}, *done]:
-            fh.write(json.dumps(line, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    # Rewritten whole first (a kill now leaves the old progress or the new, never a truncated one), then appended.
+    atomic.write_text(progress, "".join(json.dumps(line, ensure_ascii=False) + "\n"
+                                        for line in [{"identity": identity}, *done]))
+    with progress.open("a", encoding="utf-8") as fh:
         rows = list(done)
         for name in names:
             finished = sum(1 for row in done if row["model"] == name) // repeats

@@ -19,6 +19,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
+from sftkit import atomic
 from sftkit.errors import GenerationError
 from sftkit.generation.config import GenerateConfig
 from sftkit.generation.engine import BatchStream, Models, Request, context_length
@@ -96,7 +97,7 @@ def build_ui(models: Models, config: GenerateConfig, scorer=None):
 
     def export_file(state, model_a, model_b, compare, request: gr.Request | None = None) -> str:
         path = export_dir / f"conversation-{request.session_hash if request else 'tab'}.json"
-        path.write_text(export_json(state, model_a, model_b, compare), encoding="utf-8")
+        atomic.write_text(path, export_json(state, model_a, model_b, compare))
         return str(path)
 
     def accept(message: str, state: dict, compare: bool):
