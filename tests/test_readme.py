@@ -188,6 +188,7 @@ def run_generate(sb: Sandbox, runner: list[str], args: list[str]) -> None:
 BENCH_TINY = {
     "bench_data.py": lambda sb: ["--rows=400", "--baseline_rows=40"],
     "bench_neardup.py": lambda sb: ["--rows=2000", "--baseline_rows=1000"],
+    "bench_dedup.py": lambda sb: ["--rows=20000"],
     "bench_train.py": lambda sb: [f"--base_model={sb.tiny_model}", "--rows=8", "--cutoff_len=64"],
     "bench_generate.py": lambda sb: [f"--base_model={sb.tiny_model}", "--prompt_type=human_bot",
                                      "--max_new_tokens=8", "--repeats=1", "--max_overhead=100"],

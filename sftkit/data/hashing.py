@@ -30,22 +30,34 @@ def uniform_draws(ids: np.ndarray, seed: int, stream: int = 0) -> np.ndarray:
 
 
 class SeenIds:
-    """Exact duplicate detection across batches with 8 bytes per distinct row (a sorted uint64 array)."""
+    """Exact duplicate detection across batches with 8 bytes per distinct row.
+
+    The ids seen are kept as a few sorted runs whose sizes at least double from the newest to the
+    oldest (merged like a binary counter), so each id is copied O(log n) times in all: adding a
+    batch does not re-sort everything seen before it.
+    """
 
     def __init__(self) -> None:
-        self._seen = np.empty(0, dtype=np.uint64)
+        self._runs: list[np.ndarray] = []  # sorted, distinct across runs; sizes shrink towards the end
 
     def first_occurrences(self, ids: np.ndarray) -> np.ndarray:
         """Mask of rows whose id was not seen before (in earlier batches or earlier in this one)."""
         _, first = np.unique(ids, return_index=True)
         mask = np.zeros(len(ids), dtype=bool)
         mask[first] = True
-        if len(self._seen):
-            pos = np.searchsorted(self._seen, ids)
-            pos[pos == len(self._seen)] = 0
-            mask &= self._seen[pos] != ids
-        self._seen = np.union1d(self._seen, ids[mask])
+        for run in self._runs:
+            pos = np.minimum(np.searchsorted(run, ids), len(run) - 1)
+            mask &= run[pos] != ids
+        new = np.sort(ids[mask])
+        while self._runs and len(self._runs[-1]) <= 2 * len(new):
+            new = np.union1d(self._runs.pop(), new)
+        if len(new):
+            self._runs.append(new)
         return mask
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return sum(len(run) for run in self._runs)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(run.nbytes for run in self._runs)
