@@ -109,3 +109,17 @@ def read_pair_data(config: TrainConfig, tokenizer, progress: bool, *, add_eos_to
     summary = (f"data: {path}: {read_stats.rows} rows read, {len(train.examples)} train / {len(val.examples)} "
                f"valid pairs; truncated {t['truncated']}, dropped {t['dropped_truncations']}, skipped {skipped}")
     return Data(train.examples, val.examples, stats, summary)
+
+
+class PairRecipe(Recipe):
+    """The objectives over (chosen, rejected) pairs (reward model, DPO): pairs batched together, counted in pairs."""
+
+    unit = "pair"
+
+    def collate(self, micro_batch, pad_token_id):
+        from sftkit.train.batching import collate_pairs
+
+        return collate_pairs(micro_batch, pad_token_id)
+
+    def units(self, batch):
+        return batch["num_pairs"]

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 
 from sftkit.errors import FlagError
 from sftkit.train import distributed
-from sftkit.train.batching import answer_logps, collate_pairs
+from sftkit.train.batching import answer_logps
 from sftkit.train.modeling import build_causal_lm, reference_model
-from sftkit.train.recipes import Data, Recipe, read_pair_data
+from sftkit.train.recipes import Data, PairRecipe, read_pair_data
 from sftkit.train.recipes.sft import forward_logits, shard
 
 
@@ -36,9 +36,8 @@ def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Ten
     return losses, beta * (chosen - ref_chosen).detach(), beta * (rejected - ref_rejected).detach()
 
 
-class DPORecipe(Recipe):
+class DPORecipe(PairRecipe):
     name = "dpo"
-    unit = "pair"
     metrics = ("rewards_chosen", "rewards_rejected", "margin", "accuracy", "logps_chosen", "logps_rejected")
 
     def build_model(self, device, dtype, tokenizer):
@@ -63,7 +62,7 @@ class DPORecipe(Recipe):
         with reference_model(model):
             for start in range(0, len(mine), size):
                 chunk = mine[start:start + size]
-                batch = collate_pairs([[ex] for _, ex in chunk], self.pad_token_id)
+                batch = self.collate([[ex] for _, ex in chunk], self.pad_token_id)
                 with autocast():
                     chosen, rejected = pair_logps(model, batch, world.device)
                 found += [f"{i}\t{c!r}\t{r!r}" for (i, _), c, r in zip(chunk, chosen.tolist(), rejected.tolist())]
@@ -72,12 +71,6 @@ class DPORecipe(Recipe):
             for item in part:
                 index, chosen, rejected = item.split("\t")
                 examples[int(index)].ref_chosen, examples[int(index)].ref_rejected = float(chosen), float(rejected)
-
-    def collate(self, micro_batch, pad_token_id):
-        return collate_pairs(micro_batch, pad_token_id)
-
-    def units(self, batch):
-        return batch["num_pairs"]
 
     def loss(self, model, batch, device):
         chosen, rejected = pair_logps(model, batch, device)

@@ -14,9 +14,8 @@ import torch.nn.functional as F
 
 from sftkit import atomic
 from sftkit.reward import PROMPT_TYPE_KEY
-from sftkit.train.batching import collate_pairs
 from sftkit.train.modeling import build_reward_model, gathered_parameters, is_peft
-from sftkit.train.recipes import Data, Recipe, read_pair_data
+from sftkit.train.recipes import Data, PairRecipe, read_pair_data
 
 
 def pair_rewards(model, batch: dict, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,9 +26,8 @@ def pair_rewards(model, batch: dict, device: str) -> tuple[torch.Tensor, torch.T
     return rewards[:n], rewards[n:]
 
 
-class RewardModelRecipe(Recipe):
+class RewardModelRecipe(PairRecipe):
     name = "rm"
-    unit = "pair"
     metrics = ("accuracy", "margin", "reward_chosen", "reward_rejected")
 
     def build_model(self, device, dtype, tokenizer):
@@ -38,12 +36,6 @@ class RewardModelRecipe(Recipe):
     def read_data(self, tokenizer, progress: bool) -> Data:
         # No EOS after the answer: the reward is read at the answer's last token, as the scorer reads it.
         return read_pair_data(self.config, tokenizer, progress, add_eos_token=False)
-
-    def collate(self, micro_batch, pad_token_id):
-        return collate_pairs(micro_batch, pad_token_id)
-
-    def units(self, batch):
-        return batch["num_pairs"]
 
     def loss(self, model, batch, device):
         chosen, rejected = pair_rewards(model, batch, device)
