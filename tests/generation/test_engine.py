@@ -123,6 +123,21 @@ def test_greedy_is_deterministic_and_streaming_matches_non_streaming(llama):
     assert stream.answer.first_token_seconds is not None
 
 
+def test_a_batch_is_left_padded_whatever_the_tokenizers_padding_side(llama):
+    """Training validation hands the engine its training tokenizer, which pads on the right."""
+    config, model, tokenizer = llama
+    prompts = [build_prompt(tokenizer, [], message, config, 512).text
+               for message in ("Hi", "What is the capital of France, and why is it there?")]
+    alone = [generate_answers(model, tokenizer, [p], config)[0].text for p in prompts]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "right"
+    try:
+        together = [a.text for a in generate_answers(model, tokenizer, prompts, config)]
+    finally:
+        tokenizer.padding_side = side
+    assert together == alone
+
+
 def test_adapter_changes_greedy_output(tiny_llama, llama, tmp_path):
     config, model, tokenizer = llama
     base = answer(model, tokenizer, config, "Who are you?")
