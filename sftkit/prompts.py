@@ -151,6 +151,18 @@ def get_prompt_type(name: str | int) -> PromptType:
     return found
 
 
+def adds_special_tokens(prompt_type: str | int) -> bool:
+    """Whether text of this prompt type gets the tokenizer's own special tokens (a BOS, say) when
+    encoded: a chat template writes its own, every other type relies on the tokenizer's."""
+    return get_prompt_type(prompt_type).name != "chat"
+
+
+def encode(tokenizer, text, prompt_type: str | int, **kwargs):
+    """Tokenize ``text`` (one string or a list) written in ``prompt_type``; the one place that
+    decides the special tokens. ``kwargs`` go to the tokenizer (``return_offsets_mapping``, …)."""
+    return tokenizer(text, add_special_tokens=adds_special_tokens(prompt_type), **kwargs)
+
+
 # ---------------------------------------------------------------- <human>:/<bot>: text
 
 def split_turns(text: str) -> list[Turn]:
