@@ -61,12 +61,12 @@ class RewardModelScorer:
         kw = dict(truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
         if self.prompt_type is None:
             return self.tokenizer(questions, answers, **kw)
-        from sftkit.prompts import HUMAN, get_prompt_type, render_conversation, split_turns
+        from sftkit.prompts import HUMAN, encode, render_conversation, split_turns
 
         # The grade stage passes multi-turn questions as '<human>: …\n<bot>: …\n<human>: …' text.
         texts = [render_conversation((split_turns(q) if HUMAN in q else [("human", q)]) + [("bot", a)],
                                      self.prompt_type, self.tokenizer)[0] for q, a in zip(questions, answers)]
-        return self.tokenizer(texts, add_special_tokens=get_prompt_type(self.prompt_type).name != "chat", **kw)
+        return encode(self.tokenizer, texts, self.prompt_type, **kw)
 
     def _forward(self, questions: list[str], answers: list[str]) -> list[float]:
         import torch

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import json
 import re
 from collections import Counter
@@ -55,7 +56,7 @@ from typing import Callable, Iterator
 
 from sftkit.data import oasst
 from sftkit.errors import DataError
-from sftkit.prompts import BOT, HUMAN, Turn, split_turns
+from sftkit.prompts import ANSWER_ROLES, BOT, HUMAN, Turn, split_turns, tool_call_text
 
 EXCERPT_CHARS = 200
 DETECT_RECORDS = 200
@@ -91,6 +92,10 @@ REASONS = {
     "prompt_mismatch": "'chosen' and 'rejected' differ before their last answer (or from 'prompt')",
     "prompt_not_human": "the prompt does not end with a human turn",
     "same_answers": "'chosen' and 'rejected' are the same answer",
+    "unknown_prompt_type": "unknown prompt_type in the row's prompt_type column; fix the row, or give "
+                           "--prompt_type to use one for every row",
+    "unsupported_prompt_type": "an h2oGPT row whose prompt_type is neither plain nor human_bot",
+    "tool_turns": "tool calls and results, which the data stages do not keep yet",
 }
 
 
@@ -422,12 +427,12 @@ def unknown_speakers_error(path: Path, texts: list[str]) -> DataError:
                      "--input_format if this is not a markup file")
 
 
-def sample_records(path: Path, renames: dict | None = None) -> list:
-    """The first :data:`DETECT_RECORDS` readable records (renamed), for detecting a file's shape."""
+def sample_records(path: Path) -> list:
+    """The first :data:`DETECT_RECORDS` readable records, for detecting a file's shape."""
     sample = []
     for _, record, reason, _ in records(path):
         if reason is None:
-            sample.append(rename(record, renames))
+            sample.append(record)
             if len(sample) >= DETECT_RECORDS:
                 break
     return sample
@@ -464,11 +469,11 @@ class Conversation:
     """
 
     turns: list[Turn]
+    where: str = ""
     text: str | None = None
     tools: list[dict] | None = None
     prompt_type: str | None = None
     source: str | None = None
-    where: str = ""
 
 
 @dataclass
@@ -492,7 +497,7 @@ def problem(turns: list[Turn], *, need_answer: bool = True, markup: bool = False
     spoken = [(role, text) for role, text in turns if role not in ("system", "context")]
     if not any(role == "human" for role, _ in spoken):
         return "no_human_turn"
-    if need_answer and not any(role in ("bot", "tool_call") for role, _ in spoken):
+    if need_answer and not any(role in ANSWER_ROLES for role, _ in spoken):
         return "no_bot_turn"
     for _, text in spoken:
         if not text:
@@ -509,26 +514,6 @@ def _text_of(content) -> str | None:
     if isinstance(content, list) and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in content):
         return "".join(p["text"] for p in content)
     return None
-
-
-def tool_call_text(call) -> str | None:
-    """A tool call as the turn text every wing writes: ``{"name": …, "arguments": {…}}`` (compact JSON).
-
-    Takes OpenAI's ``{"type": "function", "function": {"name", "arguments": "<JSON text>"}}``, its
-    legacy ``function_call`` object, or ShareGPT's ``{"name", "arguments"}`` (as text or an object).
-    """
-    if isinstance(call, str):
-        call, _ = _parse(call)
-    if isinstance(call, dict) and isinstance(call.get("function"), dict):
-        call = call["function"]
-    if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not call["name"].strip():
-        return None
-    arguments = call.get("arguments", call.get("parameters", {}))
-    if isinstance(arguments, str):
-        arguments, _ = _parse(arguments) if arguments.strip() else ({}, None)
-    if not isinstance(arguments, dict):
-        return None
-    return json.dumps({"name": call["name"].strip(), "arguments": arguments}, ensure_ascii=False)
 
 
 def tool_list(value) -> list[dict] | None | str:
@@ -716,7 +701,7 @@ def _answer(value, prompt: list[Turn]) -> list[Turn] | str:
     if isinstance(turns, str):
         return turns
     split = len(turns)
-    while split and turns[split - 1][0] in ("bot", "tool_call"):
+    while split and turns[split - 1][0] in ANSWER_ROLES:
         split -= 1
     if split == len(turns):
         return "answer_not_last"
@@ -749,7 +734,7 @@ def pair(record) -> Pair | str:
         for turns in (chosen, rejected):
             if isinstance(turns, str):
                 return turns
-            if len(turns) < 2 or turns[-1][0] not in ("bot", "tool_call"):
+            if len(turns) < 2 or turns[-1][0] not in ANSWER_ROLES:
                 return "answer_not_last"
         if chosen[:-1] != rejected[:-1]:
             return "prompt_mismatch"
@@ -797,52 +782,46 @@ class Unit:
     excerpt: str = ""
     events: Counter = field(default_factory=Counter)  # things left out inside the record
     record: object = None  # the record as read (renamed), for callers that refuse it later
-
-
-def detect(path: Path, renames: dict | None = None, shapes: tuple[str, ...] = SHAPES) -> FileShape:
-    """The shape most of the file's first records show (None: none shows one), with its speaker map
-    (an error when a markup file's tags cannot be told apart)."""
-    sample = sample_records(path, renames)
-    name = vote(sample, shapes)
-    speakers: tuple = ()
-    if name in MARKUP_SHAPES:
-        texts = markup_texts(sample, name)
-        speakers = speaker_map(texts)
-        if speakers is None:
-            raise unknown_speakers_error(path, texts)
-    return FileShape(name, speakers)
+    where: str = ""  # source:line, for messages
 
 
 def read(path: Path, shape: FileShape | None = None, options: ReadOptions = ReadOptions()) -> Iterator[Unit]:
-    """Every record of a file as a :class:`Unit`. ``shape`` None: detected (OpenAssistant files are
-    read whole as such; other files row by row, each row by its own columns)."""
-    path = Path(path)
+    """Every record of a file as a :class:`Unit`; see :func:`read_records`."""
+    yield from read_records(records(path), str(path), shape, options)
+
+
+def read_records(stream: Iterator[Record], name: str, shape: FileShape | None = None,
+                 options: ReadOptions = ReadOptions()) -> Iterator[Unit]:
+    """Every record of a stream (a file's, or a hub dataset's) as a :class:`Unit`; ``name`` names the
+    source in each conversation's ``where``. ``shape`` None: detected from the first records
+    (OpenAssistant sources are read whole as such; others row by row, each by its own columns)."""
     renames = dict(options.renames)
+    stream = ((n, rename(r, renames), reason, shown) for n, r, reason, shown in stream)
     if shape is None:
-        sample = sample_records(path, renames)
-        name = vote(sample)
-        speakers = speaker_map(markup_texts(sample, name)) if name in MARKUP_SHAPES else ()
-        shape = FileShape(name if name in OASST_SHAPES else None, speakers or ())
-    stream = ((n, rename(r, renames), reason, shown) for n, r, reason, shown in records(path))
+        head = list(itertools.islice(stream, DETECT_RECORDS))
+        stream = itertools.chain(head, stream)
+        sample = [r for _, r, reason, _ in head if reason is None]
+        found = vote(sample)
+        speakers = speaker_map(markup_texts(sample, found)) if found in MARKUP_SHAPES else ()
+        shape = FileShape(found if found in OASST_SHAPES else None, speakers or ())
     if shape.name == "oasst_trees":
-        yield from _oasst_trees(stream, options)
+        yield from _oasst_trees(stream, options, name)
     elif shape.name == "oasst_messages":
-        yield from _oasst_messages(stream, options)
+        yield from _oasst_messages(stream, options, name)
     else:
         for number, record, reason, shown in stream:
+            where = f"{name}:{number}"
             if reason:
-                yield Unit(number, reason=reason, malformed=True, excerpt=shown)
+                yield Unit(number, reason=reason, malformed=True, excerpt=shown, where=where)
                 continue
             found = _read_record(record, shape, options)
-            where = f"{path}:{number}"
             if isinstance(found, str):
-                yield Unit(number, reason=found, malformed=True, excerpt=shown or excerpt(record))
-            elif isinstance(found, Pair):
-                found.where = where
-                yield Unit(number, pairs=[found], excerpt=shown, record=record)
-            else:
-                found.where = where
-                yield Unit(number, conversations=[found], excerpt=shown, record=record)
+                yield Unit(number, reason=found, malformed=True, excerpt=shown or excerpt(record), where=where)
+                continue
+            found.where = where
+            yield Unit(number, pairs=[found] if isinstance(found, Pair) else [],
+                       conversations=[found] if isinstance(found, Conversation) else [], excerpt=shown,
+                       record=record, where=where)
 
 
 def _read_record(record, shape: FileShape, options: ReadOptions) -> Conversation | Pair | str:
@@ -858,8 +837,8 @@ def _read_record(record, shape: FileShape, options: ReadOptions) -> Conversation
 
 
 def _oasst_unit(line: int, root: oasst.Message | None, problems: Counter, options: ReadOptions,
-                shown: str) -> Unit:
-    unit = Unit(line, excerpt=shown, events=Counter({f"malformed {k}": v for k, v in problems.items()}))
+                shown: str, where: str) -> Unit:
+    unit = Unit(line, excerpt=shown, events=Counter({f"malformed {k}": v for k, v in problems.items()}), where=where)
     if root is None:
         unit.reason, unit.malformed = "oasst_no_valid_root", True
         return unit
@@ -868,28 +847,29 @@ def _oasst_unit(line: int, root: oasst.Message | None, problems: Counter, option
     if root is None:
         unit.reason = "oasst_root_removed"
         return unit
-    unit.conversations = [Conversation(oasst.to_turns(p)) for p in oasst.paths(root, options.oasst_paths)]
+    unit.conversations = [Conversation(oasst.to_turns(p), where=where) for p in oasst.paths(root, options.oasst_paths)]
     if not unit.conversations:
         unit.reason = "oasst_no_answer"
-    unit.pairs = [Pair(oasst.to_turns(prompt), [("bot", better.text.strip())], [("bot", worse.text.strip())])
-                  for prompt, better, worse in oasst.preference_pairs(root)]
+    unit.pairs = [Pair(oasst.to_turns(prompt), [("bot", better.text.strip())], [("bot", worse.text.strip())],
+                       where=where) for prompt, better, worse in oasst.preference_pairs(root)]
     return unit
 
 
-def _oasst_trees(stream, options: ReadOptions) -> Iterator[Unit]:
+def _oasst_trees(stream, options: ReadOptions, name: str) -> Iterator[Unit]:
     for number, record, reason, shown in stream:
         shown = shown or excerpt(record)
+        where = f"{name}:{number}"
         if reason:
-            yield Unit(number, reason=reason, malformed=True, excerpt=shown)
+            yield Unit(number, reason=reason, malformed=True, excerpt=shown, where=where)
         elif not isinstance(record, dict) or not isinstance(record.get("prompt"), dict):
-            yield Unit(number, reason="oasst_missing_prompt", malformed=True, excerpt=shown)
+            yield Unit(number, reason="oasst_missing_prompt", malformed=True, excerpt=shown, where=where)
         elif not oasst.tree_state_ok(record.get("tree_state")):
-            yield Unit(number, reason="oasst_tree_not_exported", excerpt=shown)
+            yield Unit(number, reason="oasst_tree_not_exported", excerpt=shown, where=where)
         else:
-            yield _oasst_unit(number, *oasst.from_nested(record["prompt"]), options, shown)
+            yield _oasst_unit(number, *oasst.from_nested(record["prompt"]), options, shown, f"{name}:{number}")
 
 
-def _oasst_messages(stream, options: ReadOptions) -> Iterator[Unit]:
+def _oasst_messages(stream, options: ReadOptions, name: str) -> Iterator[Unit]:
     """Flat message table: rows grouped by ``message_tree_id`` (held in memory: one file's messages)."""
     trees: dict[str, list] = {}
     first_line: dict[str, int] = {}
@@ -900,7 +880,7 @@ def _oasst_messages(stream, options: ReadOptions) -> Iterator[Unit]:
             if reason is None and not isinstance(record.get("message_tree_id"), str):
                 reason = "message_missing_tree_id"
         if reason:
-            yield Unit(number, reason=reason, malformed=True, excerpt=shown or excerpt(record))
+            yield Unit(number, reason=reason, malformed=True, excerpt=shown or excerpt(record), where=f"{name}:{number}")
             continue
         tree_id = record["message_tree_id"]
         first_line.setdefault(tree_id, number)
@@ -908,8 +888,9 @@ def _oasst_messages(stream, options: ReadOptions) -> Iterator[Unit]:
     for tree_id, rows in trees.items():
         if not all(oasst.tree_state_ok(oasst._optional(row.get("tree_state"))) for row in rows):
             yield Unit(first_line[tree_id], reason="oasst_tree_not_exported", excerpt=f"message_tree_id={tree_id}",
-                       events=Counter(merged_rows=len(rows) - 1))
+                       events=Counter(merged_rows=len(rows) - 1), where=f"{name}:{first_line[tree_id]}")
             continue
-        unit = _oasst_unit(first_line[tree_id], *oasst.from_flat(rows), options, f"message_tree_id={tree_id}")
+        unit = _oasst_unit(first_line[tree_id], *oasst.from_flat(rows), options, f"message_tree_id={tree_id}",
+                           f"{name}:{first_line[tree_id]}")
         unit.events["merged_rows"] = len(rows) - 1
         yield unit

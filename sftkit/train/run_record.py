@@ -21,6 +21,7 @@ from typing import Iterator
 import yaml
 
 from sftkit import atomic, lock
+from sftkit.rows import data_files
 from sftkit.errors import TrainError
 
 SETTINGS_FILE = "run_settings.json"
@@ -43,8 +44,6 @@ DATA_FLAGS = ("data_path", "valid_path", "data_mix_in_path")
 
 def data_fingerprint(path: str) -> str:
     """sha256 over the names and bytes of the data files at ``path`` (a hub id hashes as its name)."""
-    from sftkit.train.data import data_files
-
     if not path:
         return ""
     digest = hashlib.sha256()

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from sftkit.models import load_tokenizer
-from sftkit.train.data import Conversation, load_conversations
+from sftkit.rows import Conversation
+from sftkit.train.data import load_conversations
 from sftkit.train.tokenize import IGNORE, tokenize_all, tokenize_conversation
 
 TURNS = [("human", "What is the capital of France?"), ("bot", "The capital of France is Paris."),
