@@ -371,7 +371,7 @@ SIGNATURES: list[tuple[str, Callable[[dict], bool]]] = [
     ("pair", lambda r: r.get("chosen") is not None and r.get("rejected") is not None),
     ("sharegpt", lambda r: isinstance(r.get("conversations"), list)),
     ("messages", lambda r: isinstance(r.get("messages"), list)),
-    ("alpaca", lambda r: "instruction" in r and "output" in r),
+    ("alpaca", lambda r: isinstance(r.get("instruction"), str)),
     ("prompt", lambda r: r.get("prompt") is not None),
     ("h2ogpt", lambda r: isinstance(r.get("input"), str) and ("prompt_type" in r or _TAG.search(r["input"]))),
     ("oig", lambda r: isinstance(r.get("text"), str)),
@@ -756,6 +756,26 @@ def pair(record) -> Pair | str:
 
 
 # ---------------------------------------------------------------- whole files
+
+@dataclass
+class Skipped:
+    """Records left out, counted by reason, and the first of them in words."""
+
+    skipped: dict[str, int] = field(default_factory=dict)
+    first_problem: str = ""
+
+    def skip(self, reason: str, where: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        self.first_problem = self.first_problem or f"{where}: {describe(reason)}"
+
+    def summary(self) -> str:
+        """One line on rows skipped, by reason; empty when there were none."""
+        if not self.skipped:
+            return ""
+        return (f"{sum(self.skipped.values())} rows skipped (" +
+                ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped.items())) +
+                f"; first: {self.first_problem})")
+
 
 @dataclass(frozen=True)
 class ReadOptions:

@@ -24,25 +24,13 @@ from sftkit.rows import Conversation
 
 
 @dataclass
-class ReadStats:
+class ReadStats(rows.Skipped):
+    """Rows read, rows skipped by reason (see :data:`sftkit.rows.REASONS`), and the prompt types chosen."""
+
     rows: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)  # by reason (see sftkit.rows.REASONS)
-    first_problem: str = ""  # the first unusable row, in words
     prompt_types: dict[str, int] = field(default_factory=dict)  # usable rows per prompt type
     prompt_type_from: dict[str, int] = field(default_factory=dict)  # usable rows per deciding source
     overridden: dict[str, int] = field(default_factory=dict)  # row columns the flag overrode, by value
-
-    def skip(self, reason: str, where: str) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
-        self.first_problem = self.first_problem or f"{where}: {rows.describe(reason)}"
-
-    def summary(self) -> str:
-        """One line on rows skipped, by reason; empty when there were none."""
-        if not self.skipped:
-            return ""
-        return (f"{sum(self.skipped.values())} rows skipped (" +
-                ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped.items())) +
-                f"; first: {self.first_problem})")
 
     def prompt_type_summary(self) -> str:
         """One line saying which prompt type each row got and what decided it."""
