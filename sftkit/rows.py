@@ -557,8 +557,9 @@ def _turns(items, role_key: str, text_key: str) -> list[Turn] | str:
             return "unknown_speaker"
         if calls and role != "bot":
             return "bad_tool_call"
-        if role == "tool_call":
-            calls, text = [text], None
+        if role == "tool_call":  # its text is one call, or a JSON list of parallel calls
+            parsed, _ = _parse(text)
+            calls, text = parsed if isinstance(parsed, list) else [text], None
         elif text is not None and (text.strip() or not calls):
             turns.append((role, text.strip()))
         for call in calls:
