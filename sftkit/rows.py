@@ -639,7 +639,8 @@ def conversation(record, shape: str, *, speakers=(), need_answer: bool = True,
 
     ``need_answer`` False (the evaluation mode) reads rows that end with a question. ``markup``:
     see :func:`problem`. Markup rows (oig, h2ogpt) are only checked for text here; whether their
-    markers make a conversation is the caller's (plain training learns unmarked text whole).
+    markers make a conversation is the caller's (plain training learns unmarked text whole); a
+    caller that writes markup (``markup``) gets their text alone, turns unparsed.
     """
     if not isinstance(record, dict):
         return "not_an_object"
@@ -652,7 +653,7 @@ def conversation(record, shape: str, *, speakers=(), need_answer: bool = True,
         if isinstance(found, str):
             return found
         text = found[0]
-        turns = _markup_turns(text)
+        turns = [] if markup else _markup_turns(text)  # a markup writer keeps the text; others read its turns
     else:
         if shape == "sharegpt":
             turns = _turns(record.get("conversations"), "from", "value")
@@ -817,7 +818,8 @@ def read_records(stream: Iterator[Record], name: str, shape: FileShape | None = 
     source in each conversation's ``where``. ``shape`` None: detected from the first records
     (OpenAssistant sources are read whole as such; others row by row, each by its own columns)."""
     renames = dict(options.renames)
-    stream = ((n, rename(r, renames), reason, shown) for n, r, reason, shown in stream)
+    if renames:
+        stream = ((n, rename(r, renames), reason, shown) for n, r, reason, shown in stream)
     if shape is None:
         head = list(itertools.islice(stream, DETECT_RECORDS))
         stream = itertools.chain(head, stream)

@@ -52,6 +52,9 @@ def detect(path: Path, requested: str = "auto") -> FileFormat:
     sample = rows.sample_records(path)
     if requested != "auto":
         name = requested
+    elif rows.vote(sample) == "pair":
+        raise DataError(f"{path}: holds preference pairs ('chosen' and 'rejected'), which the data stages do not "
+                        "read; train on them with finetune.py --stage=rm or --stage=dpo")
     else:
         name = rows.vote(sample, FORMATS)
     if name is None and not sample:  # no well-formed record: read it as OIG lines, so each bad one is counted

@@ -136,6 +136,9 @@ def test_unknown_speakers_and_unknown_formats_are_clear_errors(tmp_path):
         formats.detect(unknown)
     with pytest.raises(DataError, match="--input_format=csv"):
         formats.detect(unknown, "csv")
+    for pairs in ("sharegpt_ranking.json", "hh_rlhf_pairs.jsonl", "alpaca_ranking.json"):
+        with pytest.raises(DataError, match=rf"{pairs}: holds preference pairs .* finetune.py --stage=rm"):
+            formats.detect(ROOT / "data/formats" / pairs)
 
 
 def test_oasst_tree_units_carry_pairs_and_events():
