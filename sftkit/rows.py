@@ -802,7 +802,7 @@ class Unit:
     reason: str | None = None  # why it gave nothing
     malformed: bool = False  # the reason is a malformed record (not a record that is merely unused)
     excerpt: str = ""
-    events: Counter = field(default_factory=Counter)  # things left out inside the record
+    events: Counter | None = None  # things left out inside the record (OpenAssistant trees)
     record: object = None  # the record as read (renamed), for callers that refuse it later
     where: str = ""  # source:line, for messages
 

@@ -34,7 +34,7 @@ class Unit:
     excerpt: str = ""
     source: str | None = None  # the record's own source (OIG metadata), else the file's
     pairs: list[dict] = field(default_factory=list)  # OpenAssistant preference pairs
-    events: Counter = field(default_factory=Counter)  # things left out inside the record
+    events: Counter | None = None  # things left out inside the record (OpenAssistant trees)
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def read_units(path: Path, name: str, fmt: FileFormat, options: ReadOptions) -> 
     reading = rows.ReadOptions(markup=True, oasst_paths=options.oasst_paths, oasst_langs=options.oasst_langs)
     for read in rows.read(path, fmt, reading):
         unit = Unit(read.line, reason=read.reason, malformed=read.malformed, excerpt=read.excerpt,
-                    events=read.events, pairs=[_pair_row(p, source) for p in read.pairs])
+                    events=read.events, pairs=[_pair_row(p, source) for p in read.pairs] if read.pairs else [])
         for conversation in read.conversations:
             text = as_markup(conversation, fmt)
             if HUMAN not in text:  # a reason: every conversation has a human turn
