@@ -45,7 +45,7 @@ def start_cluster(temp_dir: str) -> str:
 
 def timed_ray_executor(cfg, shard_seconds: list):
     """The Ray executor, recording each finished shard's own compute time."""
-    from sftkit.data.executors import RayExecutor
+    from sftkit.data.run.executors import RayExecutor
 
     class Timed(RayExecutor):
         def run_shards(self, jobs, inputs):
@@ -59,7 +59,7 @@ def timed_ray_executor(cfg, shard_seconds: list):
 
 def run_config(name: str, cfg, executor=None) -> dict:
     from sftkit.data.pipeline import STAGES as DEFINED
-    from sftkit.data.runner import run_stage
+    from sftkit.data.run.runner import run_stage
 
     results = {}
     for stage in STAGES:

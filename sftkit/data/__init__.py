@@ -2,8 +2,8 @@
 
 Stages run in order, each reading the previous stage's parquet parts and writing its own:
 download → detox → chop → grade → finalize. Each stage module declares its contract (inputs,
-outputs, the settings that change its result) as a ``runner.Stage``; ``sftkit.data.runner`` runs
-any stage (sharding, manifests, stats, locks), ``sftkit.data.executors`` decides where its shards
+outputs, the settings that change its result) as a ``runner.Stage``; ``sftkit.data.run.runner`` runs
+any stage (sharding, manifests, stats, locks), ``sftkit.data.run.executors`` decides where its shards
 run (this process or Ray), and ``sftkit.data.pipeline`` puts the five in order.
 """
 

@@ -88,7 +88,7 @@ class DataConfig:
     workers: int = flag(0, "Processes for the CPU-heavy filters and scorers; 0 = one per CPU core")
     batch_rows: int = flag(2048, "Rows per streamed Arrow record batch (bounds memory)")
 
-    # Where the shards run (sftkit.data.runner; the stages' results do not depend on these)
+    # Where the shards run (sftkit.data.run.runner; the stages' results do not depend on these)
     executor: str = flag("local", "Where shards run: local (this process, --workers processes per shard) or "
                          "ray (one Ray task per shard; pip install -r reqs_optional/requirements_optional_ray.txt)")
     ray_address: str | None = flag(None, "ray: cluster to join (auto, host:port or ray://host:port); default: "

@@ -9,11 +9,12 @@ them. ``create_data.py all`` with the same files does the same in one go.
 """
 from __future__ import annotations
 
-from sftkit.data import DataError, formats
+from sftkit.data import DataError
+from sftkit.data.inputs import formats
 from sftkit.data.config import DataConfig
-from sftkit.data.download import obtain, resolve_files
-from sftkit.data.finalize_extras import write_oasst_pairs
-from sftkit.data.stats import StageStats
+from sftkit.data.stages.download import obtain, resolve_files
+from sftkit.data.stages.finalize_extras import write_oasst_pairs
+from sftkit.data.run.stats import StageStats
 
 STAGES_BEFORE_FINALIZE = ("download", "detox", "chop", "grade")
 

@@ -1,11 +1,11 @@
-"""The pipeline: the five stages in order, run by :mod:`sftkit.data.runner` on the chosen executor."""
+"""The pipeline: the five stages in order, run by :mod:`sftkit.data.run.runner` on the chosen executor."""
 from __future__ import annotations
 
-from sftkit.data import chop, detox, download, finalize, grade
+from sftkit.data.stages import chop, detox, download, finalize, grade
 from sftkit.data.config import DataConfig
-from sftkit.data.executors import make_executor
-from sftkit.data import runner
-from sftkit.data.stats import StageStats
+from sftkit.data.run.executors import make_executor
+from sftkit.data.run import runner
+from sftkit.data.run.stats import StageStats
 
 STAGES = {stage.name: stage for stage in (download.STAGE, detox.STAGE, chop.STAGE, grade.STAGE, finalize.STAGE)}
 

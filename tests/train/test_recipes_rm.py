@@ -37,7 +37,7 @@ def test_reward_model_learns_the_preferences_and_scores_through_the_shared_score
 
 
 def test_grade_and_generation_load_the_same_scorer(tiny_llama, tmp_path):
-    from sftkit.data import grade
+    from sftkit.data.stages import grade
     from sftkit.generation import GenerateConfig
     from sftkit.generation.scoring import add_scores, load_scorer
 

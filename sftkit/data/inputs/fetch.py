@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from sftkit import atomic
 from sftkit.data import DataError
-from sftkit.data.manifest import sha256_file
+from sftkit.data.run.manifest import sha256_file
 
 OFFLINE_HINT = "to run offline, point --source at the bundled sample: --source=data/sample"
 _CHUNK = 1 << 20

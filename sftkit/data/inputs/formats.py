@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from sftkit.data import DataError, oasst
+from sftkit.data import DataError
+from sftkit.data.inputs import oasst
 from sftkit.prompts import BOT, HUMAN, Turn, join_turns
 
 FORMATS = ("oig", "oasst_trees", "oasst_messages", "sharegpt", "alpaca", "messages", "h2ogpt")

@@ -1,6 +1,6 @@
 """The download stage's reading of one input file: its format, its rows with the identity applied, its counts.
 
-Glue between the pure parts (sftkit.data.formats, oasst, identity) and the stage: what a stage
+Glue between the pure parts (sftkit.data.inputs.formats, oasst, identity) and the stage: what a stage
 needs to record in its manifest (``settings``), the rows to write, and the notes for the data card.
 """
 from __future__ import annotations
@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Iterator
 
 from sftkit import atomic
-from sftkit.data import DataError, formats, identity, oasst
+from sftkit.data import DataError
+from sftkit.data.inputs import formats, oasst
+from sftkit.data.algorithms import identity
 from sftkit.data.config import DataConfig
-from sftkit.data.stats import StageStats
+from sftkit.data.run.stats import StageStats
 
 VERSION = 1
 PAIRS_SUFFIX = ".pairs.jsonl"

@@ -1,6 +1,6 @@
 """Where shards run: in this process, or as Ray tasks on a cluster. Nothing else differs.
 
-An executor has two jobs: ``run_shards`` runs :func:`sftkit.data.runner.run_shard_phase` for each
+An executor has two jobs: ``run_shards`` runs :func:`sftkit.data.run.runner.run_shard_phase` for each
 shard and yields ``(shard index, result)`` as shards finish; ``score_rewards`` turns a stream of
 reward units ``(ids, questions, answers)`` into ``(ids, rewards)`` with the reward model loaded once
 per process (here) or once per actor (Ray).
@@ -17,7 +17,7 @@ import numpy as np
 
 from sftkit.data import DataError
 from sftkit.data.config import DataConfig
-from sftkit.data.runner import run_shard_phase
+from sftkit.data.run.runner import run_shard_phase
 from sftkit.errors import SftkitError
 
 RAY_INSTALL = ("--executor=ray needs Ray: pip install -r reqs_optional/requirements_optional_ray.txt "

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 from sftkit import atomic
 from sftkit.data import DataError
-from sftkit.data.stats import StageStats
+from sftkit.data.run.stats import StageStats
 
 MANIFEST_VERSION = 1
 

@@ -5,7 +5,7 @@ steps (:class:`Step`) it runs: their input files, output files and the ``DataCon
 change their result. The runner owns what every stage used to repeat: the work-dir lock, stale
 temporary files, which shards run, each step's manifest (cache key = input hashes + exactly the
 declared settings + the shard), the stats merged over shards, empty-output warnings and the
-summary line. Executors (:mod:`sftkit.data.executors`) only decide where shards run, so a local
+summary line. Executors (:mod:`sftkit.data.run.executors`) only decide where shards run, so a local
 run and a Ray run go through the same code and write the same files.
 """
 from __future__ import annotations
@@ -22,10 +22,10 @@ from tqdm import tqdm
 from sftkit import atomic, lock
 from sftkit.data import DataError
 from sftkit.data.config import DataConfig
-from sftkit.data.manifest import cached, digests
-from sftkit.data.parquet_io import count_rows, iter_batches
-from sftkit.data.stats import StageStats
-from sftkit.data.workdir import part_name, shard_mask, stage_parts
+from sftkit.data.run.manifest import cached, digests
+from sftkit.data.run.parquet_io import count_rows, iter_batches
+from sftkit.data.run.stats import StageStats
+from sftkit.data.run.workdir import part_name, shard_mask, stage_parts
 from sftkit.errors import FlagError
 
 
@@ -232,7 +232,7 @@ def clean_stale_temps(stage: Stage, cfg: DataConfig) -> None:
 
 def run_stage(stage: Stage, cfg: DataConfig, executor=None) -> StageStats:
     """Run one stage's shards on ``executor`` (default: this process) and print its summary line."""
-    from sftkit.data.executors import LocalExecutor
+    from sftkit.data.run.executors import LocalExecutor
 
     executor = executor or LocalExecutor()
     with holding_work_dir(cfg):

@@ -14,12 +14,12 @@ import pyarrow as pa
 
 from sftkit.data import DataError
 from sftkit.data.config import DataConfig
-from sftkit.data.hashing import uniform_draws
-from sftkit.data.lengths import STAT_COLUMNS, turn_length_stats
-from sftkit.data.parquet_io import ParquetSink, read_schema
-from sftkit.data.runner import Shard, ShardInput, ShardPhase, Stage, Step, run_stage, shard_input
-from sftkit.data.stats import StageStats
-from sftkit.data.workdir import stage_dir
+from sftkit.data.algorithms.hashing import uniform_draws
+from sftkit.data.algorithms.lengths import STAT_COLUMNS, turn_length_stats
+from sftkit.data.run.parquet_io import ParquetSink, read_schema
+from sftkit.data.run.runner import Shard, ShardInput, ShardPhase, Stage, Step, run_stage, shard_input
+from sftkit.data.run.stats import StageStats
+from sftkit.data.run.workdir import stage_dir
 
 VERSION = 2
 

@@ -5,10 +5,10 @@ import json
 from pathlib import Path
 
 from sftkit.data.config import DataConfig
-from sftkit.data.download import resolve_files
-from sftkit.data.manifest import stored_stats
-from sftkit.data.stats import StageStats
-from sftkit.data.workdir import stage_dir, stage_parts
+from sftkit.data.stages.download import resolve_files
+from sftkit.data.run.manifest import stored_stats
+from sftkit.data.run.stats import StageStats
+from sftkit.data.run.workdir import stage_dir, stage_parts
 
 
 def earlier_stages(cfg: DataConfig) -> list[StageStats]:

@@ -25,16 +25,16 @@ from tqdm import tqdm
 
 from sftkit.data import DataError
 from sftkit.data.config import DataConfig
-from sftkit.data.download import parquet_path, resolve_files
-from sftkit.data.hashing import SeenIds, row_ids
-from sftkit.data.manifest import cached, digests
-from sftkit.data.parallel import ordered_map, resolve_workers
-from sftkit.data.parquet_io import ParquetSink, count_rows, iter_batches, read_schema
-from sftkit.data.scorers import DetoxifyScorer, profanity_probs
-from sftkit.data.runner import Shard, ShardPhase, Stage, Step, run_stage, settings_key
-from sftkit.data.splitting import split_conversation
-from sftkit.data.stats import StageStats
-from sftkit.data.workdir import stage_dir
+from sftkit.data.stages.download import parquet_path, resolve_files
+from sftkit.data.algorithms.hashing import SeenIds, row_ids
+from sftkit.data.run.manifest import cached, digests
+from sftkit.data.run.parallel import ordered_map, resolve_workers
+from sftkit.data.run.parquet_io import ParquetSink, count_rows, iter_batches, read_schema
+from sftkit.data.algorithms.scorers import DetoxifyScorer, profanity_probs
+from sftkit.data.run.runner import Shard, ShardPhase, Stage, Step, run_stage, settings_key
+from sftkit.data.algorithms.splitting import split_conversation
+from sftkit.data.run.stats import StageStats
+from sftkit.data.run.workdir import stage_dir
 
 VERSION = 3
 DETOXIFY_PREFIX = "detoxify_"

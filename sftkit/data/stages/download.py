@@ -3,7 +3,7 @@
 Output per file in ``<work_dir>/1_download/``: ``<file>.parquet`` (text, source, file, line),
 ``<file>.rejects.jsonl`` (file, line, reason, excerpt of each malformed record),
 ``<file>.pairs.jsonl`` (OpenAssistant ranked answer pairs; empty for other formats) and a manifest.
-Every input format (sftkit.data.formats) gives the same rows.
+Every input format (sftkit.data.inputs.formats) gives the same rows.
 With ``--num_shards`` the files are dealt round-robin to the shards.
 """
 from __future__ import annotations
@@ -17,13 +17,14 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from sftkit import atomic
-from sftkit.data import DataError, sources
+from sftkit.data import DataError
+from sftkit.data.inputs import sources
 from sftkit.data.config import OIG_USEFUL_FILES, DataConfig
-from sftkit.data.fetch import download, file_url, local_source_dir
-from sftkit.data.parquet_io import ParquetSink
-from sftkit.data.runner import Shard, ShardPhase, Stage, Step, run_stage
-from sftkit.data.stats import StageStats
-from sftkit.data.workdir import stage_dir
+from sftkit.data.inputs.fetch import download, file_url, local_source_dir
+from sftkit.data.run.parquet_io import ParquetSink
+from sftkit.data.run.runner import Shard, ShardPhase, Stage, Step, run_stage
+from sftkit.data.run.stats import StageStats
+from sftkit.data.run.workdir import stage_dir
 
 VERSION = 1
 INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")  # issue #10: every input format
@@ -83,7 +84,7 @@ def read_units(reader: sources.FileReader, stats: StageStats, raw: Path, downloa
 
 
 def convert(raw: Path, name: str, out: Path, rejects: Path, cfg: DataConfig) -> StageStats:
-    """Stream one input file (any format, see sftkit.data.formats) into parquet rows; malformed records
+    """Stream one input file (any format, see sftkit.data.inputs.formats) into parquet rows; malformed records
     go to ``rejects`` with their reason. OpenAssistant preference pairs go to ``<file>.pairs.jsonl``."""
     stats = StageStats(f"download {name}")
     columns: dict[str, list] = {k: [] for k in SCHEMA.names}
@@ -94,7 +95,7 @@ def convert(raw: Path, name: str, out: Path, rejects: Path, cfg: DataConfig) -> 
         for values in columns.values():
             values.clear()
 
-    # ---- issue #10 hook: any input format, identity rewrite (sftkit.data.sources) ----
+    # ---- issue #10 hook: any input format, identity rewrite (sftkit.data.inputs.sources) ----
     try:
         reader = sources.FileReader(raw, name, cfg)
     except READ_ERRORS as exc:

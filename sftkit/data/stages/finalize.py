@@ -5,7 +5,7 @@ Writes ``<work_dir>/oig_instruct_cleaned.json``, a JSON list of ``{"id", "input"
 ``oig_instruct_cleaned.card.json`` / ``.card.md``: one output over every shard of grade. The shuffle never holds more than
 ``shuffle_bucket_rows`` rows: rows are dealt to random buckets on disk, then each bucket is
 shuffled in memory; the order depends only on the row ids and ``--seed``. Near duplicates are
-dropped and personality rows added first (sftkit.data.finalize_extras), and the OpenAssistant
+dropped and personality rows added first (sftkit.data.stages.finalize_extras), and the OpenAssistant
 ranked pairs are merged into ``oasst_pairs.json``.
 """
 from __future__ import annotations
@@ -25,13 +25,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sftkit import atomic
-from sftkit.data import DataError, datacard, finalize_extras
+from sftkit.data import DataError
+from sftkit.data.stages import datacard, finalize_extras
 from sftkit.data.config import DataConfig
-from sftkit.data.hashing import uniform_draws
-from sftkit.data.parquet_io import ParquetSink, count_rows, iter_batches
-from sftkit.data.runner import EXECUTION_SETTINGS, Shard, ShardPhase, Stage, Step, run_stage
-from sftkit.data.stats import StageStats
-from sftkit.data.workdir import FINAL_JSON, stage_dir, stage_parts
+from sftkit.data.algorithms.hashing import uniform_draws
+from sftkit.data.run.parquet_io import ParquetSink, count_rows, iter_batches
+from sftkit.data.run.runner import EXECUTION_SETTINGS, Shard, ShardPhase, Stage, Step, run_stage
+from sftkit.data.run.stats import StageStats
+from sftkit.data.run.workdir import FINAL_JSON, stage_dir, stage_parts
 
 VERSION = 2
 ROW_SCHEMA = pa.schema([("id", pa.uint64()), ("text", pa.string()), ("source", pa.string())])

@@ -14,13 +14,13 @@ import numpy as np
 import pyarrow as pa
 
 from sftkit import atomic
-from sftkit.data import neardup, personality
+from sftkit.data.algorithms import neardup, personality
 from sftkit.data.config import DataConfig
-from sftkit.data.download import resolve_files
-from sftkit.data.hashing import row_ids
-from sftkit.data.parquet_io import iter_batches
-from sftkit.data.sources import PAIRS_SUFFIX
-from sftkit.data.workdir import stage_dir
+from sftkit.data.stages.download import resolve_files
+from sftkit.data.algorithms.hashing import row_ids
+from sftkit.data.run.parquet_io import iter_batches
+from sftkit.data.inputs.sources import PAIRS_SUFFIX
+from sftkit.data.run.workdir import stage_dir
 
 PAIRS_JSON = "oasst_pairs.json"
 

@@ -26,15 +26,15 @@ from tqdm import tqdm
 from sftkit import atomic
 from sftkit.data import DataError
 from sftkit.data.config import DataConfig
-from sftkit.data.detox import plain_text
-from sftkit.data.manifest import sha256_file
-from sftkit.data.parallel import ordered_map, resolve_workers
-from sftkit.data.parquet_io import ParquetSink, count_rows, iter_batches, read_schema
-from sftkit.data.readability import ensure_cmudict, flesch_kincaid_grades
-from sftkit.data.runner import DriverPhase, Shard, ShardInput, ShardPhase, Stage, Step, run_stage, shard_input
-from sftkit.data.scorers import profane_flags
-from sftkit.data.stats import StageStats
-from sftkit.data.workdir import stage_dir
+from sftkit.data.stages.detox import plain_text
+from sftkit.data.run.manifest import sha256_file
+from sftkit.data.run.parallel import ordered_map, resolve_workers
+from sftkit.data.run.parquet_io import ParquetSink, count_rows, iter_batches, read_schema
+from sftkit.data.algorithms.readability import ensure_cmudict, flesch_kincaid_grades
+from sftkit.data.run.runner import DriverPhase, Shard, ShardInput, ShardPhase, Stage, Step, run_stage, shard_input
+from sftkit.data.algorithms.scorers import profane_flags
+from sftkit.data.run.stats import StageStats
+from sftkit.data.run.workdir import stage_dir
 from sftkit.prompts import BOT, split_turns
 from sftkit.reward import RewardModelScorer
 

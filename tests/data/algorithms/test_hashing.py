@@ -1,6 +1,6 @@
 import numpy as np
 
-from sftkit.data.hashing import SeenIds, row_ids, uniform_draws
+from sftkit.data.algorithms.hashing import SeenIds, row_ids, uniform_draws
 
 
 def test_row_ids_are_content_hashes():

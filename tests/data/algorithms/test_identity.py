@@ -2,7 +2,7 @@
 import pytest
 
 from sftkit.data.config import DEFAULT_OTHER_ASSISTANTS, DEFAULT_OTHER_MAKERS
-from sftkit.data.identity import apply, apply_to_answer, compile_identity
+from sftkit.data.algorithms.identity import apply, apply_to_answer, compile_identity
 
 KESTREL = compile_identity("Kestrel", "sftkit", DEFAULT_OTHER_ASSISTANTS, DEFAULT_OTHER_MAKERS)
 

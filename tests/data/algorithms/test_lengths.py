@@ -3,7 +3,7 @@ import random
 import numpy as np
 import pyarrow as pa
 
-from sftkit.data.lengths import STAT_COLUMNS, turn_length_stats
+from sftkit.data.algorithms.lengths import STAT_COLUMNS, turn_length_stats
 from sftkit.prompts import split_turns
 
 

@@ -3,7 +3,7 @@ import random
 
 import numpy as np
 
-from sftkit.data import neardup
+from sftkit.data.algorithms import neardup
 
 WORDS = [f"w{i}" for i in range(5000)]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from sftkit.data.config import DataConfig
-from sftkit.data.finalize_extras import personality_batch
-from sftkit.data.personality import ANSWERS, QUESTIONS, SOURCE, personality_texts
+from sftkit.data.stages.finalize_extras import personality_batch
+from sftkit.data.algorithms.personality import ANSWERS, QUESTIONS, SOURCE, personality_texts
 from sftkit.prompts import split_turns
 
 SCHEMA = pa.schema([("id", pa.uint64()), ("text", pa.string()), ("source", pa.string())])
@@ -34,7 +34,7 @@ def test_rows_are_repeated_with_distinct_ids_and_can_be_turned_off():
 
 
 def test_the_demo_held_out_questions_are_not_among_the_generated_ones():
-    heldout = json.loads((Path(__file__).resolve().parents[2] / "data" / "identity_heldout.json").read_text())
+    heldout = json.loads((Path(__file__).resolve().parents[3] / "data" / "identity_heldout.json").read_text())
     for item in heldout:
         closest = max(difflib.SequenceMatcher(None, item["prompt"].lower(), q.lower()).ratio() for q in QUESTIONS)
         assert closest < 0.75, item["prompt"]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from sftkit.data.scorers import DetoxifyScorer, profane_flags, profanity_probs
+from sftkit.data.algorithms.scorers import DetoxifyScorer, profane_flags, profanity_probs
 from sftkit.errors import ScorerError
 from sftkit.reward import RewardModelScorer
 

@@ -1,4 +1,4 @@
-from sftkit.data.splitting import exchanges, split_conversation, split_sentences
+from sftkit.data.algorithms.splitting import exchanges, split_conversation, split_sentences
 from sftkit.prompts import split_turns
 
 LONG_ANSWER = " ".join(f"Sentence number {i} explains one more detail of the topic." for i in range(60))

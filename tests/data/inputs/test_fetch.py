@@ -4,7 +4,7 @@ import hashlib
 import pytest
 
 from sftkit.data import DataError
-from sftkit.data.fetch import OFFLINE_HINT, download, file_url, local_source_dir
+from sftkit.data.inputs.fetch import OFFLINE_HINT, download, file_url, local_source_dir
 from tests.data.range_server import RangeServer
 
 FAST = dict(retries=3, backoff_s=0.01, timeout_s=5)

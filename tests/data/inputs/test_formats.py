@@ -7,9 +7,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sftkit.data import DataError, formats
+from sftkit.data import DataError
+from sftkit.data.inputs import formats
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 OPTIONS = formats.ReadOptions()
 
 

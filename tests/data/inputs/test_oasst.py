@@ -1,7 +1,7 @@
 """OpenAssistant trees: flattening against hand-written conversations, subtree removal, languages, pairs."""
 import copy
 
-from sftkit.data import oasst
+from sftkit.data.inputs import oasst
 from sftkit.prompts import join_turns
 
 

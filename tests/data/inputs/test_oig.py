@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from sftkit.data.oig import parse_line
+from sftkit.data.inputs.oig import parse_line
 
 
 def test_good_line():

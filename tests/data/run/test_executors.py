@@ -6,9 +6,9 @@ import pytest
 
 from sftkit.data import DataError
 from sftkit.data.config import DataConfig
-from sftkit.data.executors import LocalExecutor, make_executor
+from sftkit.data.run.executors import LocalExecutor, make_executor
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_without_ray_installed_the_ray_executor_says_how_to_install_it(tmp_path):

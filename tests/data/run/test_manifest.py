@@ -1,9 +1,9 @@
 import pytest
 
 from sftkit.data import DataError
-from sftkit.data.manifest import cached_step, digests, stale_reason, write_manifest
-from sftkit.data.parquet_io import ParquetSink
-from sftkit.data.stats import StageStats
+from sftkit.data.run.manifest import cached_step, digests, stale_reason, write_manifest
+from sftkit.data.run.parquet_io import ParquetSink
+from sftkit.data.run.stats import StageStats
 
 
 def test_reuse_only_when_inputs_and_settings_are_unchanged(tmp_path):

@@ -2,8 +2,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sftkit.data import parquet_io
-from sftkit.data.parquet_io import ParquetSink
+from sftkit.data.run import parquet_io
+from sftkit.data.run.parquet_io import ParquetSink
 
 SCHEMA = pa.schema([("a", pa.int64())])
 

@@ -23,7 +23,7 @@ from tests.data.range_server import RangeServer
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SAMPLE = ROOT / "data" / "sample"
 RAY = str(Path(sys.executable).with_name("ray"))
 FOUR = "--files=" + ",".join(f"unified_part{i}.jsonl" for i in range(4))

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from sftkit import lock
-from sftkit.data import DataError, manifest
-from sftkit.data.download import run as download
+from sftkit.data import DataError
+from sftkit.data.run import manifest
+from sftkit.data.stages.download import run as download
 from sftkit.data.pipeline import run
 from sftkit.errors import LockError
 from tests.data.conftest import SAMPLE, sample_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def dead_pid() -> int:

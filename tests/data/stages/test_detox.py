@@ -6,9 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from sftkit.data import DataError
-from sftkit.data.detox import run
-from sftkit.data.download import run as download
-from sftkit.data.splitting import split_conversation
+from sftkit.data.stages.detox import run
+from sftkit.data.stages.download import run as download
+from sftkit.data.algorithms.splitting import split_conversation
 from sftkit.prompts import split_turns
 from tests.data.conftest import sample_config
 
@@ -83,7 +83,7 @@ def test_detox_needs_the_download_first(tmp_path):
 
 def test_shards_split_only_their_own_blocks_and_merge_back_to_the_same_rows(downloaded, tmp_path_factory,
                                                                              monkeypatch, capsys):
-    import sftkit.data.detox as detox
+    import sftkit.data.stages.detox as detox
 
     run(sample_config(downloaded, batch_rows=16))
     whole = pq.read_table(downloaded / "2_detox" / "part-00000-of-00001.parquet")

@@ -6,7 +6,7 @@ import pytest
 
 from sftkit.data import DataError
 from sftkit.data.config import OIG_USEFUL_FILES, DataConfig
-from sftkit.data.download import resolve_files, run
+from sftkit.data.stages.download import resolve_files, run
 
 GOOD = [json.dumps({"text": f"<human>: question {i}?\n<bot>: answer {i}.", "metadata": {"source": "unit"}})
         for i in range(40)]

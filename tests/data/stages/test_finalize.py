@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from sftkit.data.config import DataConfig
-from sftkit.data.finalize import clean_drops, run
+from sftkit.data.stages.finalize import clean_drops, run
 from sftkit.prompts import split_turns
 from tests.data.conftest import sample_config
 

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sftkit import reward
-from sftkit.data.grade import answers_text, question_and_answer, run
+from sftkit.data.stages.grade import answers_text, question_and_answer, run
 from tests.data.conftest import sample_config
 
 
