@@ -174,3 +174,9 @@ class DataConfig:
     personality: bool = flag(True, "finalize: add generated rows in which the assistant gives its name and "
                              "maker (--bot_name, --bot_maker)")
     personality_repeat: int = flag(10, "finalize: how many times each personality row is repeated")
+
+
+# Settings that say where and how a run executes, never what it produces (left out of data cards).
+EXECUTION_SETTINGS = ("work_dir", "config", "shard_index", "num_shards", "workers", "batch_rows", "executor",
+                      "ray_address", "max_retries", "grade_actors", "num_gpus_per_worker", "allow_empty",
+                      "debug")

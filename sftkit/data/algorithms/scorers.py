@@ -1,5 +1,7 @@
 """Text scorers used by the detox and grade stages, each loading real models or word lists.
 
+Each judges a row as :func:`plain_text` (the row without its turn markers):
+
 * :func:`profanity_probs`: alt-profanity-check's linear model, batched;
 * :func:`profane_flags`: better_profanity's word-list match;
 * :class:`DetoxifyScorer`: detoxify's multi-head toxicity classifier;
@@ -17,8 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from sftkit.errors import ScorerError
+from sftkit.models import default_device
 
 
+def plain_text(row: str) -> str:
+    """The row without turn markers, as the text classifiers see it."""
+    return row.replace("<human>:", "").replace("<bot>:", "")
 
 
 def profanity_probs(texts: list[str]) -> np.ndarray:
@@ -92,8 +98,6 @@ def profane_flags(texts: list[str]) -> np.ndarray:
 
 
 def _default_device(device: str | None) -> str:
-    from sftkit.models import default_device
-
     return device or default_device()
 
 

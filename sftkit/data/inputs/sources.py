@@ -12,9 +12,9 @@ from typing import Iterator
 
 from sftkit import atomic
 from sftkit.data import DataError
-from sftkit.data.inputs import formats, oasst
 from sftkit.data.algorithms import identity
 from sftkit.data.config import DataConfig
+from sftkit.data.inputs import formats, oasst
 from sftkit.data.run.stats import StageStats
 
 VERSION = 1

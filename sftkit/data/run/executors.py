@@ -1,7 +1,8 @@
 """Where shards run: in this process, or as Ray tasks on a cluster. Nothing else differs.
 
-An executor has two jobs: ``run_shards`` runs :func:`sftkit.data.run.runner.run_shard_phase` for each
-shard and yields ``(shard index, result)`` as shards finish; ``score_rewards`` turns a stream of
+An executor is handed the shard task (:func:`sftkit.data.pipeline.run_shard_phase`: one shard's part
+of one phase, picklable arguments, plain result) and has two jobs: ``run_shards`` runs the task for
+each shard and yields ``(shard index, result)`` as shards finish; ``score_rewards`` turns a stream of
 reward units ``(ids, questions, answers)`` into ``(ids, rewards)`` with the reward model loaded once
 per process (here) or once per actor (Ray).
 """
@@ -11,22 +12,26 @@ import dataclasses
 import os
 from collections import deque
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+import sftkit
 from sftkit.data import DataError
 from sftkit.data.config import DataConfig
-from sftkit.data.run.runner import run_shard_phase
+from sftkit.data.run.contract import Shard
 from sftkit.errors import SftkitError
+from sftkit.reward import RewardModelScorer
 
 RAY_INSTALL = ("--executor=ray needs Ray: pip install -r reqs_optional/requirements_optional_ray.txt "
                "(or pip install 'ray[default]'), then run again; --executor=local needs nothing")
 
 
-def reward_scorer(cfg: DataConfig):
-    from sftkit.reward import RewardModelScorer
+# The shard task: (stage name, phase number, settings, shard, stats before) -> plain result dict.
+ShardTask = Callable[[str, int, DataConfig, Shard, "dict | None"], dict]
 
+
+def reward_scorer(cfg: DataConfig) -> RewardModelScorer:
     return RewardModelScorer(cfg.reward_model, batch_size=cfg.reward_batch_size, device=cfg.device,
                              max_length=cfg.reward_max_length, local_files_only=cfg.local_files_only,
                              trust_remote_code=cfg.trust_remote_code)
@@ -39,8 +44,6 @@ def with_one_worker(cfg: DataConfig) -> DataConfig:
 
 def environment_python_path() -> str:
     """Where this sftkit is importable from, for workers that share this machine's files."""
-    import sftkit
-
     return str(Path(sftkit.__file__).resolve().parents[1]) + (
         os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
 
@@ -50,10 +53,13 @@ class LocalExecutor:
 
     name = "local"
 
+    def __init__(self, task: ShardTask):
+        self.task = task
+
     def run_shards(self, jobs: list[tuple], inputs: list[str]) -> Iterator[tuple[int, dict]]:
         for job, described in zip(jobs, inputs):
             try:
-                result = run_shard_phase(*job)
+                result = self.task(*job)
             except SftkitError as exc:
                 if len(jobs) == 1:
                     raise
@@ -85,7 +91,7 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, cfg: DataConfig):
+    def __init__(self, cfg: DataConfig, task: ShardTask):
         try:
             import ray
         except ImportError:
@@ -99,7 +105,7 @@ class RayExecutor:
                 raise DataError(f"--ray_address={cfg.ray_address}: cannot reach a Ray cluster ({exc}); start one "
                                 "with `ray start --head` or leave --ray_address out to run Ray on this machine") \
                     from None
-        self.task = ray.remote(num_cpus=1, max_retries=cfg.max_retries, retry_exceptions=False)(run_shard_phase)
+        self.task = ray.remote(num_cpus=1, max_retries=cfg.max_retries, retry_exceptions=False)(task)
 
     def run_shards(self, jobs: list[tuple], inputs: list[str]) -> Iterator[tuple[int, dict]]:
         ray = self.ray
@@ -174,9 +180,10 @@ class RayExecutor:
         pass
 
 
-def make_executor(cfg: DataConfig):
+def make_executor(cfg: DataConfig, task: ShardTask):
+    """The executor --executor names, running ``task`` for each shard."""
     if cfg.executor == "local":
-        return LocalExecutor()
+        return LocalExecutor(task)
     if cfg.executor == "ray":
-        return RayExecutor(cfg)
+        return RayExecutor(cfg, task)
     raise DataError(f"--executor={cfg.executor}: choose local or ray")

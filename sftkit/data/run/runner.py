@@ -1,132 +1,27 @@
 """The runner: everything a stage needs besides its own row processing.
 
-A stage (:class:`Stage`) declares its phases; a shard phase builds, for one shard, the cached
-steps (:class:`Step`) it runs: their input files, output files and the ``DataConfig`` fields that
-change their result. The runner owns what every stage used to repeat: the work-dir lock, stale
-temporary files, which shards run, each step's manifest (cache key = input hashes + exactly the
-declared settings + the shard), the stats merged over shards, empty-output warnings and the
-summary line. Executors (:mod:`sftkit.data.run.executors`) only decide where shards run, so a local
-run and a Ray run go through the same code and write the same files.
+A stage declares its phases and steps (:mod:`sftkit.data.run.contract`). The runner owns what every
+stage used to repeat: the work-dir lock, stale temporary files, which shards run, each step's
+manifest (cache key = input hashes + exactly the declared settings + the shard), the stats merged
+over shards, empty-output warnings and the summary line. An executor (:mod:`sftkit.data.run.executors`),
+handed the shard task by :mod:`sftkit.data.pipeline`, decides where shards run, so a local run and a
+Ray run go through the same code and write the same files.
 """
 from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
-import numpy as np
 from tqdm import tqdm
 
 from sftkit import atomic, lock
 from sftkit.data import DataError
 from sftkit.data.config import DataConfig
-from sftkit.data.run.manifest import cached, digests
-from sftkit.data.run.parquet_io import count_rows, iter_batches
+from sftkit.data.run.contract import DriverPhase, Shard, ShardPhase, Stage, Step, run_step
 from sftkit.data.run.stats import StageStats
-from sftkit.data.run.workdir import part_name, shard_mask, stage_parts
 from sftkit.errors import FlagError
-
-
-# Settings that say where and how a run executes, never what it produces (left out of data cards).
-EXECUTION_SETTINGS = ("work_dir", "config", "shard_index", "num_shards", "workers", "batch_rows", "executor",
-                      "ray_address", "max_retries", "grade_actors", "num_gpus_per_worker", "allow_empty",
-                      "debug")
-
-
-@dataclass(frozen=True)
-class Shard:
-    """One of ``count`` disjoint pieces of a stage's work."""
-
-    index: int
-    count: int
-
-    @property
-    def part(self) -> str:
-        return part_name(self.index, self.count)
-
-    def mask(self, ids: np.ndarray) -> np.ndarray:
-        """Rows of this shard: ``id % count == index`` (ids are content hashes, so shards balance and
-        every copy of a row lands in the same shard, which keeps exact dedup global)."""
-        return shard_mask(ids, self.index, self.count)
-
-
-@dataclass
-class ShardInput:
-    """A shard's rows in the previous stage's parts: its own part when the shard counts agree (each part
-    holds exactly its shard's rows), else every part with the shard's mask applied."""
-
-    paths: list[Path]
-    mask: Shard | None = None
-
-    def batches(self, batch_rows: int, columns: list[str] | None = None):
-        for batch in iter_batches(self.paths, batch_rows, columns if columns is None or "id" in columns
-                                  else ["id", *columns]):
-            yield batch if self.mask is None else batch.filter(self.mask.mask(batch.column("id").to_numpy()))
-
-    def row_bound(self) -> int:
-        """Rows in the files read (the shard's own rows when no mask applies): for progress bars."""
-        return count_rows(self.paths)
-
-
-def shard_input(cfg: DataConfig, previous: str, needed_by: str, shard: Shard) -> ShardInput:
-    parts = stage_parts(cfg.work_dir, previous, needed_by)
-    if shard.count == 1:
-        return ShardInput(parts)
-    if len(parts) == shard.count:
-        return ShardInput([parts[shard.index]])
-    return ShardInput(parts, shard)
-
-
-@dataclass
-class Step:
-    """One cached unit of a shard's work, reused when its inputs and declared settings are unchanged."""
-
-    name: str
-    manifest: Path
-    inputs: list[Path]
-    outputs: list[Path]
-    settings: tuple[str, ...]  # the DataConfig fields that change this step's output
-    compute: Callable[[], StageStats]
-    derived: dict[str, Any] = field(default_factory=dict)  # values derived from settings (a model key, ...)
-
-
-@dataclass
-class ShardPhase:
-    """Steps run per shard (in a Ray task under --executor=ray).
-
-    ``combine="then"``: each step reads the one before (the shard's stats chain); ``"merge"``: the
-    steps are independent pieces (download's files), their stats add up.
-    """
-
-    steps: Callable[[DataConfig, Shard], list[Step]]
-    combine: str = "then"
-
-
-@dataclass
-class DriverPhase:
-    """Work done once for the shards being run, in the driver, with the executor's help (reward actors)."""
-
-    run: Callable[[DataConfig, list[Shard], Any], None]
-
-
-@dataclass
-class Stage:
-    name: str
-    version: int
-    phases: list
-    num_shards: Callable[[DataConfig], int]  # how many shards this stage has for these settings
-    describe: Callable[[DataConfig, Shard], str]  # a shard's input, for error messages
-    check: Callable[[DataConfig], None] = lambda cfg: None  # settings errors, before any work
-    temp_dirs: Callable[[DataConfig], list[Path]] = lambda cfg: []  # where killed runs leave temporaries
-    report: Callable[[DataConfig, StageStats], None] = lambda cfg, stats: None  # a line after the summary
-
-
-def settings_key(stage: Stage, step: Step, cfg: DataConfig, shard: Shard) -> dict:
-    """Exactly what the cache key holds besides the input hashes."""
-    return {"version": stage.version, "shard": [shard.index, shard.count],
-            **{name: getattr(cfg, name) for name in step.settings}, **step.derived}
 
 
 def run_steps(stage: Stage, phase: ShardPhase, steps: list[Step], cfg: DataConfig, shard: Shard,
@@ -140,8 +35,7 @@ def run_steps(stage: Stage, phase: ShardPhase, steps: list[Step], cfg: DataConfi
             own = step.compute()
             return own if before is None else before.then(own)
 
-        own, note = cached(step.name, step.manifest, digests(step.inputs), settings_key(stage, step, cfg, shard),
-                           step.outputs, compute)
+        own, note = run_step(stage, step, cfg, shard, compute)
         reused &= note is not None and "up to date" in note
         if note:
             notes.append(note)
@@ -154,18 +48,6 @@ def run_steps(stage: Stage, phase: ShardPhase, steps: list[Step], cfg: DataConfi
     if stats is None:
         stats = StageStats(stage.name)
     return stats, notes, reused
-
-
-def run_shard_phase(stage_name: str, phase: int, cfg: DataConfig, shard: Shard, before: dict | None) -> dict:
-    """One shard's part of one phase: the unit an executor runs (picklable arguments, plain result)."""
-    from sftkit.data.pipeline import STAGES
-
-    start = time.perf_counter()
-    stage = STAGES[stage_name]
-    steps = stage.phases[phase].steps(cfg, shard)
-    stats, notes, reused = run_steps(stage, stage.phases[phase], steps, cfg, shard,
-                                     before and StageStats.from_dict(before))
-    return {"stats": stats.to_dict(), "notes": notes, "reused": reused, "seconds": time.perf_counter() - start}
 
 
 def shards_to_run(stage: Stage, cfg: DataConfig) -> list[Shard]:
@@ -230,11 +112,9 @@ def clean_stale_temps(stage: Stage, cfg: DataConfig) -> None:
               + ", ".join(p.name for p in removed[:5]) + (" ..." if len(removed) > 5 else ""), flush=True)
 
 
-def run_stage(stage: Stage, cfg: DataConfig, executor=None) -> StageStats:
-    """Run one stage's shards on ``executor`` (default: this process) and print its summary line."""
-    from sftkit.data.run.executors import LocalExecutor
-
-    executor = executor or LocalExecutor()
+def run_stage(stage: Stage, cfg: DataConfig, executor) -> StageStats:
+    """Run one stage's shards on ``executor`` (:mod:`sftkit.data.run.executors`, holding the shard task)
+    and print its summary line."""
     with holding_work_dir(cfg):
         start = time.perf_counter()
         stage.check(cfg)

@@ -17,6 +17,11 @@ def stage_dir(work_dir: str | Path, stage: str) -> Path:
     return Path(work_dir) / STAGE_DIRS[stage]
 
 
+def download_part(work_dir: str | Path, name: str) -> Path:
+    """The download stage's parquet of input file ``name`` (one per input file, not per shard)."""
+    return stage_dir(work_dir, "download") / f"{name}.parquet"
+
+
 def part_name(shard_index: int, num_shards: int) -> str:
     return f"part-{shard_index:05d}-of-{num_shards:05d}"
 

@@ -13,11 +13,11 @@ import numpy as np
 import pyarrow as pa
 
 from sftkit.data import DataError
-from sftkit.data.config import DataConfig
 from sftkit.data.algorithms.hashing import uniform_draws
 from sftkit.data.algorithms.lengths import STAT_COLUMNS, turn_length_stats
+from sftkit.data.config import DataConfig
+from sftkit.data.run.contract import Shard, ShardInput, ShardPhase, Stage, Step, shard_input
 from sftkit.data.run.parquet_io import ParquetSink, read_schema
-from sftkit.data.run.runner import Shard, ShardInput, ShardPhase, Stage, Step, run_stage, shard_input
 from sftkit.data.run.stats import StageStats
 from sftkit.data.run.workdir import stage_dir
 
@@ -89,6 +89,3 @@ STAGE = Stage(
     check=lambda cfg: keep_thresholds(cfg.short_turn_keep) and None,
     temp_dirs=lambda cfg: [stage_dir(cfg.work_dir, "chop")])
 
-
-def run(cfg: DataConfig) -> StageStats:
-    return run_stage(STAGE, cfg)

@@ -1,11 +1,12 @@
-"""The data card: counts kept and dropped by every stage and reason, as JSON and Markdown."""
+"""The data card finalize writes beside its output: counts kept and dropped by every stage and reason,
+as JSON and Markdown."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 from sftkit.data.config import DataConfig
-from sftkit.data.stages.download import resolve_files
+from sftkit.data.inputs.files import resolve_files
 from sftkit.data.run.manifest import stored_stats
 from sftkit.data.run.stats import StageStats
 from sftkit.data.run.workdir import stage_dir, stage_parts

@@ -24,17 +24,17 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from sftkit.data import DataError
-from sftkit.data.config import DataConfig
-from sftkit.data.stages.download import parquet_path, resolve_files
 from sftkit.data.algorithms.hashing import SeenIds, row_ids
-from sftkit.data.run.manifest import cached, digests
+from sftkit.data.algorithms.scorers import DetoxifyScorer, plain_text, profanity_probs
+from sftkit.data.algorithms.splitting import split_conversation
+from sftkit.data.config import DataConfig
+from sftkit.data.inputs.files import resolve_files
+from sftkit.data.run.contract import Shard, ShardPhase, Stage, Step, run_step
+from sftkit.data.run.manifest import digests
 from sftkit.data.run.parallel import ordered_map, resolve_workers
 from sftkit.data.run.parquet_io import ParquetSink, count_rows, iter_batches, read_schema
-from sftkit.data.algorithms.scorers import DetoxifyScorer, profanity_probs
-from sftkit.data.run.runner import Shard, ShardPhase, Stage, Step, run_stage, settings_key
-from sftkit.data.algorithms.splitting import split_conversation
 from sftkit.data.run.stats import StageStats
-from sftkit.data.run.workdir import stage_dir
+from sftkit.data.run.workdir import download_part, stage_dir
 
 VERSION = 3
 DETOXIFY_PREFIX = "detoxify_"
@@ -42,11 +42,6 @@ CONVERSATION_BLOCK = 1024  # conversations per block: the unit the split phase d
 SPLIT_SETTINGS = ("target_row_chars", "max_row_chars")
 SPLIT_SCHEMA = pa.schema([("id", pa.uint64()), ("text", pa.string()), ("source", pa.string()),
                           ("profanity_prob", pa.float32()), ("conversation", pa.uint64())])
-
-
-def plain_text(row: str) -> str:
-    """The row without turn markers, as the text classifiers see it."""
-    return row.replace("<human>:", "").replace("<bot>:", "")
 
 
 def split_and_score(job: tuple) -> dict:
@@ -70,7 +65,7 @@ def split_and_score(job: tuple) -> dict:
 
 
 def input_files(cfg: DataConfig) -> list[Path]:
-    paths = [parquet_path(cfg, name) for name in resolve_files(cfg)]
+    paths = [download_part(cfg.work_dir, name) for name in resolve_files(cfg)]
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
         raise DataError(f"detox needs the download output {', '.join(missing)} in "
@@ -155,8 +150,7 @@ def ensure_splits(cfg: DataConfig, inputs: list[Path], shard: Shard) -> list[Pat
     outputs = []
     for other in (Shard(i, shard.count) for i in range(shard.count)):
         step = split_step(cfg, inputs, other)
-        _, note = cached(step.name, step.manifest, input_digests, settings_key(STAGE, step, cfg, other),
-                         step.outputs, step.compute)
+        _, note = run_step(STAGE, step, cfg, other, input_digests=input_digests)
         if note is None or "up to date" not in note:
             print(f"[detox] split {other.part} here: it was missing or stale", flush=True)
         outputs += step.outputs
@@ -240,6 +234,3 @@ STAGE = Stage(
     temp_dirs=lambda cfg: [stage_dir(cfg.work_dir, "detox"), stage_dir(cfg.work_dir, "detox") / "split",
                            stage_dir(cfg.work_dir, "detox") / "scored"])
 
-
-def run(cfg: DataConfig) -> StageStats:
-    return run_stage(STAGE, cfg)

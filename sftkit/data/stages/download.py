@@ -18,51 +18,17 @@ from tqdm import tqdm
 
 from sftkit import atomic
 from sftkit.data import DataError
+from sftkit.data.config import DataConfig
 from sftkit.data.inputs import sources
-from sftkit.data.config import OIG_USEFUL_FILES, DataConfig
-from sftkit.data.inputs.fetch import download, file_url, local_source_dir
+from sftkit.data.inputs.fetch import local_source_dir
+from sftkit.data.inputs.files import obtain, resolve_files
+from sftkit.data.run.contract import Shard, ShardPhase, Stage, Step
 from sftkit.data.run.parquet_io import ParquetSink
-from sftkit.data.run.runner import Shard, ShardPhase, Stage, Step, run_stage
 from sftkit.data.run.stats import StageStats
-from sftkit.data.run.workdir import stage_dir
+from sftkit.data.run.workdir import download_part, stage_dir
 
 VERSION = 1
-INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")  # issue #10: every input format
 SCHEMA = pa.schema([("text", pa.string()), ("source", pa.string()), ("file", pa.string()), ("line", pa.int64())])
-
-
-def resolve_files(cfg: DataConfig) -> list[str]:
-    """``--files``, else every input file (INPUT_SUFFIXES) of a local source directory, else the useful OIG files."""
-    if cfg.files:
-        return list(cfg.files)
-    local = local_source_dir(cfg.source)
-    if local is None:
-        return list(OIG_USEFUL_FILES)
-    if not local.is_dir():
-        raise DataError(f"--source={cfg.source}: no such directory (and not an http(s):// URL); "
-                        "the bundled sample is --source=data/sample")
-    names = sorted(p.name for p in local.iterdir() if p.name.endswith(INPUT_SUFFIXES))
-    if not names:
-        raise DataError(f"--source={cfg.source} holds no {', '.join(INPUT_SUFFIXES)} files; pass --files=NAME,...")
-    return names
-
-
-def parquet_path(cfg: DataConfig, name: str) -> Path:
-    return stage_dir(cfg.work_dir, "download") / f"{name}.parquet"
-
-
-def obtain(cfg: DataConfig, name: str) -> Path:
-    """The local copy of an input file: the file itself for a local source, else a resumable download."""
-    local = local_source_dir(cfg.source)
-    if local is not None:
-        path = local / name
-        if not path.is_file():
-            raise DataError(f"--source={cfg.source} has no file {name!r} (from --files); "
-                            f"it holds: {', '.join(sorted(p.name for p in local.iterdir() if p.name.endswith(INPUT_SUFFIXES))) or 'nothing'}")
-        return path
-    return download(file_url(cfg.source, name), Path(cfg.work_dir) / "raw" / name, retries=cfg.retries,
-                    backoff_s=cfg.retry_backoff_s, timeout_s=cfg.timeout_s,
-                    expected_sha256=cfg.checksums.get(name))
 
 
 READ_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error, OSError, pa.ArrowException)
@@ -139,7 +105,7 @@ def file_steps(cfg: DataConfig, shard: Shard) -> list[Step]:
     steps = []
     for name in resolve_files(cfg)[shard.index::shard.count]:
         raw = obtain(cfg, name)
-        out, rejects = out_dir / f"{name}.parquet", out_dir / f"{name}.rejects.jsonl"
+        out, rejects = download_part(cfg.work_dir, name), out_dir / f"{name}.rejects.jsonl"
         steps.append(Step(f"download {name}", out_dir / f"{name}.manifest.json", [raw],
                           [out, rejects, sources.pairs_path(out_dir, name)],
                           ("max_reject_fraction", *sources.SETTINGS),
@@ -155,6 +121,3 @@ STAGE = Stage(
     check=lambda cfg: resolve_files(cfg) and None,
     temp_dirs=lambda cfg: [stage_dir(cfg.work_dir, "download"), Path(cfg.work_dir) / "raw"])
 
-
-def run(cfg: DataConfig) -> StageStats:
-    return run_stage(STAGE, cfg)

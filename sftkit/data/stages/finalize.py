@@ -4,9 +4,12 @@ Writes ``<work_dir>/oig_instruct_cleaned.json``, a JSON list of ``{"id", "input"
 "source"}`` in the ``<human>: …\\n<bot>: …`` format that finetune.py reads, and
 ``oig_instruct_cleaned.card.json`` / ``.card.md``: one output over every shard of grade. The shuffle never holds more than
 ``shuffle_bucket_rows`` rows: rows are dealt to random buckets on disk, then each bucket is
-shuffled in memory; the order depends only on the row ids and ``--seed``. Near duplicates are
-dropped and personality rows added first (sftkit.data.stages.finalize_extras), and the OpenAssistant
-ranked pairs are merged into ``oasst_pairs.json``.
+shuffled in memory; the order depends only on the row ids and ``--seed``.
+
+Before the shuffle, near duplicates are dropped and personality rows added. Near duplicates are found
+in one pass over every grade part (all shards' rows), the rows of a cluster taken in row-id order, so
+the same row of each cluster is kept however the data was sharded. After it, the OpenAssistant
+ranked pairs of every input file are merged into ``oasst_pairs.json``.
 """
 from __future__ import annotations
 
@@ -26,16 +29,23 @@ import pyarrow.parquet as pq
 
 from sftkit import atomic
 from sftkit.data import DataError
-from sftkit.data.stages import datacard, finalize_extras
-from sftkit.data.config import DataConfig
-from sftkit.data.algorithms.hashing import uniform_draws
+from sftkit.data.algorithms import neardup, personality
+from sftkit.data.algorithms.hashing import row_ids, uniform_draws
+from sftkit.data.config import EXECUTION_SETTINGS, DataConfig
+from sftkit.data.inputs.files import resolve_files
+from sftkit.data.inputs.sources import PAIRS_SUFFIX
+from sftkit.data.run.contract import Shard, ShardPhase, Stage, Step
 from sftkit.data.run.parquet_io import ParquetSink, count_rows, iter_batches
-from sftkit.data.run.runner import EXECUTION_SETTINGS, Shard, ShardPhase, Stage, Step, run_stage
 from sftkit.data.run.stats import StageStats
 from sftkit.data.run.workdir import FINAL_JSON, stage_dir, stage_parts
+from sftkit.data.stages import datacard
 
 VERSION = 2
 ROW_SCHEMA = pa.schema([("id", pa.uint64()), ("text", pa.string()), ("source", pa.string())])
+PAIRS_JSON = "oasst_pairs.json"
+# The DataConfig fields that change the output (a change re-runs finalize).
+SETTINGS = ("seed", "censor_words", "unhelpful_phrases", "shuffle_bucket_rows", "near_dup_threshold",
+            "near_dup_shingle_words", "near_dup_num_perm", "personality", "personality_repeat", "bot_name", "bot_maker")
 
 
 def any_of_pattern(words: list[str]) -> str | None:
@@ -61,6 +71,46 @@ def clean_drops(texts: pa.Array, cfg: DataConfig) -> dict[str, np.ndarray]:
     return drops
 
 
+def _plain(text: str) -> str:
+    """A row's words for shingling: turn markers become spaces, so the words around them stay apart."""
+    return text.replace("<human>:", " ").replace("<bot>:", " ")
+
+
+def near_duplicate_ids(cfg: DataConfig, inputs: list[Path]) -> np.ndarray:
+    """Sorted ids of the rows to drop as near duplicates (empty when --near_dup_threshold >= 1)."""
+    if cfg.near_dup_threshold >= 1:
+        return np.empty(0, dtype=np.uint64)
+    items = ((row_id, _plain(text)) for batch in iter_batches(inputs, cfg.batch_rows, ["id", "text"])
+             for row_id, text in zip(batch.column("id").to_numpy().tolist(), batch.column("text").to_pylist()))
+    return neardup.near_duplicate_ids(items, cfg.near_dup_threshold, cfg.near_dup_shingle_words,
+                                      cfg.near_dup_num_perm, cfg.batch_rows, scratch_dir=cfg.work_dir)
+
+
+def personality_batch(cfg: DataConfig, schema: pa.Schema) -> pa.RecordBatch:
+    """The personality rows, each repeated --personality_repeat times (ids differ per copy)."""
+    texts = personality.personality_texts(cfg.bot_name, cfg.bot_maker) if cfg.personality else []
+    rows = [text for _ in range(max(cfg.personality_repeat, 0)) for text in texts]
+    ids = row_ids([f"{text}\x00copy {i // max(len(texts), 1)}" for i, text in enumerate(rows)])
+    return pa.RecordBatch.from_pydict({"id": ids, "text": rows, "source": [personality.SOURCE] * len(rows)},
+                                      schema=schema)
+
+
+def write_oasst_pairs(cfg: DataConfig) -> Path | None:
+    """Merge the download stage's OpenAssistant pairs into ``<work_dir>/oasst_pairs.json`` (a JSON list of
+    {"prompt": [{"role", "content"}...], "chosen", "rejected", "source"}); None when no input had any."""
+    download_dir = stage_dir(cfg.work_dir, "download")
+    pair_files = [download_dir / f"{name}{PAIRS_SUFFIX}" for name in resolve_files(cfg)]
+    pairs = [json.loads(line) for path in pair_files if path.is_file()
+             for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    out = Path(cfg.work_dir) / PAIRS_JSON
+    if not pairs:
+        out.unlink(missing_ok=True)  # left from a run whose inputs had OpenAssistant trees
+        return None
+    atomic.write_text(out, json.dumps(pairs, ensure_ascii=False, indent=1) + "\n")
+    print(f"[finalize] wrote {out} ({len(pairs):,} ranked OpenAssistant answer pairs)")
+    return out
+
+
 def output_path(cfg: DataConfig) -> Path:
     return Path(cfg.work_dir) / FINAL_JSON
 
@@ -74,7 +124,7 @@ def finalize(cfg: DataConfig, inputs: list[Path], out: Path) -> StageStats:
     n_buckets = max(1, math.ceil(stats.rows_in / cfg.shuffle_bucket_rows))
     scratch = atomic.temp_path(out.parent / "finalize-buckets")  # a killed run's is cleaned at the next start
     sources: Counter = Counter()
-    near_duplicates = finalize_extras.near_duplicate_ids(cfg, inputs)  # issue #10: global over all shards
+    near_duplicates = near_duplicate_ids(cfg, inputs)
     try:
         with contextlib.ExitStack() as stack:  # pass 1: deal the kept rows to random buckets on disk
             sinks = [stack.enter_context(ParquetSink(scratch / f"bucket-{b:05d}.parquet", ROW_SCHEMA, durable=False))
@@ -93,7 +143,7 @@ def finalize(cfg: DataConfig, inputs: list[Path], out: Path) -> StageStats:
                     stats.drop(reason, int((mask & keep).sum()))
                     keep &= ~mask
                 deal(batch.filter(pa.array(keep)))
-            personality = finalize_extras.personality_batch(cfg, ROW_SCHEMA)  # issue #10: generated rows
+            personality = personality_batch(cfg, ROW_SCHEMA)
             stats.add("personality", personality.num_rows)
             deal(personality)
         with atomic.replacing(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
@@ -128,15 +178,14 @@ def finalize(cfg: DataConfig, inputs: list[Path], out: Path) -> StageStats:
 def shard_steps(cfg: DataConfig, shard: Shard) -> list[Step]:
     inputs = stage_parts(cfg.work_dir, "grade", "finalize")
     out = output_path(cfg)
-    return [Step("finalize", out.with_suffix(".manifest.json"), inputs, [out, *card_paths(out)],
-                 ("seed", "censor_words", "unhelpful_phrases", "shuffle_bucket_rows", *finalize_extras.SETTINGS),
+    return [Step("finalize", out.with_suffix(".manifest.json"), inputs, [out, *card_paths(out)], SETTINGS,
                  lambda: finalize(cfg, inputs, out))]
 
 
 def report(cfg: DataConfig, stats: StageStats) -> None:
     out = output_path(cfg)
     print(f"[finalize] wrote {out} ({stats.rows_out:,} rows) and its data card {card_paths(out)[1].name}")
-    finalize_extras.write_oasst_pairs(cfg)  # issue #10
+    write_oasst_pairs(cfg)
 
 
 STAGE = Stage(
@@ -145,6 +194,3 @@ STAGE = Stage(
     describe=lambda cfg, shard: f"every part in {stage_dir(cfg.work_dir, 'grade')}",
     temp_dirs=lambda cfg: [Path(cfg.work_dir)], report=report)
 
-
-def run(cfg: DataConfig) -> StageStats:
-    return run_stage(STAGE, cfg)

@@ -25,18 +25,16 @@ from tqdm import tqdm
 
 from sftkit import atomic
 from sftkit.data import DataError
+from sftkit.data.algorithms.readability import ensure_cmudict, flesch_kincaid_grades
+from sftkit.data.algorithms.scorers import plain_text, profane_flags
 from sftkit.data.config import DataConfig
-from sftkit.data.stages.detox import plain_text
+from sftkit.data.run.contract import DriverPhase, Shard, ShardInput, ShardPhase, Stage, Step, shard_input
 from sftkit.data.run.manifest import sha256_file
 from sftkit.data.run.parallel import ordered_map, resolve_workers
 from sftkit.data.run.parquet_io import ParquetSink, count_rows, iter_batches, read_schema
-from sftkit.data.algorithms.readability import ensure_cmudict, flesch_kincaid_grades
-from sftkit.data.run.runner import DriverPhase, Shard, ShardInput, ShardPhase, Stage, Step, run_stage, shard_input
-from sftkit.data.algorithms.scorers import profane_flags
 from sftkit.data.run.stats import StageStats
 from sftkit.data.run.workdir import stage_dir
 from sftkit.prompts import BOT, split_turns
-from sftkit.reward import RewardModelScorer
 
 VERSION = 2
 
@@ -247,6 +245,3 @@ STAGE = Stage(
     temp_dirs=lambda cfg: [stage_dir(cfg.work_dir, "grade"), stage_dir(cfg.work_dir, "grade") / "scored",
                            *(stage_dir(cfg.work_dir, "grade") / "reward_cache").glob("*")])
 
-
-def run(cfg: DataConfig) -> StageStats:
-    return run_stage(STAGE, cfg)

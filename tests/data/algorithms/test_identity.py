@@ -1,8 +1,8 @@
 """Identity: self-descriptions rewritten to the configured bot, other mentions dropped, never a blind replace."""
 import pytest
 
-from sftkit.data.config import DEFAULT_OTHER_ASSISTANTS, DEFAULT_OTHER_MAKERS
 from sftkit.data.algorithms.identity import apply, apply_to_answer, compile_identity
+from sftkit.data.config import DEFAULT_OTHER_ASSISTANTS, DEFAULT_OTHER_MAKERS
 
 KESTREL = compile_identity("Kestrel", "sftkit", DEFAULT_OTHER_ASSISTANTS, DEFAULT_OTHER_MAKERS)
 

@@ -1,8 +1,8 @@
 import nltk
 import pytest
 
-from sftkit.data.run.parallel import ordered_map
 from sftkit.data.algorithms.readability import ensure_cmudict, flesch_kincaid_grades
+from sftkit.data.run.parallel import ordered_map
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import pytest
 
 from sftkit.data import DataError
 from sftkit.data.config import DataConfig
+from sftkit.data.pipeline import run_shard_phase
 from sftkit.data.run.executors import LocalExecutor, make_executor
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -20,6 +21,6 @@ def test_without_ray_installed_the_ray_executor_says_how_to_install_it(tmp_path)
 
 
 def test_executor_choice():
-    assert isinstance(make_executor(DataConfig()), LocalExecutor)
+    assert isinstance(make_executor(DataConfig(), run_shard_phase), LocalExecutor)
     with pytest.raises(DataError, match="--executor=spark: choose local or ray"):
-        make_executor(DataConfig(executor="spark"))
+        make_executor(DataConfig(executor="spark"), run_shard_phase)

@@ -5,17 +5,19 @@ import json
 import re
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from sftkit import lock
 from sftkit.data import DataError
+from sftkit.data.pipeline import run, run_stage
 from sftkit.data.run import manifest
-from sftkit.data.stages.download import run as download
-from sftkit.data.pipeline import run
 from sftkit.errors import LockError
 from tests.data.conftest import SAMPLE, sample_config
+
+download = partial(run_stage, "download")
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -3,10 +3,10 @@ import pyarrow as pa
 import pytest
 
 from sftkit.data import DataError
-from sftkit.data.stages.chop import chop_batch, keep_probability, keep_thresholds
-from sftkit.data.config import DataConfig
 from sftkit.data.algorithms.hashing import row_ids
+from sftkit.data.config import DataConfig
 from sftkit.data.run.stats import StageStats
+from sftkit.data.stages.chop import chop_batch, keep_probability, keep_thresholds
 
 
 def batch_of(texts):

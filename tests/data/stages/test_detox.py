@@ -1,4 +1,5 @@
 import shutil
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -6,11 +7,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from sftkit.data import DataError
-from sftkit.data.stages.detox import run
-from sftkit.data.stages.download import run as download
 from sftkit.data.algorithms.splitting import split_conversation
+from sftkit.data.pipeline import run_stage
 from sftkit.prompts import split_turns
 from tests.data.conftest import sample_config
+
+run, download = partial(run_stage, "detox"), partial(run_stage, "download")
 
 
 @pytest.fixture

@@ -1,12 +1,16 @@
 import gzip
 import json
+from functools import partial
 
 import pyarrow.parquet as pq
 import pytest
 
 from sftkit.data import DataError
 from sftkit.data.config import OIG_USEFUL_FILES, DataConfig
-from sftkit.data.stages.download import resolve_files, run
+from sftkit.data.inputs.files import resolve_files
+from sftkit.data.pipeline import run_stage
+
+run = partial(run_stage, "download")
 
 GOOD = [json.dumps({"text": f"<human>: question {i}?\n<bot>: answer {i}.", "metadata": {"source": "unit"}})
         for i in range(40)]

@@ -1,14 +1,19 @@
 import dataclasses
 import json
 import shutil
+from functools import partial
 
 import pyarrow as pa
 import pytest
 
 from sftkit.data.config import DataConfig
-from sftkit.data.stages.finalize import clean_drops, run
+from sftkit.data.pipeline import run_stage
+from sftkit.data.algorithms.personality import ANSWERS, QUESTIONS, SOURCE
+from sftkit.data.stages.finalize import ROW_SCHEMA, clean_drops, personality_batch
 from sftkit.prompts import split_turns
 from tests.data.conftest import sample_config
+
+run = partial(run_stage, "finalize")
 
 
 def test_clean_drops_whole_words_case_insensitively():
@@ -20,6 +25,17 @@ def test_clean_drops_whole_words_case_insensitively():
     assert drops["unhelpful_answer"].tolist() == [False, False, True, False, False]
     nothing = clean_drops(texts, DataConfig(censor_words=[], unhelpful_phrases=[]))
     assert not any(m.any() for m in nothing.values())
+
+
+def test_rows_are_repeated_with_distinct_ids_and_can_be_turned_off():
+    batch = personality_batch(DataConfig(personality_repeat=3), ROW_SCHEMA)
+    texts = batch.column("text").to_pylist()
+    assert batch.num_rows == 3 * len(QUESTIONS) * len(ANSWERS) and len(set(texts)) == len(QUESTIONS) * len(ANSWERS)
+    assert len(set(batch.column("id").to_pylist())) == batch.num_rows
+    assert set(batch.column("source").to_pylist()) == {SOURCE}
+    assert all("Kestrel" in t and "sftkit" in t for t in texts)  # the demo bot by default
+    assert personality_batch(DataConfig(personality=False), ROW_SCHEMA).num_rows == 0
+    assert personality_batch(DataConfig(), ROW_SCHEMA).num_rows == 10 * len(QUESTIONS) * len(ANSWERS)
 
 
 @pytest.fixture

@@ -1,13 +1,17 @@
 import dataclasses
 import shutil
+from functools import partial
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from sftkit import reward
-from sftkit.data.stages.grade import answers_text, question_and_answer, run
+from sftkit.data.pipeline import run_stage
+from sftkit.data.stages.grade import answers_text, question_and_answer
 from tests.data.conftest import sample_config
+
+run = partial(run_stage, "grade")
 
 
 @pytest.fixture
