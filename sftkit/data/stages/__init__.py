@@ -3,3 +3,4 @@ download → detox → chop → grade → finalize (with its data card). A stage
 the inputs and the algorithms below it, never another stage (finalize's data card aside) nor the
 registry above it (:mod:`sftkit.data.pipeline`).
 """
+

@@ -17,7 +17,8 @@ from sftkit.data.algorithms.hashing import uniform_draws
 from sftkit.data.algorithms.lengths import STAT_COLUMNS, turn_length_stats
 from sftkit.data.config import DataConfig
 from sftkit.data.run.contract import Shard, ShardInput, ShardPhase, Stage, Step, shard_input
-from sftkit.data.run.parquet_io import ParquetSink, read_schema
+from sftkit.data.run.filtering import Verdict, filter_rows
+from sftkit.data.run.parquet_io import read_schema
 from sftkit.data.run.stats import StageStats
 from sftkit.data.run.workdir import stage_dir
 
@@ -44,8 +45,9 @@ def keep_probability(mean_chars: np.ndarray, thresholds: list[tuple[float, float
     return probability
 
 
-def chop_batch(batch: pa.RecordBatch, cfg: DataConfig, stats: StageStats) -> pa.RecordBatch:
-    """Add the turn statistics and keep the rows that pass; count the others by reason."""
+def judge(batch: pa.RecordBatch, cfg: DataConfig) -> Verdict:
+    """Rows with a too short mean turn, then with a too long turn, then those losing their keep-draw;
+    every row gets the turn statistics as columns."""
     lengths = turn_length_stats(batch.column("text"))
     ids = batch.column("id").to_numpy()
     thresholds = keep_thresholds(cfg.short_turn_keep)
@@ -53,25 +55,14 @@ def chop_batch(batch: pa.RecordBatch, cfg: DataConfig, stats: StageStats) -> pa.
     too_long = (lengths["human_len_max"] > cfg.max_turn_chars) | (lengths["bot_len_max"] > cfg.max_turn_chars)
     kept_by_draw = ((uniform_draws(ids, cfg.seed, 1) < keep_probability(lengths["human_len_mean"], thresholds))
                     & (uniform_draws(ids, cfg.seed, 2) < keep_probability(lengths["bot_len_mean"], thresholds)))
-    stats.drop("turn_too_short", int(too_short.sum()))
-    stats.drop("turn_too_long", int((too_long & ~too_short).sum()))
-    stats.drop("short_turn_draw", int((~kept_by_draw & ~too_short & ~too_long).sum()))
-    keep = ~too_short & ~too_long & kept_by_draw
-    for name in STAT_COLUMNS:
-        batch = batch.append_column(name, pa.array(lengths[name]))
-    return batch.filter(pa.array(keep))
+    return Verdict({"turn_too_short": too_short, "turn_too_long": too_long, "short_turn_draw": ~kept_by_draw},
+                   {name: pa.array(lengths[name]) for name in STAT_COLUMNS})
 
 
 def chop(cfg: DataConfig, source: ShardInput, out: Path) -> StageStats:
-    stats = StageStats("chop")
     schema = read_schema(source.paths[0])
     schema = pa.schema(list(schema) + [(n, pa.float32() if n.endswith("mean") else pa.int32()) for n in STAT_COLUMNS])
-    with ParquetSink(out, schema) as sink:
-        for batch in source.batches(cfg.batch_rows):
-            stats.rows_in += batch.num_rows
-            sink.write(chop_batch(batch, cfg, stats))
-    stats.rows_out = sink.rows
-    return stats
+    return filter_rows("chop", source.batches(cfg.batch_rows), out, schema, lambda batch: judge(batch, cfg))
 
 
 def shard_steps(cfg: DataConfig, shard: Shard) -> list[Step]:

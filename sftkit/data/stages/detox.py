@@ -30,6 +30,7 @@ from sftkit.data.algorithms.splitting import split_conversation
 from sftkit.data.config import DataConfig
 from sftkit.data.inputs.files import resolve_files
 from sftkit.data.run.contract import Shard, ShardPhase, Stage, Step, run_step
+from sftkit.data.run.filtering import Verdict, filter_rows
 from sftkit.data.run.manifest import digests
 from sftkit.data.run.parallel import ordered_map, resolve_workers
 from sftkit.data.run.parquet_io import ParquetSink, count_rows, iter_batches, read_schema
@@ -42,6 +43,7 @@ CONVERSATION_BLOCK = 1024  # conversations per block: the unit the split phase d
 SPLIT_SETTINGS = ("target_row_chars", "max_row_chars")
 SPLIT_SCHEMA = pa.schema([("id", pa.uint64()), ("text", pa.string()), ("source", pa.string()),
                           ("profanity_prob", pa.float32()), ("conversation", pa.uint64())])
+SCORED_COLUMNS = ["id", "text", "source", "profanity_prob"]  # a split row's columns the scored file keeps
 
 
 def split_and_score(job: tuple) -> dict:
@@ -165,44 +167,40 @@ def score(cfg: DataConfig, inputs: list[Path], out: Path, shard: Shard = Shard(0
         detoxify = DetoxifyScorer(cfg.detoxify_model_type, cfg.detoxify_checkpoint, cfg.detoxify_config_path,
                                   cfg.device, cfg.detoxify_batch_size)
     heads = [DETOXIFY_PREFIX + h for h in (detoxify.heads if detoxify else [])]
-    schema = pa.schema([("id", pa.uint64()), ("text", pa.string()), ("source", pa.string()),
-                        ("profanity_prob", pa.float32())] + [(h, pa.float32()) for h in heads])
-    stats, seen = StageStats("detox"), SeenIds()
+    schema = pa.schema([SPLIT_SCHEMA.field(name) for name in SCORED_COLUMNS] + [(h, pa.float32()) for h in heads])
+    seen = SeenIds()
+
+    def judge(table: pa.Table) -> Verdict:
+        fresh = seen.first_occurrences(table.column("id").to_numpy())
+        columns = {}
+        if detoxify is not None:  # only the rows kept are scored; a duplicate's scores stay NaN and go with it
+            texts = table.column("text").to_pylist()
+            for head, values in detoxify.score([plain_text(texts[i]) for i in np.flatnonzero(fresh)]).items():
+                scores = np.full(table.num_rows, np.nan, dtype=np.float32)
+                scores[fresh] = values
+                columns[DETOXIFY_PREFIX + head] = pa.array(scores)
+        return Verdict({"duplicate": ~fresh}, columns)
+
     expected = math.ceil(count_rows(splits) / shard.count)  # ids balance the shards: for the progress bar
-    with ParquetSink(out, schema) as sink, tqdm(total=expected, desc="detox score", unit=" rows", leave=False) as bar:
-        for table in _in_input_order(splits, shard, cfg.batch_rows):
-            stats.rows_in += table.num_rows
-            fresh = seen.first_occurrences(table.column("id").to_numpy())
-            stats.drop("duplicate", int((~fresh).sum()))
-            kept = table.filter(pa.array(fresh))
-            columns = {name: kept.column(name) for name in ("id", "text", "source", "profanity_prob")}
-            if detoxify is not None:
-                scores = detoxify.score([plain_text(r) for r in kept.column("text").to_pylist()])
-                columns.update({DETOXIFY_PREFIX + h: v for h, v in scores.items()})
-            sink.write(pa.Table.from_pydict(columns, schema=schema))
-            bar.update(table.num_rows)
-    stats.rows_out = sink.rows
+    with tqdm(total=expected, desc="detox score", unit=" rows", leave=False) as bar:
+        def tables() -> Iterator[pa.Table]:
+            for table in _in_input_order(splits, shard, cfg.batch_rows):
+                yield table.select(SCORED_COLUMNS)
+                bar.update(table.num_rows)
+
+        stats = filter_rows("detox", tables(), out, schema, judge)
     stats.notes.append(f"detoxify: {cfg.detoxify_model_type}" if detoxify else
                        "detoxify: off (enable with --detoxify=true and its weights)")
     return stats
 
 
-def filter_rows(cfg: DataConfig, scored: Path, out: Path) -> StageStats:
-    """Drop rows at or above the profanity or detoxify thresholds (each row counted once)."""
-    stats = StageStats("detox", rows_in=count_rows([scored]))
-    schema = read_schema(scored)
-    heads = [n for n in schema.names if n.startswith(DETOXIFY_PREFIX)]
-    with ParquetSink(out, schema) as sink:
-        for batch in iter_batches([scored], cfg.batch_rows):
-            profane = batch.column("profanity_prob").to_numpy() >= cfg.profanity_threshold
-            toxic = np.zeros(batch.num_rows, dtype=bool)
-            for head in heads:
-                toxic |= batch.column(head).to_numpy() >= cfg.detoxify_threshold
-            stats.drop("profanity", int(profane.sum()))
-            stats.drop("detoxify", int((toxic & ~profane).sum()))
-            sink.write(batch.filter(pa.array(~(profane | toxic))))
-    stats.rows_out = sink.rows
-    return stats
+def judge(batch: pa.RecordBatch, cfg: DataConfig) -> Verdict:
+    """Rows at or above the profanity threshold, then rows any detoxify head scores at or above its own."""
+    toxic = np.zeros(batch.num_rows, dtype=bool)
+    for head in (n for n in batch.schema.names if n.startswith(DETOXIFY_PREFIX)):
+        toxic |= batch.column(head).to_numpy() >= cfg.detoxify_threshold
+    return Verdict({"profanity": batch.column("profanity_prob").to_numpy() >= cfg.profanity_threshold,
+                    "detoxify": toxic})
 
 
 def split_steps(cfg: DataConfig, shard: Shard) -> list[Step]:
@@ -222,7 +220,9 @@ def score_steps(cfg: DataConfig, shard: Shard) -> list[Step]:
     return [Step("detox/score", scored.with_suffix(".manifest.json"), score_inputs, [scored], score_settings,
                  lambda: score(cfg, inputs, scored, shard)),
             Step("detox/filter", out.with_suffix(".manifest.json"), [scored], [out],
-                 ("profanity_threshold", "detoxify_threshold"), lambda: filter_rows(cfg, scored, out))]
+                 ("profanity_threshold", "detoxify_threshold"),
+                 lambda: filter_rows("detox", iter_batches([scored], cfg.batch_rows), out, read_schema(scored),
+                                     lambda batch: judge(batch, cfg)))]
 
 
 STAGE = Stage(

@@ -29,6 +29,7 @@ from sftkit.data.algorithms.readability import ensure_cmudict, flesch_kincaid_gr
 from sftkit.data.algorithms.scorers import plain_text, profane_flags
 from sftkit.data.config import DataConfig
 from sftkit.data.run.contract import DriverPhase, Shard, ShardInput, ShardPhase, Stage, Step, shard_input
+from sftkit.data.run.filtering import Verdict, filter_rows
 from sftkit.data.run.manifest import sha256_file
 from sftkit.data.run.parallel import ordered_map, resolve_workers
 from sftkit.data.run.parquet_io import ParquetSink, count_rows, iter_batches, read_schema
@@ -79,13 +80,11 @@ def score(cfg: DataConfig, source: ShardInput, out: Path) -> StageStats:
     return stats
 
 
-def text_keep(batch: pa.RecordBatch, cfg: DataConfig) -> dict[str, np.ndarray]:
-    """Masks of the rows each text threshold drops (a row counted under its first reason)."""
+def text_drops(batch: pa.RecordBatch, cfg: DataConfig) -> dict[str, np.ndarray]:
+    """Masks of the rows each text threshold drops, in the order their reasons are counted."""
     grade = batch.column("fk_grade").to_numpy()
-    low = grade < cfg.min_grade
-    high = (grade > cfg.max_grade) & ~low
-    profane = batch.column("profane").to_numpy(zero_copy_only=False) & cfg.drop_profane & ~low & ~high
-    return {"grade_too_low": low, "grade_too_high": high, "profane": profane}
+    return {"grade_too_low": grade < cfg.min_grade, "grade_too_high": grade > cfg.max_grade,
+            "profane": batch.column("profane").to_numpy(zero_copy_only=False) & cfg.drop_profane}
 
 
 def reward_key(cfg: DataConfig) -> str:
@@ -147,7 +146,7 @@ def reward_units(cfg: DataConfig, scored: list[Path], cache: RewardCache, counts
     have no reward in the cache yet; ``counts`` gets the passing and already-cached totals."""
     pending: dict[str, list] = {"ids": [], "questions": [], "answers": []}
     for batch in iter_batches(scored, cfg.batch_rows):
-        passes = ~np.logical_or.reduce(list(text_keep(batch, cfg).values()))
+        passes = ~np.logical_or.reduce(list(text_drops(batch, cfg).values()))
         ids = batch.column("id").to_numpy()
         found, _ = cache.lookup(ids)
         counts["passing"] += int(passes.sum())
@@ -192,26 +191,23 @@ def reward_phase(cfg: DataConfig, shards: list[Shard], executor) -> None:
           f"scored in {cache.directory}", flush=True)
 
 
-def filter_rows(cfg: DataConfig, scored: Path, out: Path, cache: RewardCache | None) -> StageStats:
-    stats = StageStats("grade", rows_in=count_rows([scored]))
+def judge(batch: pa.RecordBatch, cfg: DataConfig, cache: RewardCache | None, scored: Path) -> Verdict:
+    """The text thresholds, then (with a reward cache) the reward threshold; every row gets its ``reward``
+    (null when the reward model is off)."""
+    drops = text_drops(batch, cfg)
+    rewards = np.full(batch.num_rows, np.nan, dtype=np.float32)
+    if cache is not None:
+        found, rewards = cache.lookup(batch.column("id").to_numpy())
+        if (~found & ~np.logical_or.reduce(list(drops.values()))).any():
+            raise DataError(f"{scored}: rows lack a reward in {cache.directory}; run grade again")
+        drops["reward_too_low"] = rewards < cfg.reward_threshold
+    return Verdict(drops, {"reward": pa.array(rewards, pa.float32(), mask=np.isnan(rewards))})
+
+
+def filter_scored(cfg: DataConfig, scored: Path, out: Path, cache: RewardCache | None) -> StageStats:
     schema = pa.schema(list(read_schema(scored)) + [("reward", pa.float32())])
-    with ParquetSink(out, schema) as sink:
-        for batch in iter_batches([scored], cfg.batch_rows):
-            drops = text_keep(batch, cfg)
-            dropped = np.logical_or.reduce(list(drops.values()))
-            for reason, mask in drops.items():
-                stats.drop(reason, int(mask.sum()))
-            rewards = np.full(batch.num_rows, np.nan, dtype=np.float32)
-            if cache is not None:
-                found, rewards = cache.lookup(batch.column("id").to_numpy())
-                if (~found & ~dropped).any():
-                    raise DataError(f"{scored}: rows lack a reward in {cache.directory}; run grade again")
-                low = ~dropped & (rewards < cfg.reward_threshold)
-                stats.drop("reward_too_low", int(low.sum()))
-                dropped |= low
-            batch = batch.append_column("reward", pa.array(rewards, pa.float32(), mask=np.isnan(rewards)))
-            sink.write(batch.filter(pa.array(~dropped)))
-    stats.rows_out = sink.rows
+    stats = filter_rows("grade", iter_batches([scored], cfg.batch_rows), out, schema,
+                        lambda batch: judge(batch, cfg, cache, scored))
     stats.notes.append(f"reward model: {cfg.reward_model} (keep >= {cfg.reward_threshold})" if cache else
                        "reward model: off (enable with --use_reward_model=true)")
     return stats
@@ -233,7 +229,7 @@ def filter_steps(cfg: DataConfig, shard: Shard) -> list[Step]:
 
     def compute():
         cache = open_reward_cache(cfg, derived["reward_key"]) if cfg.use_reward_model else None
-        return filter_rows(cfg, scored, out, cache)
+        return filter_scored(cfg, scored, out, cache)
 
     return [Step("grade/filter", out.with_suffix(".manifest.json"), [scored], [out], settings, compute, derived)]
 

@@ -6,11 +6,16 @@ from sftkit.data import DataError
 from sftkit.data.algorithms.hashing import row_ids
 from sftkit.data.config import DataConfig
 from sftkit.data.run.stats import StageStats
-from sftkit.data.stages.chop import chop_batch, keep_probability, keep_thresholds
+from sftkit.data.run.filtering import keep
+from sftkit.data.stages.chop import judge, keep_probability, keep_thresholds
 
 
 def batch_of(texts):
     return pa.record_batch({"id": pa.array(row_ids(texts), pa.uint64()), "text": pa.array(texts)})
+
+
+def chop_batch(batch, cfg, stats):
+    return keep(batch, judge(batch, cfg), stats)
 
 
 def test_keep_probability_takes_the_lowest_applicable_threshold():
