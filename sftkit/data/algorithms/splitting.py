@@ -13,6 +13,8 @@ from functools import lru_cache
 
 from sftkit.prompts import Turn, join_turns, split_turns
 
+SENTENCE_LOOKAHEAD = 2048  # characters segmented past an answer's budget when cutting it
+
 
 @lru_cache(maxsize=1)
 def _segmenter():
@@ -51,7 +53,10 @@ def _cut_answer(exchange: list[Turn], max_chars: int) -> list[Turn] | None:
     answer = " ".join(text for role, text in exchange if role == "bot")
     budget = max_chars - len(join_turns(questions + [("bot", "")]))
     kept = ""
-    for sentence in split_sentences(answer):
+    # Only the answer's start can be kept, so only a window a little past the budget is segmented: pysbd's
+    # time grows faster than the text (a megabyte answer would stall the stage). The sentence the window's
+    # end cuts ends past the budget, so it is never kept; the look-ahead lets pysbd see what follows.
+    for sentence in split_sentences(answer[:max(budget, 0) + SENTENCE_LOOKAHEAD]):
         if len(kept) + len(sentence) > budget:
             break
         kept += sentence

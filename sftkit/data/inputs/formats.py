@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from sftkit import json_records
 from sftkit.data import DataError
 from sftkit.data.inputs import oasst
 from sftkit.prompts import BOT, HUMAN, Turn, join_turns
@@ -102,13 +103,14 @@ def iter_records(path: Path) -> Iterator[tuple[int, object, str | None, str]]:
         return
     if kind == "json_list":
         with _open(path) as fh:
-            try:
-                records = json.load(fh)
-            except ValueError as exc:
-                raise DataError(f"{path}: starts like a JSON list but does not parse as one ({exc}); "
-                                "fix the file or write it as JSONL (one record per line)") from None
-        for number, record in enumerate(records, 1):
-            yield number, record, None, ""
+            data = fh.read()
+        try:
+            for number, (record, reason, excerpt) in enumerate(json_records.list_records(
+                    data.decode(json.detect_encoding(data), "surrogatepass")), 1):
+                yield number, record, reason, excerpt if reason else ""
+        except ValueError as exc:
+            raise DataError(f"{path}: starts like a JSON list but does not parse as one ({exc}); "
+                            "fix the file or write it as JSONL (one record per line)") from None
         return
     with _open(path) as fh:
         for number, raw in enumerate(fh, 1):
@@ -121,10 +123,8 @@ def iter_records(path: Path) -> Iterator[tuple[int, object, str | None, str]]:
             except UnicodeDecodeError:
                 yield number, None, "invalid_utf8", excerpt
                 continue
-            try:
-                yield number, json.loads(line), None, excerpt
-            except ValueError:
-                yield number, None, "bad_json", excerpt
+            record, reason = json_records.parse_record(line)
+            yield number, record, reason, excerpt
 
 
 # ---- detection ----

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm import tqdm
 
-from sftkit import atomic
+from sftkit import atomic, json_records
 from sftkit.data import DataError
 from sftkit.data.config import DataConfig
 from sftkit.data.inputs import sources
@@ -31,6 +31,7 @@ VERSION = 1
 SCHEMA = pa.schema([("text", pa.string()), ("source", pa.string()), ("file", pa.string()), ("line", pa.int64())])
 
 
+WHOLE_OBJECT_CHECK_BYTES = 64 << 20  # a larger file is not read whole to explain its error
 READ_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error, OSError, pa.ArrowException)
 
 
@@ -39,6 +40,26 @@ def _unreadable(raw: Path, downloaded: bool, exc: BaseException) -> DataError:
     fix = ("it was downloaded: delete it to fetch it again" if downloaded else
            "it is an input file: replace it with a complete copy, or leave it out of --files")
     return DataError(f"input {raw}: cannot read ({type(exc).__name__}: {exc}); {fix}")
+
+
+def one_object_note(raw: Path, stats: StageStats) -> str:
+    """When no line parses because the file is one JSON object written over several lines, say so."""
+    if set(stats.dropped) != {"bad_json"}:
+        return ""
+    try:
+        with open(raw, "rb") as fh:
+            opener = gzip.open if fh.read(2) == b"\x1f\x8b" else open
+        with opener(raw, "rb") as fh:
+            data = fh.read(WHOLE_OBJECT_CHECK_BYTES + 1)
+    except READ_ERRORS:
+        return ""
+    record = None
+    if len(data) <= WHOLE_OBJECT_CHECK_BYTES:
+        record, _ = json_records.parse_record(data.decode("utf-8", errors="replace"))
+    if not isinstance(record, dict):
+        return ""
+    return (f" (the file is one JSON object with keys {sorted(record)[:8]}, not one record per line: write "
+            "one JSON object per line, or a JSON list of them)")
 
 
 def read_units(reader: sources.FileReader, stats: StageStats, raw: Path, downloaded: bool):
@@ -87,7 +108,7 @@ def convert(raw: Path, name: str, out: Path, rejects: Path, cfg: DataConfig) -> 
             reader.finish(stats, out.parent)
             if malformed > cfg.max_reject_fraction * max(stats.rows_in, 1):
                 raise DataError(
-                    f"{raw}: {malformed} of {stats.rows_in} lines are malformed "
+                    f"{raw}: {malformed} of {stats.rows_in} lines are malformed{one_object_note(raw, stats)} "
                     f"({', '.join(f'{k}={v}' for k, v in sorted(stats.dropped.items()))}), more than "
                     f"--max_reject_fraction={cfg.max_reject_fraction}; see {rejects} for each file, line and "
                     "reason. Fix the input (or name its format with --input_format), or raise "

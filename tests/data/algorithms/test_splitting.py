@@ -1,3 +1,4 @@
+from sftkit.data.algorithms import splitting
 from sftkit.data.algorithms.splitting import exchanges, split_conversation, split_sentences
 from sftkit.prompts import split_turns
 
@@ -53,3 +54,15 @@ def test_overlong_question_is_left_out():
     rows, events = split_conversation(text, 1024, 300)
     assert rows == ["<human>: Short?\n<bot>: Yes, short."]
     assert events == {"exchange_too_long": 1}
+
+
+def test_a_huge_answer_is_cut_from_a_bounded_window(monkeypatch):
+    """Only the start of an answer can be kept, so only a window past the budget is segmented: pysbd's
+    time grows faster than the text, and a megabyte answer (one hostile line) would stall detox."""
+    seen, real = [], splitting.split_sentences
+    monkeypatch.setattr(splitting, "split_sentences",
+                        lambda text: seen.append(len(text)) or (real(text) if len(text) < 100_000 else [text]))
+    rows, events = split_conversation("<human>: Say a lot.\n<bot>: " + "Word. " * 1_000_000, 1024, 2048)
+    assert max(seen) <= 2048 + splitting.SENTENCE_LOOKAHEAD
+    assert events == {"answer_cut_at_sentence": 1} and len(rows) == 1 and len(rows[0]) <= 2048
+    assert rows[0].endswith("Word.")
