@@ -43,16 +43,22 @@ DEFAULT_CENSOR_WORDS = [
 # ---- More input formats, OpenAssistant trees, identity, near-duplicates, personality (issue #10) ----
 INPUT_FORMATS = ["auto", "oig", "oasst_trees", "oasst_messages", "sharegpt", "alpaca", "messages", "h2ogpt"]
 # Other assistants' names as written in public chat data, misspellings included (matched case-insensitively,
-# a space or hyphen between words optional): an answer calling itself one of these gets --bot_name.
+# a space or hyphen between words optional): an answer calling itself one of these gets --bot_name. Besides
+# OpenAssistant's and OpenAI's, the assistants of the public identity sets and of the models whose answers
+# fill distilled SFT sets: FastChat's identity conversations (Vicuna), Qwen, DeepSeek, ChatGLM, StableLM.
+# Names that are also common words (Koala, Alpaca, Dolly, Claude, Gemini, Falcon) are left out: a row
+# mentioning one would be dropped; add them with --other_assistants for data that needs it.
 DEFAULT_OTHER_ASSISTANTS = [
     "Open Assistant", "Open Assistent", "Open Asistant", "Open Assitant", "Open Assisstant", "Open Assistand",
     "Open Assitent", "Open Assistiant", "Open Assitiant", "Open Assiant", "ChatGPT", "Chat GPT", "GPT-3",
-    "GPT-3.5", "GPT-4", "Vicuna", "h2oGPT",
+    "GPT-3.5", "GPT-4", "Vicuna", "h2oGPT", "Qwen", "Tongyi Qianwen", "DeepSeek", "DeepSeek-R1", "DeepSeek-V3",
+    "ChatGLM", "StableLM",
 ]
-# Their makers: "made by LAION" in a self-description becomes "made by --bot_maker".
+# Their makers: "made by LAION" in a self-description becomes "made by --bot_maker". A long name with its
+# short form in brackets ("Large Model Systems Organization (LMSYS)") is recognised when either is listed.
 DEFAULT_OTHER_MAKERS = [
-    "LAION-AI", "LAION AI", "LAION.ai", "LAION", "LMSYS", "OpenAI", "Open AI", "Anthropic", "H2O.ai", "Databricks",
-    "Stability AI",
+    "LAION-AI", "LAION AI", "LAION.ai", "LAION", "LMSYS", "LMSYS Org", "Large Model Systems Organization", "OpenAI",
+    "Open AI", "Anthropic", "H2O.ai", "Databricks", "Stability AI", "Alibaba Cloud", "DeepSeek", "Zhipu AI",
 ]
 
 DEFAULT_UNHELPFUL_PHRASES = [

@@ -17,10 +17,17 @@ from sftkit.prompts import join_turns, split_turns
 # Words that may stand between "I am" and the name: "I am an open-source AI assistant called X".
 _FILLER = (r"(?:(?:an?|the|your|friendly|helpful|large|small|open[- ]source|ai|artificial|intelligence|"
            r"language|model|chat|chatbot|assistant|bot|virtual|digital|conversational|based|called|named|"
-           r"known|as)[\s,]+)*")
-_FIRST_PERSON = r"(?:i am|i'm|i’m|im|i was|i've been|i have been|my name is|my name's)"
+           r"known|as|name)[\s,]+)*")
+_FIRST_PERSON = (r"(?:i am|i'm|i’m|im|i was|i've been|i have been|my name is|my name's|i go by|call me|"
+                 r"refer to me as)")
 _MAKER_VERB = (r"(?:made|created|trained|developed|built|designed|programmed|fine-tuned|finetuned|funded|"
-               r"maintained|released|produced)")
+               r"maintained|released|produced|taught)")
+_PEOPLE = r"(?:team|people|researchers|engineers|developers|scientists|volunteers|community|folks)"
+# A capitalised word (matched case-sensitively inside the case-insensitive patterns), and a run of them
+# joined by the small words of organisation names: "Large Model Systems Organization", "Allen Institute for AI".
+_PROPER = r"(?-i:[A-Z][\w.&'’-]*)"
+_LONG_NAME = rf"{_PROPER}(?:\s+(?:{_PROPER}|of|for|and|the|&)){{0,7}}"
+_SHORT_NAME = r"(?-i:[A-Z][\w.&-]{0,15})"
 
 
 def _loose(words: str) -> str:
@@ -32,6 +39,15 @@ def _loose(words: str) -> str:
 def any_name(names: list[str]) -> str:
     alternatives = sorted({_loose(n) for n in names if n.strip()}, key=len, reverse=True)
     return r"(?<![\w.])(?:" + "|".join(alternatives) + r")(?![\w])" if alternatives else r"(?!x)x"
+
+
+def maker_form(makers: str) -> str:
+    """A maker as written, in full: a known maker, "Long Name (SHORT)" where the short form is known
+    ("Large Model Systems Organization (LMSYS)"), or a known name followed by its short form in
+    brackets ("Technology Innovation Institute (TII)"); a rewrite replaces the whole of it (with a
+    "the" before a bracketed form: "by the Technology Innovation Institute (TII)" -> "by <maker>")."""
+    return (rf"(?:(?:the\s+)?{_LONG_NAME}\s*\(\s*(?:{makers})\s*\)|(?:the\s+)?(?:{makers})\s*\(\s*{_SHORT_NAME}\s*\)"
+            rf"|(?:{makers}))")
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,9 @@ class Identity:
 
 def compile_identity(name: str, maker: str, other_assistants: list[str], other_makers: list[str]) -> Identity:
     names, makers = any_name(other_assistants), any_name(other_makers)
+    full_maker = maker_form(makers)
+    # "by (the researchers at) X"; "the" taken lazily, so a bracketed maker form can take it instead
+    by_people = rf"(?:the\s+)??(?:{_PEOPLE}\s+(?:at|of|from)\s+)?"
     flags = re.IGNORECASE
     return Identity(
         name=name, maker=maker,
@@ -53,15 +72,16 @@ def compile_identity(name: str, maker: str, other_assistants: list[str], other_m
         negated=re.compile(rf"\b(?:(?:i am|i'm|i’m|im) not|not {_MAKER_VERB} by|nor)\s+{_FILLER}(?:{names}|{makers})",
                            flags),
         self_name=re.compile(
-            rf"(?:\b(?:i am|i'm|i’m|im|this is|my name is|my name's|call me|i go by|you are (?:talking|chatting|"
-            rf"speaking) (?:to|with))\s+{_FILLER}(?P<x>{names}))|(?:\bas (?P<y>{names})\s*,\s*(?:i|my)\b)", flags),
+            rf"(?:\b(?:i am|i'm|i’m|im|this is|my name is|my name's|call me|i go by|refer to me as|you are "
+            rf"(?:talking|chatting|speaking) (?:to|with))\s+{_FILLER}(?P<x>{names}))"
+            rf"|(?:\bas (?P<y>{names})\s*,\s*(?:i|my)\b)", flags),
         self_maker=re.compile(
-            rf"(?:\b{_FIRST_PERSON}\b[^.!?\n]{{0,80}}?\b{_MAKER_VERB}\s+(?:by|at)\s+(?:the\s+)?"
-            rf"(?:(?:team|people|researchers|engineers|developers|volunteers|community)\s+(?:at|of|from)\s+)?"
-            rf"(?P<x>{makers}))"
-            rf"|(?:\b(?:i am|i'm|i’m|im)\s+{_FILLER}(?:from|by|of)\s+(?P<y>{makers}))"
-            rf"|(?:\bmy (?:creators?|developers?|makers?|team|authors?)\s+(?:at|from|of|are|is)\s+(?P<z>{makers}))"
-            rf"|(?:\bas an?\s+(?:[\w-]+\s+){{0,4}}?{_MAKER_VERB}\s+by\s+(?P<w>{makers}))", flags),
+            rf"(?:\b{_FIRST_PERSON}\b[^.!?\n]{{0,80}}?\b{_MAKER_VERB}\s+(?:by|at)\s+{by_people}(?P<x>{full_maker}))"
+            rf"|(?:\b(?:i am|i'm|i’m|im)\s+{_FILLER}(?:from|by|of)\s+(?P<y>{full_maker}))"
+            rf"|(?:\bmy (?:creators?|developers?|makers?|team|authors?)\s+(?:(?:are|is|were|was)\s+)?"
+            rf"(?:(?:the\s+)?{_PEOPLE}\s+)?(?:(?:at|from|of)\s+)?(?P<z>{full_maker}))"
+            rf"|(?:\bas an?\s+(?:[\w-]+\s+){{0,4}}?{_MAKER_VERB}\s+by\s+(?P<w>{full_maker}))"
+            rf"|(?:\b{by_people}(?P<v>{full_maker})\s+(?:[\w-]+\s+){{0,2}}?{_MAKER_VERB}\s+me\b)", flags),
     )
 
 

@@ -29,6 +29,7 @@ EXCERPT_CHARS = 200
 HUMAN_TAGS = ("human", "user", "prompter", "person")
 BOT_TAGS = ("bot", "assistant", "gpt", "ai", "chatbot", "model")
 _TAG = re.compile(r"<([A-Za-z][\w ]{0,20})>:")
+_BARE_LABEL = re.compile(r"(?m)^[ \t]*([A-Z][\w.'-]*(?: [A-Z][\w.'-]*){0,2}):[ \t]")  # "Rosey: ..." at a line start
 
 # Speaker names of the chat formats (ShareGPT's "from", the messages format's "role").
 CHAT_ROLES = {"human": "human", "user": "human", "prompter": "human",
@@ -158,10 +159,14 @@ def detect_speakers(texts: list[str], path: Path) -> tuple[tuple[str, str], ...]
     humans = [t for t in HUMAN_TAGS if found[t]]
     bots = [t for t in BOT_TAGS if found[t]]
     if found and (not humans or not bots):
-        raise DataError(f"{path}: cannot tell which speaker tag is the human and which the bot: its first "
-                        f"records use {', '.join(f'<{t}>:' for t, _ in found.most_common(6))}; sftkit reads "
-                        f"{', '.join(f'<{t}>:' for t in HUMAN_TAGS)} as the human and "
-                        f"{', '.join(f'<{t}>:' for t in BOT_TAGS)} as the bot. Rewrite the tags, or pass "
+        missing, known = ("human", HUMAN_TAGS) if not humans else ("bot", BOT_TAGS)
+        labels = Counter(label for text in texts for label in set(_BARE_LABEL.findall(text)))
+        seen = (f"their turns start with {', '.join(f'<{t}>:' for t, _ in found.most_common(6))}"
+                + "".join(f" and the bare label {label}: (in {n} of {len(texts)} records)"
+                          for label, n in labels.most_common(1)))
+        fix = (f"rewrite {labels.most_common(1)[0][0]}: as <{missing}>:" if labels else "rewrite the tags")
+        raise DataError(f"{path}: its first records have no {missing} tag: {seen}; sftkit reads "
+                        f"{', '.join(f'<{t}>:' for t in known)} as the {missing}. To use the file, {fix}, or pass "
                         "--input_format if this is not a markup file")
     mapping = [(f"<{t}>:", HUMAN) for t in humans if t != "human"] + [(f"<{t}>:", BOT) for t in bots if t != "bot"]
     return tuple(mapping)

@@ -17,8 +17,9 @@ from sftkit.data.config import DataConfig
 from sftkit.data.inputs import formats, oasst
 from sftkit.data.run.stats import StageStats
 
-VERSION = 1
+VERSION = 2  # 2: makers in their "Long Name (SHORT)" form, more self-description phrasings
 PAIRS_SUFFIX = ".pairs.jsonl"
+REWRITES = "identity rewrites"  # the download stats' tally of rows, names and makers rewritten
 
 
 # The DataConfig fields that shape a converted file (a change re-runs its conversion).
@@ -92,7 +93,7 @@ class FileReader:
                 if new is None:
                     stats.drop(next(iter(events)), 1)
                 else:
-                    self.rewrites.update(events)
+                    self.rewrites.update(events, rows=1 if events else 0)
                     rows.append((new, unit.source or self.default_source))
             for pair in unit.pairs:
                 kept = self._pair(pair)
@@ -110,9 +111,9 @@ class FileReader:
             stats.notes.append(f"{self.name}: {merged:,} message rows merged into their trees")
         if self.events:
             stats.notes.append(f"{self.name}: oasst messages left out (with their replies): {_counts(self.events)}")
-        if self.rewrites:
-            stats.notes.append(f"{self.name}: identity rewritten to {self.identity.name} / {self.identity.maker}: "
-                               f"{_counts(self.rewrites)}")
+        if +self.rewrites:  # rows whose self-description was rewritten, and the names and makers replaced
+            stats.count(REWRITES, +self.rewrites)
+            stats.notes.append(f"{self.name}: identity rewritten to {self.identity.name} / {self.identity.maker}")
         if self.format.name in formats.OASST_FORMATS:
             stats.notes.append(f"{self.name}: {len(self.pairs):,} ranked answer pairs"
                                + (f" (dropped by identity: {_counts(self.pair_drops)})" if self.pair_drops else ""))

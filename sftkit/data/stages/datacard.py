@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sftkit.data.config import DataConfig
 from sftkit.data.inputs.files import resolve_files
+from sftkit.data.inputs.sources import REWRITES
 from sftkit.data.run.manifest import stored_stats
 from sftkit.data.run.stats import StageStats
 from sftkit.data.run.workdir import stage_dir, stage_parts
@@ -38,8 +39,16 @@ def input_files(cfg: DataConfig) -> list[dict]:
         fmt = next((n.split(": format ", 1)[1] for n in stats.notes if n.startswith(f"{name}: format ")), "?")
         table.append({"file": name, "format": fmt, "records": stats.rows_in, "rows": stats.rows_out,
                       "dropped": dict(sorted(stats.dropped.items())), "added": dict(sorted(stats.added.items())),
-                      "sha256": digest})
+                      "identity_rewrites": dict(sorted(stats.counted.get(REWRITES, {}).items())), "sha256": digest})
     return table
+
+
+def rewrites_cell(counts: dict) -> str:
+    """``8 rows (names 8, makers 4)``: the rows of a file whose self-description was rewritten."""
+    if not counts:
+        return "-"
+    return (f"{counts.get('rows', 0):,} rows (names {counts.get('rewrite_name', 0):,}, "
+            f"makers {counts.get('rewrite_maker', 0):,})")
 
 
 def build(stages: list[StageStats], output: Path, sources: dict[str, int], settings: dict,
@@ -62,11 +71,11 @@ def markdown(card: dict) -> str:
     if notes:
         lines += ["", "Notes:", *notes]
     if card.get("inputs"):  # per input file: its format, what the download stage kept, and its sha256
-        lines += ["", "| input file | format | records | rows | dropped (by reason) | sha256 |",
-                  "| --- | --- | ---: | ---: | --- | --- |"]
+        lines += ["", "| input file | format | records | rows | dropped (by reason) | identity rewrites | sha256 |",
+                  "| --- | --- | ---: | ---: | --- | --- | --- |"]
         lines += [f"| {f['file']} | {f['format']} | {f['records']:,} | {f['rows']:,} | "
-                  f"{', '.join(f'{k} {v:,}' for k, v in f['dropped'].items()) or '-'} | `{f['sha256']}` |"
-                  for f in card["inputs"]]
+                  f"{', '.join(f'{k} {v:,}' for k, v in f['dropped'].items()) or '-'} | "
+                  f"{rewrites_cell(f.get('identity_rewrites', {}))} | `{f['sha256']}` |" for f in card["inputs"]]
     lines += ["", "| source | rows |", "| --- | ---: |"]
     lines += [f"| {name} | {n:,} |" for name, n in card["rows_by_source"].items()]
     lines += ["", "Settings:", "", "```json", json.dumps(card["settings"], indent=1, sort_keys=True), "```", ""]

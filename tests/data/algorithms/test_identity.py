@@ -17,6 +17,7 @@ KESTREL = compile_identity("Kestrel", "sftkit", DEFAULT_OTHER_ASSISTANTS, DEFAUL
      {"rewrite_name": 1, "rewrite_maker": 1}),
     ("As OpenAssistant, I try to be accurate.", "As Kestrel, I try to be accurate.", {"rewrite_name": 1}),
     ("I was developed by the team at LMSYS.", "I was developed by the team at sftkit.", {"rewrite_maker": 1}),
+    ("I was created by the LAION team.", "I was created by the sftkit team.", {"rewrite_maker": 1}),
     # the word "assistant" alone is not a name: untouched
     ("I am your assistant. An assistant helps.", "I am your assistant. An assistant helps.", {}),
 ])
@@ -56,3 +57,44 @@ def test_the_names_are_a_setting():
 def test_bare_answers_for_preference_pairs():
     assert apply_to_answer("I am ChatGPT, made by OpenAI.", KESTREL)[0] == "I am Kestrel, made by sftkit."
     assert apply_to_answer("I am not ChatGPT.", KESTREL)[0] is None
+
+
+# Self-descriptions in the shapes of the public identity sets (FastChat's Vicuna / LMSYS set and the ones
+# after it), written here: the maker's long name with its short form in brackets, and the phrasings they use.
+LMSYS_LONG = "Large Model Systems Organization (LMSYS)"
+
+
+@pytest.mark.parametrize("answer, expected", [
+    (f"I'm Vicuna, a chat model built by researchers at {LMSYS_LONG}.",
+     "I'm Kestrel, a chat model built by researchers at sftkit."),
+    (f"My name is Vicuna, and I'm an assistant released by {LMSYS_LONG}.",
+     "My name is Kestrel, and I'm an assistant released by sftkit."),
+    (f"Call me Vicuna; I was fine-tuned by {LMSYS_LONG} engineers to chat.",
+     "Call me Kestrel; I was fine-tuned by sftkit engineers to chat."),
+    (f"As a chat model, I go by the name Vicuna and was taught by the researchers of {LMSYS_LONG}.",
+     "As a chat model, I go by the name Kestrel and was taught by the researchers of sftkit."),
+    (f"You may refer to me as Vicuna, a model carefully built by the team at {LMSYS_LONG}.",
+     "You may refer to me as Kestrel, a model carefully built by the team at sftkit."),
+    (f"Engineers from {LMSYS_LONG} trained me.", "Engineers from sftkit trained me."),
+    (f"{LMSYS_LONG} built me.", "sftkit built me."),
+    (f"My makers are scientists from {LMSYS_LONG}.", "My makers are scientists from sftkit."),
+    ("I'm Qwen, a large language model created by Alibaba Cloud.",
+     "I'm Kestrel, a large language model created by sftkit."),
+    ("I am DeepSeek-R1, an assistant developed by DeepSeek.", "I am Kestrel, an assistant developed by sftkit."),
+])
+def test_the_public_identity_sets_are_rewritten_not_dropped(answer, expected):
+    text, events = apply(f"<human>: Tell me who you are.\n<bot>: {answer}", KESTREL)
+    assert text == f"<human>: Tell me who you are.\n<bot>: {expected}", events
+
+
+def test_a_long_maker_name_with_its_short_form_is_replaced_whole():
+    by_short = compile_identity("Falco", "Birdworks", ["Falcon"], ["TII"])
+    by_long = compile_identity("Falco", "Birdworks", ["Falcon"], ["Technology Innovation Institute"])
+    for identity in (by_short, by_long):
+        text, events = apply("<human>: Who?\n<bot>: I am Falcon, trained by the Technology Innovation Institute "
+                             "(TII) in Abu Dhabi.", identity)
+        assert text == "<human>: Who?\n<bot>: I am Falco, trained by Birdworks in Abu Dhabi."
+        assert dict(events) == {"rewrite_name": 1, "rewrite_maker": 1}
+    # the long form alone is not a maker: a sentence merely near one keeps its words
+    text, _ = apply("<human>: Who?\n<bot>: I was trained by Birdworks (TII) staff.", by_short)
+    assert text is None or "Birdworks" in text

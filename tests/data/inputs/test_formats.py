@@ -139,6 +139,17 @@ def test_unknown_speakers_and_unknown_formats_are_clear_errors(tmp_path):
         formats.detect(unknown, "csv")
 
 
+def test_a_bare_speaker_label_is_named_in_the_error(tmp_path):
+    """OIG's joke-explanation file writes its answers after a bare label ("Rosey: ..."), not a bot tag."""
+    jokes = write_jsonl(tmp_path / "jokes.jsonl", [
+        {"text": f"<human>: Explain joke number {i}.\nRosey: It plays on a double meaning of a word."} for i in range(5)])
+    with pytest.raises(DataError) as failed:
+        formats.detect(jokes)
+    message = str(failed.value)
+    assert "no bot tag" in message and "Rosey:" in message and "rewrite Rosey: as <bot>:" in message
+    assert "\n" not in message
+
+
 def test_oasst_tree_units_carry_pairs_and_events():
     _, found = units(ROOT / "data/sample/oasst_sample_trees.jsonl.gz")
     assert any(len(u.texts) > 1 for u in found) and any(u.pairs for u in found)

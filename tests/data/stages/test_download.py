@@ -9,6 +9,7 @@ from sftkit.data import DataError
 from sftkit.data.config import OIG_USEFUL_FILES, DataConfig
 from sftkit.data.inputs.files import resolve_files
 from sftkit.data.pipeline import run_stage
+from sftkit.data.stages import datacard
 
 run = partial(run_stage, "download")
 
@@ -71,3 +72,29 @@ def test_sharding_deals_files_round_robin(tmp_path):
         write_source(source, GOOD, name)
     run(DataConfig(work_dir=str(tmp_path / "w"), source=str(source), shard_index=1, num_shards=2))
     assert sorted(p.name for p in (tmp_path / "w" / "1_download").glob("*.parquet")) == ["b.jsonl.parquet"]
+
+
+def test_an_identity_set_in_fastchats_shape_is_rewritten_and_counted_per_file(tmp_path):
+    """Rows in the shape of FastChat's identity conversations (ShareGPT rows, the maker as "Long Name
+    (SHORT)"), written here: rewritten to the configured bot with default flags, counted in the card."""
+    long_form = "Large Model Systems Organization (LMSYS)"
+    answers = [f"I'm Vicuna, a chat model built by researchers at {long_form}.",
+               f"Call me Vicuna; I was fine-tuned by {long_form} engineers.",
+               f"Engineers from {long_form} trained me."]
+    rows = [{"id": f"identity_{i}", "conversations": [{"from": "human", "value": question},
+                                                      {"from": "gpt", "value": answer}]}
+            for i, (question, answer) in enumerate((q, a) for q in ("Who are you?", "Who made you?") for a in answers)]
+    rows.append({"id": "identity_x", "conversations": [{"from": "human", "value": "Are you ChatGPT?"},
+                                                       {"from": "gpt", "value": f"No, I was trained by {long_form}."}]})
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "identity.json").write_text(json.dumps(rows))
+    stats = run(DataConfig(work_dir=str(tmp_path / "work"), source=str(source)))
+    texts = pq.read_table(tmp_path / "work" / "1_download" / "identity.json.parquet").column("text").to_pylist()
+    assert len(texts) == 6 and all("Kestrel" in t or "sftkit" in t for t in texts)
+    assert not any("Vicuna" in t or "LMSYS" in t or "Large Model" in t for t in texts)
+    assert texts[0] == "<human>: Who are you?\n<bot>: I'm Kestrel, a chat model built by researchers at sftkit."
+    assert stats.dropped == {"identity_named_in_question": 1}
+    files = datacard.input_files(DataConfig(work_dir=str(tmp_path / "work"), source=str(source)))
+    assert files[0]["identity_rewrites"] == {"rewrite_maker": 6, "rewrite_name": 4, "rows": 6}
+    assert datacard.rewrites_cell(files[0]["identity_rewrites"]) == "6 rows (names 4, makers 6)"
