@@ -87,8 +87,8 @@ REJECTS = {
 ACCEPTED = {
     "nul_inside_a_string": ("nul_in_text.jsonl", lines('{"text": "<human>: a\\u0000b?\\n<bot>: An answer with a '
                                                        'NUL in its question."}'), 41),
-    "huge_valid_line": ("huge.jsonl", lines(json.dumps({"text": "<human>: Say a lot.\n<bot>: " + "Word. " * 1_500_000})),
-                        41),
+    "huge_valid_line": ("huge.jsonl", lines(json.dumps({"text": "<human>: Say a lot.\n<bot>: "
+                                                                 + "Word. " * 1_500_000})), 41),
     # a tree 2,000 messages deep as a flat table: built and walked without recursion, one conversation
     "oasst_message_table_2000_deep": ("messages.jsonl", "\n".join(oasst_messages_chain(2000, "m")).encode() + b"\n", 1),
 }

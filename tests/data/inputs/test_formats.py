@@ -141,8 +141,8 @@ def test_unknown_speakers_and_unknown_formats_are_clear_errors(tmp_path):
 
 def test_a_bare_speaker_label_is_named_in_the_error(tmp_path):
     """OIG's joke-explanation file writes its answers after a bare label ("Rosey: ..."), not a bot tag."""
-    jokes = write_jsonl(tmp_path / "jokes.jsonl", [
-        {"text": f"<human>: Explain joke number {i}.\nRosey: It plays on a double meaning of a word."} for i in range(5)])
+    jokes = write_jsonl(tmp_path / "jokes.jsonl", [{"text": f"<human>: Explain joke number {i}.\nRosey: It plays "
+                                                            "on a double meaning of a word."} for i in range(5)])
     with pytest.raises(DataError) as failed:
         formats.detect(jokes)
     message = str(failed.value)
