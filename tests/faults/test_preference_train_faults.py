@@ -6,7 +6,6 @@ with an uninterrupted run. Dropout is on, so a resume that lost the RNG state or
 shows up in the losses. DPO also continues an SFT adapter (its frozen copy is the reference) and is
 killed and resumed the same way.
 """
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.faults.test_train_faults import ENV, REPO, kill, losses, resume, start, wait_for
+from tests.faults.test_train_faults import ENV, REPO, kill_mid_step_then_resume, losses
 from tests.train.helpers import write_rows
 from tests.train.toy_preferences import write_pairs
 
@@ -44,13 +43,7 @@ def assert_same_run(resumed: Path, reference: Path, weights: str) -> None:
 
 
 def killed_and_resumed(cmd: list[str], out: Path) -> None:
-    run = start(cmd)
-    wait_for(lambda: (out / "checkpoint-4").is_dir(), run, "checkpoint-4")
-    run.send_signal(signal.SIGSTOP)  # somewhere after step 4: in a step, or writing the next checkpoint
-    assert not (out / f"checkpoint-{FLAGS['max_steps']}").exists()
-    kill(run)
-    done = resume(cmd)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = kill_mid_step_then_resume(cmd, out, FLAGS["max_steps"])
     assert f"resumed from {out / 'checkpoint-'}" in done.stdout + done.stderr
 
 
