@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sftkit.flags import FlagError, flag
 from sftkit.models import DEFAULT_BASE_MODEL
-from sftkit.prompts import DEFAULT_PROMPT_TYPE, prompt_type_names
+from sftkit.prompts import DEFAULT_PROMPT_TYPE, get_prompt_type, prompt_type_names
 
 FINALIZED_DATA = "oig_work/oig_instruct_cleaned.json"
 BUNDLED_SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
@@ -19,6 +19,8 @@ VAL_METRICS = ("bleu", "sacrebleu", "rouge", "meteor")
 LR_SCHEDULERS = ("cosine", "linear", "constant")
 STAGES = ("sft", "rm", "dpo")
 DPO_LOSSES = ("sigmoid", "ipo")
+EXPORT_FORMATS = ("hf", "gguf", "ollama")
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 
 
 @dataclass
@@ -224,9 +226,24 @@ class ExportConfig:
                                          "fine-tuning output_dir is re-saved as it is.")
     output_dir: str = flag("merged", "Where to write the standalone merged model (must not exist).")
     dtype: str = flag("float32", "Dtype of the saved weights: float32, bfloat16 or float16.")
+    format: list[str] = flag(["hf"], "What to write, comma-separated: hf (safetensors + tokenizer with the chat "
+                                     "template), gguf (llama.cpp), ollama (GGUF + Modelfile in output_dir/ollama).")
+    gguf_type: str = flag("f16", "Weights of the GGUF: f32, f16, bf16 or q8_0 (norms stay f32).")
+    prompt_type: str = flag("", "Prompt format the chat template renders (empty: the one the training output "
+                                f"recorded in sftkit_prompt.json, else {DEFAULT_PROMPT_TYPE}).")
+    system_prompt: str = flag("", "Default system prompt for the Modelfile's SYSTEM and the model card.")
+    eval_report: str = flag("", "generate.py's evaluation report (its ANSWERS_report/ folder) to put in the model card.")
     local_files_only: bool = flag(False, "Never reach a model hub; load only local files.")
     trust_remote_code: bool = flag(False, "Run model code shipped with a hub checkpoint (only if you trust it).")
 
     def __post_init__(self):
+        self.format = list(dict.fromkeys(f.strip().lower() for f in self.format if f.strip()))
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise FlagError("--dtype must be float32, bfloat16 or float16")
+        unknown = [f for f in self.format if f not in EXPORT_FORMATS]
+        if unknown or not self.format:
+            raise FlagError(f"--format: {unknown or 'nothing'}; choose from {', '.join(EXPORT_FORMATS)}")
+        if self.gguf_type not in GGUF_TYPES:
+            raise FlagError(f"--gguf_type must be one of {', '.join(GGUF_TYPES)}")
+        if self.prompt_type:
+            get_prompt_type(self.prompt_type)
