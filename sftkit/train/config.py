@@ -11,6 +11,7 @@ from pathlib import Path
 from sftkit.flags import FlagError, flag
 from sftkit.models import DEFAULT_BASE_MODEL
 from sftkit.prompts import DEFAULT_PROMPT_TYPE, get_prompt_type, prompt_type_names
+from sftkit.train.tracking import REPORTERS, parse_report_to
 
 FINALIZED_DATA = "oig_work/oig_instruct_cleaned.json"
 BUNDLED_SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
@@ -85,7 +86,9 @@ class TrainConfig:
     save_total_limit: int = flag(3, "Keep at most this many checkpoint-N folders (0: keep all).")
     add_eos_token: bool = flag(True, "End each row with the EOS token, so the model learns to stop.")
     seed: int = flag(42, "Seed for data order, the validation split, LoRA init and dropout.")
-    report_to: str = flag("tensorboard", "Where to log besides stdout: tensorboard or none.")
+    report_to: str = flag("tensorboard", "Where to log besides stdout, comma-separated: tensorboard, mlflow "
+                                         "(to MLFLOW_TRACKING_URI), wandb (WANDB_MODE=offline needs no login), "
+                                         "or none.")
     deepspeed: str = flag("", "A DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json); 'auto' values are "
                               "filled from these flags.")
     config: str = flag("", "A YAML recipe of these flags (e.g. configs/smollm2_lora.yaml); flags override it.")
@@ -168,7 +171,8 @@ class TrainConfig:
             (not (self.train_8bit and self.train_4bit), "--train_8bit and --train_4bit are exclusive"),
             (not (self.fp16 and self.bf16), "--fp16 and --bf16 are exclusive"),
             (self.lr_scheduler in LR_SCHEDULERS, f"--lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}"),
-            (self.report_to in ("tensorboard", "none"), "--report_to must be tensorboard or none"),
+            (all(n in REPORTERS for n in parse_report_to(self.report_to)),
+             f"--report_to: choose from {', '.join(REPORTERS)} (comma-separated), or none"),
             (math.isfinite(self.learning_rate) and self.learning_rate > 0, "--learning_rate must be above 0"),
         ]
         checks += self._stage_checks()

@@ -34,6 +34,12 @@ def data_card_path(data_path: str) -> Path | None:
     return card if path.is_file() and card.is_file() else None
 
 
+def data_card_files(data_path: str) -> list[Path]:
+    """The data card's JSON and Markdown beside ``data_path``, when create_data.py made it."""
+    card = data_card_path(data_path)
+    return [card, card.with_name(card.name.removesuffix(".json") + ".md")] if card else []
+
+
 def training_record(weights: str) -> dict:
     """Settings, final metrics and data card of the run that trained ``weights`` (empty parts if unknown)."""
     folder = _training_dir(Path(weights))
