@@ -3,7 +3,8 @@ one) and write it in every format asked for, in one directory written atomically
 
 * ``hf``: safetensors, tokenizer with the chat template, generation config with the stop tokens,
   ``sftkit_prompt.json`` (sftkit/prompt_format.py) at the top of the directory;
-* ``gguf``: ``NAME-TYPE.gguf`` beside them (sftkit/train/gguf_file.py);
+* ``gguf``: ``gguf/NAME-TYPE.gguf`` (sftkit/train/gguf_file.py), in a folder of its own: transformers'
+  GGUF reader loses the file's chat template when tokenizer files sit beside it;
 * ``ollama``: ``ollama/`` with that GGUF and a ``Modelfile`` (sftkit/train/ollama.py);
 
 and always a model card, ``README.md`` (sftkit/train/model_card.py).
@@ -98,15 +99,15 @@ def export_merged(config: ExportConfig) -> Path:
             write_prompt_format(staging, tokenizer, prompt_type, generation_config=merged.generation_config,
                                 system_prompt=config.system_prompt)
         if {"gguf", "ollama"} & set(config.format):
-            target = staging / gguf_name if "gguf" in config.format else staging / "ollama" / gguf_name
-            target.parent.mkdir(exist_ok=True)
+            target = staging / ("gguf" if "gguf" in config.format else "ollama") / gguf_name
+            target.parent.mkdir()
             gguf_summary = write_gguf(merged, tokenizer, target, config.gguf_type, name=out.name,
                                       chat_template=template_for(tokenizer, prompt_type) or tokenizer.chat_template,
                                       add_bos=adds_bos(tokenizer), stop_token_ids=record["stop_token_ids"])
         if "ollama" in config.format:
             (staging / "ollama").mkdir(exist_ok=True)
             if "gguf" in config.format:  # the same file twice, stored once
-                os.link(staging / gguf_name, staging / "ollama" / gguf_name)
+                os.link(staging / "gguf" / gguf_name, staging / "ollama" / gguf_name)
             (staging / "ollama" / "Modelfile").write_text(
                 modelfile(gguf_name, prompt_type, record["stop"], config.system_prompt), encoding="utf-8")
         evaluation = evaluation_markdown(config.eval_report, staging) if config.eval_report else None
@@ -118,5 +119,5 @@ def export_merged(config: ExportConfig) -> Path:
     print(f"export: {'copied the fully fine-tuned' if full else 'merged'} {config.lora_weights}"
           f"{'' if full else ' into ' + config.base_model} -> {out} ({n_params / 1e6:.1f}M parameters, "
           f"prompt_type {prompt_type}; {', '.join(config.format)}"
-          + (f"; {gguf_name} {config.gguf_type}" if gguf_summary else "") + "; README.md model card)")
+          + (f"; gguf/{gguf_name}" if "gguf" in config.format else "") + "; README.md model card)")
     return out

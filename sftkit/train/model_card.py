@@ -88,9 +88,9 @@ def usage(name: str, formats: list[str], record: dict, gguf_name: str | None) ->
                       "`sftkit_prompt.json`:", ""]
         lines += _fence(f"python generate.py --base_model={name} --prompt_type={record['prompt_type']} --api=True",
                         "bash")
-    if gguf_name:
-        lines += ["", f"llama.cpp reads `{gguf_name}` (chat template and tokenizer in its metadata):", ""]
-        lines += _fence(f"llama-cli -m {name}/{gguf_name} -cnv" + "".join(
+    if gguf_name and "gguf" in formats:
+        lines += ["", f"llama.cpp reads `gguf/{gguf_name}` (chat template and tokenizer in its metadata):", ""]
+        lines += _fence(f"llama-cli -m {name}/gguf/{gguf_name} -cnv" + "".join(
             f" --reverse-prompt {json.dumps(s, ensure_ascii=False)}" for s in stops if "\n" not in s), "bash")
     if "ollama" in formats:
         lines += ["", "Ollama: the `ollama/` folder holds the GGUF and a `Modelfile` with the same prompt "
