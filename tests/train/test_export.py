@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from sftkit.models import apply_adapter, load_model, load_tokenizer
@@ -149,3 +150,21 @@ def test_a_new_user_fine_tunes_h2ogpt_data_and_deploys_every_format(tiny_llama, 
     seen = check_deployed_export(export)
     assert seen["gguf_same_tokens"] == seen["questions"]
     assert seen["stopped_at_stop_string"] >= 1, "the fine-tune never wrote <human>:, so stopping went untested"
+
+
+@pytest.mark.slow
+def test_the_embedded_model_deploys_every_format_alike(tmp_path):
+    """The same on SmolLM2-135M-Instruct (the embedded model): a 12-step LoRA on the bundled identity rows."""
+    from sftkit.models import DEFAULT_BASE_MODEL, resolve_base_model
+
+    base = resolve_base_model(DEFAULT_BASE_MODEL)
+    train(tiny_config(base, tmp_path, data_path=h2ogpt_rows(tmp_path / "h2ogpt.json"), max_steps=12,
+                      batch_size=4, micro_batch_size=4, val_set_size=0, learning_rate=3e-3, save_steps=0,
+                      cutoff_len=96))
+    export = tmp_path / "kestrel"
+    export_cli(f"--base_model={DEFAULT_BASE_MODEL}", f"--lora_weights={tmp_path / 'out'}", f"--output_dir={export}",
+               "--format=hf,gguf,ollama", "--gguf_type=f16")
+    seen = check_deployed_export(export)
+    print(f"embedded export: {seen}")
+    assert seen["gguf_same_tokens"] == seen["questions"]
+    assert seen["stopped_at_stop_string"] >= 1
