@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftkit import atomic
+from sftkit.prompt_format import write_prompt_format
+from sftkit.train.modeling import is_peft
 from sftkit.train.config import TrainConfig
 
 
@@ -61,12 +63,18 @@ class Recipe:
     def extra_eval(self, model, tokenizer, valid: list, world, synced: bool) -> dict:
         return {}
 
+    def trained_prompt_type(self) -> str:
+        """The prompt type the saved model's chat template renders."""
+        return self.config.fixed_prompt_type
+
     def save_final(self, model, tokenizer, output_dir: Path, save_weights, world, zero3: bool) -> None:
-        """Weights (adapter, or the whole model) and tokenizer at the top of output_dir, swapped in atomically."""
+        """Weights (adapter, or the whole model), tokenizer with the chat template and stop tokens
+        (sftkit/prompt_format.py) at the top of output_dir, swapped in atomically."""
         with atomic.replacing_entries(output_dir) if world.is_main else contextlib.nullcontext() as staging:
             save_weights(staging)  # collective under ZeRO-3; only the main process writes
             if world.is_main:
-                tokenizer.save_pretrained(staging)
+                write_prompt_format(staging, tokenizer, self.trained_prompt_type(),
+                                    generation_config=None if is_peft(model) else model.generation_config)
 
 
 def get_recipe(config: TrainConfig) -> Recipe:
