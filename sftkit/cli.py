@@ -53,7 +53,7 @@ def finetune_main(argv: list[str] | None = None, summary: str = FINETUNE_SUMMARY
 
     if argv[:1] == ["export"]:
         flags.main(ExportConfig, export, argv[1:], prog="finetune.py export",
-                   summary="Merge a LoRA adapter into its base model; write a standalone model directory.")
+                   summary="Merge a LoRA adapter into its base model; write it as hf, gguf and/or ollama, with a model card.")
     else:
         flags.main(TrainConfig, train, argv, prog="finetune.py", summary=summary)
 

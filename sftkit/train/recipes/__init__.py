@@ -21,10 +21,12 @@ from pathlib import Path
 
 from sftkit import atomic
 from sftkit.errors import DataError
+from sftkit.prompt_format import write_prompt_format
 from sftkit.prompts import PromptError, get_prompt_type
 from sftkit.train.batching import collate_pairs
 from sftkit.train.config import TrainConfig
 from sftkit.train.data import split_validation
+from sftkit.train.modeling import is_peft
 from sftkit.train.preference import load_pairs, tokenize_pairs
 
 
@@ -69,12 +71,18 @@ class Recipe:
     def extra_eval(self, model, tokenizer, valid: list, world, synced: bool) -> dict:
         return {}
 
+    def trained_prompt_type(self) -> str:
+        """The prompt type the saved model's chat template renders."""
+        return self.config.fixed_prompt_type
+
     def save_final(self, model, tokenizer, output_dir: Path, save_weights, world, zero3: bool) -> None:
-        """Weights (adapter, or the whole model) and tokenizer at the top of output_dir, swapped in atomically."""
+        """Weights (adapter, or the whole model), tokenizer with the chat template and stop tokens
+        (sftkit/prompt_format.py) at the top of output_dir, swapped in atomically."""
         with atomic.replacing_entries(output_dir) if world.is_main else contextlib.nullcontext() as staging:
             save_weights(staging)  # collective under ZeRO-3; only the main process writes
             if world.is_main:
-                tokenizer.save_pretrained(staging)
+                write_prompt_format(staging, tokenizer, self.trained_prompt_type(),
+                                    generation_config=None if is_peft(model) else model.generation_config)
 
 
 def read_pair_data(config: TrainConfig, tokenizer, progress: bool, *, add_eos_token: bool) -> Data:
