@@ -21,7 +21,9 @@ from sftkit.errors import ExportError, PromptError
 from sftkit.prompt_format import adds_bos, prompt_record, read_prompt_format, template_for, write_prompt_format
 from sftkit.prompts import DEFAULT_PROMPT_TYPE, get_prompt_type
 from sftkit.train.config import ExportConfig
+from sftkit.train.gguf_file import gguf_arch, write_gguf
 from sftkit.train.model_card import model_card, training_record
+from sftkit.train.ollama import modelfile
 
 EVALUATION_DIR = "evaluation"
 
@@ -68,9 +70,6 @@ def evaluation_markdown(report: str, staging: Path) -> str:
 def export_merged(config: ExportConfig) -> Path:
     """Load base (unquantized) + adapter, merge, and write every asked format and the card atomically."""
     import torch
-
-    from sftkit.train.gguf_file import gguf_arch, write_gguf
-    from sftkit.train.ollama import modelfile
 
     out = Path(config.output_dir)
     if out.exists():

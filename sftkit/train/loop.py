@@ -26,7 +26,8 @@ from sftkit.train.batching import epoch_plan
 from sftkit.train.config import TrainConfig
 from sftkit.train.data import DataError
 from sftkit.train.modeling import trainable_parameters, weights_saver
-from sftkit.train.recipes import Data, Recipe, get_recipe
+from sftkit.train.recipes import Data, Recipe
+from sftkit.train.recipes.registry import get_recipe
 from sftkit.train.recipes.sft import shard
 
 

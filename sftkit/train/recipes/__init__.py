@@ -6,6 +6,9 @@ the result:
 * ``rm``: a reward model from preference pairs, pairwise loss −log σ(r_chosen − r_rejected) (rm.py);
 * ``dpo``: direct preference optimisation against a reference model (dpo.py).
 
+This module holds what they share (``Recipe``, ``PairRecipe``, ``Data``); ``registry.py`` names them
+by ``--stage``.
+
 A recipe's ``loss`` returns the *sum* over a micro-batch of its per-unit losses (tokens for SFT,
 pairs for RM/DPO) and the sums of the metrics it reports; the loop divides by the global number of
 units in the step, so the gradient is the same whatever the split over micro-batches and processes.
@@ -17,9 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftkit import atomic
+from sftkit.errors import DataError
 from sftkit.prompt_format import write_prompt_format
-from sftkit.train.modeling import is_peft
+from sftkit.prompts import PromptError, get_prompt_type
+from sftkit.train.batching import collate_pairs
 from sftkit.train.config import TrainConfig
+from sftkit.train.data import split_validation
+from sftkit.train.modeling import is_peft
+from sftkit.train.preference import load_pairs, tokenize_pairs
 
 
 @dataclass
@@ -77,21 +85,8 @@ class Recipe:
                                     generation_config=None if is_peft(model) else model.generation_config)
 
 
-def get_recipe(config: TrainConfig) -> Recipe:
-    from sftkit.train.recipes.dpo import DPORecipe
-    from sftkit.train.recipes.rm import RewardModelRecipe
-    from sftkit.train.recipes.sft import SFTRecipe
-
-    return {"sft": SFTRecipe, "rm": RewardModelRecipe, "dpo": DPORecipe}[config.stage](config)
-
-
 def read_pair_data(config: TrainConfig, tokenizer, progress: bool, *, add_eos_token: bool) -> Data:
     """Preference pairs for RM and DPO: read, split off validation, tokenize."""
-    from sftkit.errors import DataError
-    from sftkit.prompts import PromptError, get_prompt_type
-    from sftkit.train.data import split_validation
-    from sftkit.train.preference import load_pairs, tokenize_pairs
-
     if get_prompt_type(config.fixed_prompt_type).name == "chat" and not getattr(tokenizer, "chat_template", None):
         raise PromptError("--prompt_type=chat needs a tokenizer with a chat template; this one has none")
     path = config.resolved_data_path()
@@ -125,8 +120,6 @@ class PairRecipe(Recipe):
     unit = "pair"
 
     def collate(self, micro_batch, pad_token_id):
-        from sftkit.train.batching import collate_pairs
-
         return collate_pairs(micro_batch, pad_token_id)
 
     def units(self, batch):
