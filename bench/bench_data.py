@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 def sample_conversations() -> list[tuple[str, str | None]]:
     """(markup text, source) of every OIG-format conversation in the bundled sample."""
-    from sftkit.data import formats
+    from sftkit.data.inputs import formats
 
     found = []
     for sample in sorted((ROOT / "data" / "sample").glob("*.jsonl.gz")):
@@ -91,8 +91,8 @@ def naive_baseline(path: Path, rows: int) -> dict:
     from better_profanity import profanity
     from profanity_check import predict_prob
 
-    from sftkit.data.readability import ensure_cmudict
-    from sftkit.data.splitting import split_conversation
+    from sftkit.data.algorithms.readability import ensure_cmudict
+    from sftkit.data.algorithms.splitting import split_conversation
     from sftkit.prompts import split_turns
 
     ensure_cmudict()
@@ -133,7 +133,7 @@ def naive_baseline(path: Path, rows: int) -> dict:
 
 def sentence_splitting() -> list[tuple[str, float]]:
     """Characters per second of pysbd against a naive regex split, on the sample's answers."""
-    from sftkit.data.splitting import split_sentences
+    from sftkit.data.algorithms.splitting import split_sentences
 
     answers = [text.split("<bot>:")[-1].strip() for text, _ in sample_conversations()]
     text = " ".join(answers)[:200_000]

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def finalize_rows(count: int) -> list:
-    from sftkit.data import formats
+    from sftkit.data.inputs import formats
     from sftkit.rows import Conversation, text_turns
 
     texts = []

@@ -1,16 +1,17 @@
 """Rows: the one reader of data files, and the one place a row's shape becomes turns.
 
-Every wing reads through this module: the data stages (``sftkit/data/formats.py`` writes what it
-reads as ``<human>:``/``<bot>:`` markup), SFT and preference training (``sftkit/train/data.py``,
-``sftkit/train/preference.py``) and the evaluation mode (``sftkit/generation/batch.py``).
+Every wing reads through this module: the data stages (``sftkit/data/inputs/formats.py`` writes
+what it reads as ``<human>:``/``<bot>:`` markup), SFT and preference training
+(``sftkit/train/data.py``, ``sftkit/train/preference.py``) and the evaluation mode
+(``sftkit/generation/batch.py``).
 
 **Records.** :func:`records` streams a file: JSON lines line by line, a JSON array element by
 element (parsed incrementally, never loaded whole), parquet by record batches; gzip is recognised
 by its magic bytes, whatever the file is called. A record that cannot be used as a value (invalid
-UTF-8, invalid JSON, nesting too deep for the parser) comes with its reason instead: a reason is a
-short code (:data:`REASONS` says each in words), counted by the caller, never an exception. Only a
-file that cannot be read at all (a damaged parquet or gzip, a JSON array that never closes) is a
-:class:`~sftkit.errors.DataError`.
+UTF-8, and :mod:`sftkit.json_records`' reasons: invalid JSON, nested too deep, a lone surrogate)
+comes with its reason instead: a reason is a short code (:data:`REASONS` says each in words),
+counted by the caller, never an exception. Only a file that cannot be read at all (a damaged
+parquet or gzip, a JSON array that never closes) is a :class:`~sftkit.errors.DataError`.
 
 **Shapes.** :data:`SIGNATURES` tells a row's shape from its columns; :func:`conversation` turns a
 row of any shape into a :class:`Conversation` (turns with the roles of :mod:`sftkit.prompts`, an
@@ -54,7 +55,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from sftkit.data import oasst
+from sftkit import json_records
+from sftkit.data.inputs import oasst
 from sftkit.errors import DataError
 from sftkit.prompts import ANSWER_ROLES, BOT, HUMAN, Turn, split_turns, tool_call_text
 
@@ -68,8 +70,7 @@ Record = tuple[int, object, "str | None", str]
 # Every reason a record gives no conversation, in words (messages say "<file>:<n>: <words>").
 REASONS = {
     "invalid_utf8": "not valid UTF-8",
-    "bad_json": "not valid JSON",
-    "too_deep": "JSON nested too deeply to read",
+    **{reason: words for reason, (words, _) in json_records.EXPLAINED.items()},  # bad_json, nested_too_deep, …
     "not_an_object": "not a JSON object",
     "unknown_shape": "no usable column: expected conversations, messages, instruction + output, "
                      "prompt (+ completion), chosen + rejected, input or text",
@@ -154,15 +155,6 @@ def _parquet_records(path: Path, batch_rows: int) -> Iterator[Record]:
         raise DataError(f"{path}: cannot read parquet ({exc})") from None
 
 
-def _parse(text: str) -> tuple[object, str | None]:
-    try:
-        return json.loads(text), None
-    except RecursionError:
-        return None, "too_deep"
-    except ValueError:
-        return None, "bad_json"
-
-
 def _jsonl_records(path: Path) -> Iterator[Record]:
     with open_bytes(path) as fh:
         for number, raw in enumerate(fh, 1):
@@ -175,7 +167,7 @@ def _jsonl_records(path: Path) -> Iterator[Record]:
             except UnicodeDecodeError:
                 yield number, None, "invalid_utf8", shown
                 continue
-            value, reason = _parse(line)
+            value, reason = json_records.parse_record(line)
             if reason == "bad_json" and number == 1 and line.strip() == "{":
                 _refuse_single_object(path)
             yield number, value, reason, shown
@@ -184,7 +176,7 @@ def _jsonl_records(path: Path) -> Iterator[Record]:
 def _refuse_single_object(path: Path) -> None:
     """A pretty-printed JSON object is one row, not a file of rows: say so instead of one bad line each."""
     with open_bytes(path) as fh:
-        value, _ = _parse(fh.read().decode("utf-8", errors="replace"))
+        value, _ = json_records.parse_record(fh.read().decode("utf-8", errors="replace"))
     if isinstance(value, dict):
         raise DataError(f"{path}: expected a list of rows (a JSON array, or one JSON object per line), got one "
                         f"JSON object with keys {sorted(value)[:8]}; put the rows in a list, or write them one "
@@ -252,7 +244,7 @@ class _ArrayReader:
             try:
                 value, end = self.decoder.raw_decode(self.buf, self.pos)
             except RecursionError:
-                return "too_deep"
+                return json_records.TOO_DEEP
             except json.JSONDecodeError as exc:
                 # Text cut at the end of what was read fails at its end (or in a string never closed).
                 cut_short = exc.pos >= len(self.buf) - 16 or exc.msg.startswith("Unterminated string")
@@ -300,10 +292,15 @@ class _ArrayReader:
         self.pos += 1
         number = 0
         if self._skip_space() and self.buf[self.pos] == "]":
+            self.pos += 1
+            if self._skip_space():
+                raise self._broken(self.pos, "more text after the list's closing ']'")
             return
         while True:
             if not self._skip_space():
                 raise self._broken(len(self.buf), "the list never closes")
+            if self.buf[self.pos] == "]":
+                raise self._broken(self.pos, f"a ',' after item {number} with no item after it")
             number += 1
             decoded = self._decode()  # reading on may move the element's start (self.pos) in buf
             if isinstance(decoded, str):
@@ -312,16 +309,16 @@ class _ArrayReader:
             else:
                 value, end = decoded
                 raw = self.buf[self.pos:end]
-                if _ESCAPED_BYTE.search(raw):
-                    yield number, None, "invalid_utf8", _shown(raw)
-                else:
-                    yield number, value, None, ""
+                reason = "invalid_utf8" if _ESCAPED_BYTE.search(raw) else json_records.value_problem(raw, value)
+                yield number, None if reason else value, reason, _shown(raw) if reason else ""
             self.pos = end
             if not self._skip_space():
                 raise self._broken(len(self.buf), "the list never closes")
             char = self.buf[self.pos]
             self.pos += 1
             if char == "]":
+                if self._skip_space():
+                    raise self._broken(self.pos, "more text after the list's closing ']'")
                 return
             if char != ",":
                 raise self._broken(self.pos - 1, f"expected ',' or ']' after item {number}, found {char!r}")
@@ -380,6 +377,7 @@ SHAPES = tuple(name for name, _ in SIGNATURES)
 OASST_SHAPES = ("oasst_trees", "oasst_messages")
 MARKUP_SHAPES = ("oig", "h2ogpt")
 _TAG = re.compile(r"<([A-Za-z][\w ]{0,20})>:")
+_BARE_LABEL = re.compile(r"(?m)^[ \t]*([A-Z][\w.'-]*(?: [A-Z][\w.'-]*){0,2}):[ \t]")  # "Rosey: ..." at a line start
 
 
 def shape_of(record, shapes: tuple[str, ...] = SHAPES) -> str | None:
@@ -419,11 +417,17 @@ def speaker_map(texts: list[str]) -> tuple[tuple[str, str], ...] | None:
 
 
 def unknown_speakers_error(path: Path, texts: list[str]) -> DataError:
+    """Why a markup file's speaker tags cannot be read, naming a bare label (``Rosey:``) its turns use instead."""
     found = Counter(tag.lower() for text in texts for tag in _TAG.findall(text))
-    return DataError(f"{path}: cannot tell which speaker tag is the human and which the bot: its first "
-                     f"records use {', '.join(f'<{t}>:' for t, _ in found.most_common(6))}; sftkit reads "
-                     f"{', '.join(f'<{t}>:' for t in HUMAN_TAGS)} as the human and "
-                     f"{', '.join(f'<{t}>:' for t in BOT_TAGS)} as the bot. Rewrite the tags, or pass "
+    humans = [t for t in HUMAN_TAGS if found[t]]
+    missing, known = ("human", HUMAN_TAGS) if not humans else ("bot", BOT_TAGS)
+    labels = Counter(label for text in texts for label in set(_BARE_LABEL.findall(text)))
+    seen = (f"their turns start with {', '.join(f'<{t}>:' for t, _ in found.most_common(6))}"
+            + "".join(f" and the bare label {label}: (in {n} of {len(texts)} records)"
+                      for label, n in labels.most_common(1)))
+    fix = f"rewrite {labels.most_common(1)[0][0]}: as <{missing}>:" if labels else "rewrite the tags"
+    return DataError(f"{path}: its first records have no {missing} tag: {seen}; sftkit reads "
+                     f"{', '.join(f'<{t}>:' for t in known)} as the {missing}. To use the file, {fix}, or pass "
                      "--input_format if this is not a markup file")
 
 
@@ -523,7 +527,7 @@ def tool_list(value) -> list[dict] | None | str:
     if value is None or value == "":
         return None
     if isinstance(value, str):
-        value, reason = _parse(value)
+        value, reason = json_records.parse_record(value)
         if reason:
             return "bad_tools"
     if not isinstance(value, list):
@@ -558,7 +562,7 @@ def _turns(items, role_key: str, text_key: str) -> list[Turn] | str:
         if calls and role != "bot":
             return "bad_tool_call"
         if role == "tool_call":  # its text is one call, or a JSON list of parallel calls
-            parsed, _ = _parse(text)
+            parsed, _ = json_records.parse_record(text)
             calls, text = parsed if isinstance(parsed, list) else [text], None
         elif text is not None and (text.strip() or not calls):
             turns.append((role, text.strip()))

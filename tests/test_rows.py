@@ -49,14 +49,24 @@ def test_bad_records_are_reasons_in_every_container_never_exceptions(tmp_path):
     jsonl = tmp_path / "bad.jsonl"
     jsonl.write_bytes(b"\n".join([good, b'{"text": "caf\xe9"}', b"{oops", deep.encode(), good]) + b"\n")
     assert [(n, reason) for n, _, reason in read_all(jsonl)] == [
-        (1, None), (2, "invalid_utf8"), (3, "bad_json"), (4, "too_deep"), (5, None)]
+        (1, None), (2, "invalid_utf8"), (3, "bad_json"), (4, "nested_too_deep"), (5, None)]
     array = tmp_path / "bad.json"
     array.write_bytes(b"[" + b",\n".join([good, b'{"text": "caf\xe9"}', b'{"text": oops, "x": [1, "]"]}',
-                                          deep.encode(), good]) + b"]")
+                                          deep.encode(), good, b'"\\udfff"', b'[' * 600 + b']' * 600]) + b"]")
     found = list(rows.records(array))
     assert [(n, reason) for n, _, reason, _ in found] == [
-        (1, None), (2, "invalid_utf8"), (3, "bad_json"), (4, "too_deep"), (5, None)]
+        (1, None), (2, "invalid_utf8"), (3, "bad_json"), (4, "nested_too_deep"), (5, None), (6, "lone_surrogate"),
+        (7, "nested_too_deep")]
     assert found[1][3] == '{"text": "caf\ufffd"}' and found[2][3].startswith('{"text": oops')
+    assert found[3][3].startswith("[[[") and len(found[3][3]) == 200
+
+
+@pytest.mark.parametrize("text", ['[{"a": 1}', '[{"a": 1} {"b": 2}]', '[{"a": 1}] x', '[{"a": 1},]'])
+def test_what_is_not_one_json_list_is_an_error_naming_the_line(tmp_path, text):
+    path = tmp_path / "broken.json"
+    path.write_text(text)
+    with pytest.raises(DataError, match=r"broken.json: invalid JSON at line 1 \("):
+        list(rows.records(path))
 
 
 def test_files_that_cannot_be_read_at_all_are_clear_errors(tmp_path):
@@ -195,7 +205,7 @@ def test_every_wing_reads_every_format(name):
 
 def test_prompter_is_read_by_every_wing(tmp_path):
     """OpenAssistant's role name: the data stages and preference training took it, SFT refused it."""
-    from sftkit.data import formats
+    from sftkit.data.inputs import formats
     from sftkit.generation.batch import read_prompts
     from sftkit.train.data import load_conversations
     from sftkit.train.preference import load_pairs

@@ -30,7 +30,7 @@ def test_read_prompts_accepts_strings_and_instruction_rows(tmp_path, capsys):
     assert texts(read_prompts(bad)) == ["ok"]
     assert f"2 rows skipped (empty_text: 1, unknown_shape: 1; first: {bad}:2: no usable column" in capsys.readouterr().err
     bad.write_text("{not json")
-    with pytest.raises(GenerationError, match=r"holds no prompts; 1 rows skipped \(bad_json: 1; first: .*not valid JSON"):
+    with pytest.raises(GenerationError, match=r"holds no prompts; 1 rows skipped \(bad_json: 1; first: .*invalid JSON"):
         read_prompts(bad)
 
 
