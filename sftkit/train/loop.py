@@ -319,7 +319,9 @@ def run(config: TrainConfig, world) -> dict:
     # 2. data, and the plan of steps
     data: Data = recipe.read_data(tokenizer, progress=log.enabled)
     recipe.prepare(model, data, world, precision.autocast)
-    plan = Plan(data.train, config, world, grad_accum)
+    # Online recipes (ppo, grpo) make their rows as they go: their plan runs the rollouts.
+    plan = recipe.rollout_plan(data, world, grad_accum) if recipe.online else Plan(data.train, config, world,
+                                                                                   grad_accum)
     log(data.summary)
     log(f"plan: {plan.total_steps} steps ({plan.steps_per_epoch}/epoch), batch {settings['effective_batch_size']} = micro "
         f"{config.micro_batch_size} x {world.size} processes x {grad_accum} accumulation")
@@ -332,6 +334,7 @@ def run(config: TrainConfig, world) -> dict:
         state = checkpoint.load_checkpoint(resume_from, world=world, model=model, optimizer=trainer.optimizer,
                                            scheduler=trainer.scheduler, engine=trainer.engine)
         step, history = state["step"], state["history"]
+        recipe.load_state(resume_from, world)
         log(f"resumed from {resume_from} at step {step}")
     writer = None
     if world.is_main and config.report_to == "tensorboard":
@@ -363,7 +366,7 @@ def run(config: TrainConfig, world) -> dict:
         bar.update(1)
         evaluating = step % plan.eval_every == 0 or step == plan.total_steps
         if step % config.logging_steps == 0 or step == plan.total_steps:
-            record = {"step": step, "epoch": plan.epoch_of(step), **window.means(),
+            record = {"step": step, "epoch": plan.epoch_of(step), **window.means(), **recipe.window_metrics(window),
                       "lr": trainer.scheduler.get_last_lr()[0],
                       "tokens_per_s": window.tokens / max(window.seconds, 1e-9),
                       "peak_memory_gib": peak_memory_gib(world.device)}
@@ -391,7 +394,8 @@ def run(config: TrainConfig, world) -> dict:
                                                       "num_train_epochs": math.ceil(plan.total_steps
                                                                                     / plan.steps_per_epoch),
                                                       "train_batch_size": config.micro_batch_size},
-                                       settings=settings)
+                                       settings=settings,
+                                       save_state=lambda folder: recipe.save_state(folder, world, trainer.zero3))
             if world.is_main:
                 atomic.write_json(output_dir / "metrics.json", summary())
     bar.close()

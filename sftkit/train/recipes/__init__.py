@@ -4,7 +4,10 @@ the result:
 
 * ``sft``: next-token loss on answers (sft.py);
 * ``rm``: a reward model from preference pairs, pairwise loss −log σ(r_chosen − r_rejected) (rm.py);
-* ``dpo``: direct preference optimisation against a reference model (dpo.py).
+* ``dpo``: direct preference optimisation against a reference model (dpo.py);
+* ``ppo``, ``grpo``: online RLHF: the model's own answers, scored by a reward, with a KL penalty
+  to a reference model (online.py, ppo.py, grpo.py). They make their rows as they go: the loop
+  steps through their :class:`~sftkit.train.recipes.online.RolloutPlan` instead of its own Plan.
 
 A recipe's ``loss`` returns the *sum* over a micro-batch of its per-unit losses (tokens for SFT,
 pairs for RM/DPO) and the sums of the metrics it reports; the loop divides by the global number of
@@ -32,6 +35,7 @@ class Data:
 
 class Recipe:
     name = ""
+    online = False  # True: rows are made during training (rollout_plan), not read before it
     unit = "token"  # what the loss is a mean over
     metrics: tuple[str, ...] = ()  # per-unit means logged besides the loss
     pad_token_id = 0  # set by the loop once the tokenizer is loaded
@@ -61,6 +65,16 @@ class Recipe:
     def extra_eval(self, model, tokenizer, valid: list, world, synced: bool) -> dict:
         return {}
 
+    def window_metrics(self, window) -> dict:
+        """What the recipe measured itself over the steps of a log line (online recipes: their rollouts)."""
+        return {}
+
+    def save_state(self, folder: Path, world, zero3: bool) -> None:
+        """Recipe state a checkpoint needs for an exact resume, besides weights, optimizer and RNG."""
+
+    def load_state(self, folder: Path, world) -> None:
+        """Restore what :meth:`save_state` wrote."""
+
     def save_final(self, model, tokenizer, output_dir: Path, save_weights, world, zero3: bool) -> None:
         """Weights (adapter, or the whole model) and tokenizer at the top of output_dir, swapped in atomically."""
         with atomic.replacing_entries(output_dir) if world.is_main else contextlib.nullcontext() as staging:
@@ -71,10 +85,13 @@ class Recipe:
 
 def get_recipe(config: TrainConfig) -> Recipe:
     from sftkit.train.recipes.dpo import DPORecipe
+    from sftkit.train.recipes.grpo import GRPORecipe
+    from sftkit.train.recipes.ppo import PPORecipe
     from sftkit.train.recipes.rm import RewardModelRecipe
     from sftkit.train.recipes.sft import SFTRecipe
 
-    return {"sft": SFTRecipe, "rm": RewardModelRecipe, "dpo": DPORecipe}[config.stage](config)
+    return {"sft": SFTRecipe, "rm": RewardModelRecipe, "dpo": DPORecipe, "ppo": PPORecipe,
+            "grpo": GRPORecipe}[config.stage](config)
 
 
 def read_pair_data(config: TrainConfig, tokenizer, progress: bool, *, add_eos_token: bool) -> Data:
