@@ -68,3 +68,24 @@ def test_online_stages_in_two_processes_match_one(stage, toy_policy, tmp_path):
     one = load_file(str(tmp_path / "single" / "adapter_model.safetensors"))
     for key in one:
         torch.testing.assert_close(ddp[key], one[key], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["grpo", "ppo"])
+def test_online_stages_under_deepspeed_zero3_generate_in_step_and_match_one_process(stage, toy_policy, tmp_path):
+    """ZeRO-3 partitions the weights: rollouts are generated with synced_gpus on the weights being trained."""
+    from tests.train.test_distributed import REPO
+    from tests.train.toy_rollouts import write_prompts
+
+    online = dict(stage=stage, data_path=write_prompts(tmp_path / "prompts.json"), val_set_size=0,
+                  reward_funcs="tests.train.toy_rollouts:target_fraction", rollouts_per_prompt=2, max_new_tokens=8,
+                  max_steps=2, save_steps=1, micro_batch_size=1)
+    metrics = torchrun(tmp_path, toy_policy, "zero3", deepspeed=str(REPO / "configs" / "deepspeed" / "zero3.json"),
+                       **online)
+    assert metrics["step"] == 2 and metrics["run"]["deepspeed"]
+    single = train(tiny_config(toy_policy, tmp_path, **{**FLAGS, **online, "output_dir": str(tmp_path / "single"),
+                                                        "reward_funcs": [online["reward_funcs"]]}))
+    assert [h["reward"] for h in metrics["history"]] == pytest.approx([h["reward"] for h in single["history"]])
+    adapter = load_file(str(tmp_path / "zero3" / "adapter_model.safetensors"))
+    assert adapter and all(v.numel() > 0 for v in adapter.values())
+    assert (tmp_path / "zero3" / "checkpoint-2" / "rollouts.safetensors").is_file()
