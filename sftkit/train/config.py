@@ -313,3 +313,38 @@ class ExportConfig:
     def __post_init__(self):
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise FlagError("--dtype must be float32, bfloat16 or float16")
+
+
+@dataclass
+class RLHFConfig:
+    """Settings of ``finetune.py rlhf``: SFT, then a reward model, then PPO or GRPO, in one output folder."""
+
+    base_model: str = flag(DEFAULT_BASE_MODEL, "Base model of all three steps (directory, hub id or alias).")
+    sft_data: str = flag("", "Step 1, SFT: training rows in any format finetune.py reads (empty: finetune.py's "
+                             "default data).")
+    preference_data: str = flag("", "Step 2, reward model: preference pairs (empty: the bundled "
+                                    "data/preference_sample.json).")
+    prompts: str = flag("", "Step 3, RL: prompts (any SFT or preference file, or a prompt list; empty: the prompts "
+                            "of preference_data).")
+    rl: str = flag("ppo", "Step 3: ppo (with a critic) or grpo (no critic, group-normalised advantages).")
+    output_dir: str = flag("rlhf_out", "Where sft/, rm/ and ppo/ (or grpo/) go, with run_config.yaml recording "
+                                       "every run of the pipeline.")
+    prompt_type: str = flag("", "Prompt type of all three steps (empty: finetune.py's default, human_bot).")
+    train_flags: dict = flag({}, "finetune.py flags for every step, e.g. {cutoff_len: 256, micro_batch_size: 4}.")
+    sft_flags: dict = flag({}, "finetune.py flags for the SFT step only, e.g. {max_steps: 100, learning_rate: 1e-3}.")
+    rm_flags: dict = flag({}, "finetune.py flags for the reward-model step only.")
+    rl_flags: dict = flag({}, "finetune.py flags for the RL step only, e.g. {kl_coef: 0.1, rollouts_per_prompt: 8, "
+                              "reward_funcs: 'my_rewards:f'}.")
+    nproc: int = flag(1, "Processes per step (more than 1: each step runs under torchrun).")
+    config: str = flag("", "A YAML recipe of these flags (the *_flags as nested mappings); flags override it.")
+    debug: bool = flag(False, "Show the traceback of errors (otherwise one line saying what to do).")
+
+    def __post_init__(self):
+        if self.rl not in ONLINE_STAGES:
+            raise FlagError(f"--rl must be one of {', '.join(ONLINE_STAGES)}")
+        if self.nproc < 1:
+            raise FlagError("--nproc must be at least 1")
+        for name in ("train_flags", "sft_flags", "rm_flags", "rl_flags"):
+            fixed = {"stage", "output_dir", "resume_from_checkpoint", "config"} & set(getattr(self, name))
+            if fixed:
+                raise FlagError(f"--{name}: {', '.join(sorted(fixed))} are set by the pipeline itself")
