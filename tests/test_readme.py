@@ -210,6 +210,8 @@ BENCH_TINY = {
     "bench_train.py": lambda sb: [f"--base_model={sb.tiny_model}", "--rows=8", "--cutoff_len=64"],
     "bench_generate.py": lambda sb: [f"--base_model={sb.tiny_model}", "--prompt_type=human_bot",
                                      "--max_new_tokens=8", "--repeats=1", "--max_overhead=100"],
+    "bench_rl.py": lambda sb: [f"--base_model={sb.tiny_model}", "--steps=2", "--batch=8", "--micro=4",
+                               "--max_new_tokens=8", "--cutoff_len=64"],
     "bench_api.py": lambda sb: [f"--base_model={sb.tiny_model}", "--prompt_type=human_bot", "--clients=1,2",
                                 "--requests_per_client=1", "--max_tokens=4", f"--port={free_port()}"],
 }
