@@ -2,7 +2,8 @@
 
 Layout of ``checkpoint-N/``: ``adapter_model.safetensors`` + ``adapter_config.json`` (usable as
 ``--lora_weights``), ``optimizer.pt`` (tensors only, loaded with ``weights_only=True``),
-``scheduler.json``, ``rng_state_<rank>.safetensors``, ``run_settings.json`` (the settings that
+``scheduler.json``, ``rng_state_<rank>.safetensors``, what the recipe adds (online stages: the rollout
+batch, ``rollouts.safetensors``, and PPO's ``value_head.safetensors``), ``run_settings.json`` (the settings that
 trained it, checked on resume: sftkit/train/run_record.py) and ``trainer_state.json`` in the shape
 Hugging Face's ``TrainerState.save_to_json`` writes (``global_step``, ``epoch``, ``log_history``…),
 so tools made for Trainer checkpoints read it. Under DeepSpeed the optimizer lives in DeepSpeed's

@@ -1,7 +1,8 @@
 """The training run, top to bottom, for every objective: recipe → model → data → optimizer and
 wrapping → resume → steps (accumulate, clip, step, log, evaluate, save) → final outputs.
 
-What differs between SFT, reward-model and DPO training lives in a recipe (sftkit/train/recipes/);
+What differs between SFT, reward-model, DPO, PPO and GRPO training lives in a recipe (sftkit/train/recipes/;
+the online ones make their rows by rollouts as steps come, through their own plan);
 one process, torchrun DDP (gloo on the CPU, nccl on GPUs) or DeepSpeed ZeRO share this code and
 differ only in how the model is wrapped and how a step is taken.
 """
