@@ -41,11 +41,11 @@ class AlignDemoConfig:
     rl: str = flag("grpo", "The RL step of finetune.py rlhf: grpo or ppo.")
     sft_steps: int = flag(12, "LoRA SFT steps on the chosen answers.")
     rm_steps: int = flag(16, "Reward-model steps.")
-    rl_steps: int = flag(12, "RL steps on top of the SFT adapter (one update each).")
+    rl_steps: int = flag(10, "RL steps on top of the SFT adapter (one update each, 16 answers: 4 prompts x 4).")
     dpo_steps: int = flag(12, "DPO steps on top of the SFT adapter.")
     beta: float = flag(0.1, "DPO beta.")
     rollouts_per_prompt: int = flag(4, "RL answers sampled per prompt (GRPO's group size).")
-    rl_learning_rate: float = flag(5e-4, "RL learning rate.")
+    rl_learning_rate: float = flag(1e-3, "RL learning rate.")
     kl_coef: float = flag(0.05, "RL KL penalty to the SFT model.")
     max_new_tokens: int = flag(48, "Longest generated answer, in the RL rollouts and at the end.")
     bf16: str = flag("auto", "Train in bfloat16 (on a CPU: autocast over float32 weights): true, false, or auto = "
