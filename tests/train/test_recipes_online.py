@@ -147,3 +147,10 @@ def test_resume_with_another_kl_coef_or_reward_is_refused_by_name(toy_policy, tm
     with pytest.raises(TrainError, match=r"--reward_model_sha256: '[0-9a-f]+' in the checkpoint, '[0-9a-f]+' now"):
         train(online_config(toy_policy, tmp_path, "grpo", resume_from_checkpoint="latest",
                             **{**common, "max_steps": 2}))
+
+
+def test_a_rollout_used_once_is_trained_on_policy_even_under_bf16(toy_policy, tmp_path):
+    """One pass, one mini-batch: the ratio is exactly 1 (the update's own log-probs, detached, as TRL does),
+    not the rounding between the rollout forward and the update's batch under bf16 autocast."""
+    metrics = train(online_config(toy_policy, tmp_path, "grpo", max_steps=2, bf16=True, micro_batch_size=4))
+    assert all(h["approx_kl"] == 0.0 and h["clipfrac"] == 0.0 for h in metrics["history"])

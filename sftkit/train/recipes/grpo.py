@@ -35,7 +35,7 @@ class GRPORecipe(OnlineRecipe):
         c = self.config
         logps, entropy, _ = forward_answers(model, batch, device, c.temperature)
         mask = batch["answer_mask"].to(device)
-        old_logps = batch["old_logps"].to(device)
+        old_logps = self.old_logps(logps, batch, device)
         policy, clipped = clipped_policy_loss(logps, old_logps, batch["advantages"].to(device), c.cliprange)
         kl = k3(logps, batch["ref_logps"].to(device))
         total = ((policy + self.plan.experience.kl_coef * kl) * mask).sum()

@@ -360,6 +360,14 @@ class OnlineRecipe(Recipe):
     def collate(self, micro_batch, pad_token_id):
         return collate_rollouts(micro_batch, pad_token_id)
 
+    def old_logps(self, logps: torch.Tensor, batch: dict, device: str) -> torch.Tensor:
+        """The log-probs the policy ratio divides by. Used once, a rollout is trained on by the weights that
+        made it: the update's own log-probs, detached (ratio exactly 1, as TRL does), not the rollout
+        forward's, which bf16 or another padding would make differ by rounding."""
+        if self.config.ppo_epochs == 1 and self.config.num_mini_batches == 1:
+            return logps.detach()
+        return batch["old_logps"].to(device)
+
     def units(self, batch):
         return batch["num_answer_tokens"]
 

@@ -46,7 +46,7 @@ class PPORecipe(OnlineRecipe):
         logps, entropy, states = forward_answers(model, batch, device, c.temperature, hidden=True)
         values = self.value_head(states.float()).squeeze(-1)
         mask = batch["answer_mask"].to(device)
-        old_logps, advantages = batch["old_logps"].to(device), batch["advantages"].to(device)
+        old_logps, advantages = self.old_logps(logps, batch, device), batch["advantages"].to(device)
         old_values, returns = batch["values"].to(device), batch["returns"].to(device)
         policy, clipped = clipped_policy_loss(logps, old_logps, advantages, c.cliprange)
         values_clipped = old_values + (values - old_values).clamp(-c.cliprange_value, c.cliprange_value)
