@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from sftkit.errors import FlagError, ScorerError, TrainError
+from sftkit.reward import RewardModelScorer
 from sftkit.train.config import TrainConfig
 
 
@@ -73,8 +74,6 @@ class Rewards:
     def __init__(self, config: TrainConfig, device: str):
         self.sources: list[tuple[str, Callable[[list[str], list[str]], list[float]]]] = []
         if config.reward_model:
-            from sftkit.reward import RewardModelScorer
-
             try:
                 scorer = RewardModelScorer(config.reward_model, device=device, batch_size=config.micro_batch_size,
                                            max_length=config.cutoff_len, local_files_only=config.local_files_only,
