@@ -11,7 +11,7 @@ from sftkit.errors import TrainError
 from sftkit.models import apply_adapter, load_model, load_tokenizer
 from sftkit.train.distributed import World
 from sftkit.train.loop import train
-from sftkit.train.recipes import get_recipe
+from sftkit.train.recipes.registry import get_recipe
 from sftkit.train.recipes.online import ROLLOUTS_FILE, load_experience
 from tests.train.toy_rollouts import online_config
 
