@@ -39,7 +39,7 @@ def data_main(argv: list[str] | None = None, summary: str = DATA_SUMMARY) -> Non
 
 
 def finetune_main(argv: list[str] | None = None, summary: str = FINETUNE_SUMMARY) -> None:
-    from sftkit.train.config import ExportConfig, TrainConfig
+    from sftkit.train.config import ExportConfig, RLHFConfig, TrainConfig
 
     argv = sys.argv[1:] if argv is None else list(argv)
 
@@ -51,9 +51,17 @@ def finetune_main(argv: list[str] | None = None, summary: str = FINETUNE_SUMMARY
         from sftkit.train.loop import train
         return train(config)
 
+    def rlhf(config):
+        from sftkit.train.rlhf import run
+        run(config)
+
     if argv[:1] == ["export"]:
         flags.main(ExportConfig, export, argv[1:], prog="finetune.py export",
                    summary="Merge a LoRA adapter into its base model; write it as hf, gguf and/or ollama, with a model card.")
+    elif argv[:1] == ["rlhf"]:
+        flags.main(RLHFConfig, rlhf, argv[1:], prog="finetune.py rlhf",
+                   summary="SFT, then a reward model, then PPO or GRPO (DeepSpeed-Chat's three steps), each step "
+                           "resumable and skipped once complete.")
     else:
         flags.main(TrainConfig, train, argv, prog="finetune.py", summary=summary)
 

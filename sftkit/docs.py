@@ -17,8 +17,10 @@ from sftkit.prompts import PROMPT_TYPES, example_rendering, stop_strings
 SETTINGS = {
     "create_data": "sftkit.data.config:DataConfig",
     "finetune": "sftkit.train.config:TrainConfig",
+    "rlhf": "sftkit.train.config:RLHFConfig",
     "generate": "sftkit.generation.config:GenerateConfig",
     "demo": "sftkit.demo:DemoConfig",
+    "demo_align": "sftkit.demo_align:AlignDemoConfig",
 }
 
 _BLOCK = re.compile(r"(<!-- BEGIN flags:(\w+) -->\n).*?(<!-- END flags:\2 -->)", re.DOTALL)

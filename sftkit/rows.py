@@ -97,6 +97,9 @@ REASONS = {
                            "--prompt_type to use one for every row",
     "unsupported_prompt_type": "an h2oGPT row whose prompt_type is neither plain nor human_bot",
     "tool_turns": "tool calls and results, which the data stages do not keep yet",
+    "no_question": "nothing is left to answer once the final answer is left out",
+    "repeated_prompt": "the same prompt again",
+    "prompt_too_long": "the prompt is longer than cutoff_len - max_new_tokens",
 }
 
 
@@ -691,6 +694,18 @@ def conversation(record, shape: str, *, speakers=(), need_answer: bool = True,
     return Conversation(turns, text=text, tools=tools,
                         prompt_type=None if own_type is None or not str(own_type).strip() else str(own_type).strip(),
                         source=source if isinstance(source, str) else None)
+
+
+def question_turns(conversation: Conversation) -> list[Turn] | None:
+    """The conversation up to its last question (a human turn with its input, or a tool's result): a final
+    answer, the reference, is left out. None when nothing is left to answer. The prompt a row gives the
+    evaluation mode and online training."""
+    turns = list(conversation.turns)
+    while turns and turns[-1][0] in ANSWER_ROLES:
+        turns.pop()
+    if not turns or turns[-1][0] not in ("human", "input", "tool"):
+        return None
+    return turns
 
 
 def _answer_turns(value) -> list[Turn] | str:

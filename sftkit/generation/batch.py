@@ -19,11 +19,11 @@ from typing import Callable
 from sftkit import atomic, rows
 from sftkit.errors import GenerationError
 from sftkit.generation.config import GenerateConfig
+from sftkit.generation.correctness import accepted_answers, add_correctness
 from sftkit.generation.engine import (Models, adapter_fingerprint, context_length, fit_prompt, generate_answers,
                                       load_models, parse_lora_weights)
 from sftkit.generation.scoring import add_scores, load_scorer
-from sftkit.prompts import ANSWER_ROLES, Turn
-from sftkit.rows import Conversation
+from sftkit.prompts import Turn
 
 # Settings that change what an answer is; a resume must match every one of them.
 ANSWER_SETTINGS = ("base_model", "tokenizer_base_model", "prompt_type", "system_prompt", "stop", "load_8bit",
@@ -59,16 +59,6 @@ class EvalPrompt:
         return self.turns[:self._split()]
 
 
-def eval_prompt(conversation: Conversation) -> EvalPrompt | None:
-    """The conversation up to its last question (a final answer is the reference, left out), or None."""
-    turns = list(conversation.turns)
-    while turns and turns[-1][0] in ANSWER_ROLES:
-        turns.pop()
-    if not turns or turns[-1][0] not in ("human", "input", "tool"):
-        return None
-    return EvalPrompt(turns, conversation.tools)
-
-
 def read_prompts(path: str | os.PathLike, sample: int = 0, seed: int = 0) -> list[EvalPrompt]:
     """The prompts of a file in any format :mod:`sftkit.rows` reads (strings, ``{"prompt"}`` rows,
     alpaca, ShareGPT, messages, markup, OpenAssistant, pairs): multi-turn rows keep their history. Rows
@@ -82,11 +72,11 @@ def read_prompts(path: str | os.PathLike, sample: int = 0, seed: int = 0) -> lis
         if unit.reason and not unit.conversations:
             skipped.skip(unit.reason, unit.where)
         for conversation in unit.conversations:
-            prompt = eval_prompt(conversation)
-            if prompt is None:
-                skipped.skip("no_human_turn", conversation.where)
+            turns = rows.question_turns(conversation)
+            if turns is None:
+                skipped.skip("no_question", conversation.where)
             else:
-                prompts.append(prompt)
+                prompts.append(EvalPrompt(turns, conversation.tools))
     if not prompts:
         raise GenerationError(f"{path}: holds no prompts" + (f"; {skipped.summary()}" if skipped.skipped else ""))
     if skipped.skipped:
@@ -247,6 +237,7 @@ def run_batch(config: GenerateConfig, models: Models | None = None) -> list[dict
             rows += [{"model": name, **row} for row in new]
     if scorer is not None:
         add_scores(rows, scorer)
+    add_correctness(rows, accepted_answers(config.eval_prompts_file))
     answers = [{key: value for key, value in row.items() if key != "seconds"} for row in rows]
     atomic.write_json(output, answers)
     from sftkit.generation.report import write_report
@@ -256,6 +247,8 @@ def run_batch(config: GenerateConfig, models: Models | None = None) -> list[dict
     seconds = sum(r["seconds"] for r in rows)
     tokens = sum(r["new_tokens"] for r in rows)
     score = f", mean score {sum(r['score'] for r in rows) / len(rows):.3f}" if scorer is not None else ""
+    checked = [r["correct"] for r in rows if "correct" in r]
+    score += f", {sum(checked)}/{len(checked)} correct" if checked else ""
     print(f"generate: {len(rows)} answers from {len(names)} model(s), {tokens} new tokens in {seconds:.1f} s of "
           f"generation{score} -> {output}\nreport: {report}", file=sys.stderr)
     return answers

@@ -508,6 +508,7 @@ class Answer:
     first_token_seconds: float | None
     finish_reason: str  # "eos", "stop_string", "max_new_tokens" or "cancelled"
     prompt_tokens: int = 0
+    token_ids: list[int] = field(default_factory=list)  # the new tokens as generated, stop string included
 
 
 @dataclass
@@ -619,7 +620,7 @@ def generate_answers(model, tokenizer, prompt_texts: list[str] | list[Request], 
         if reason is None:
             reason = "cancelled" if _cancelled(cancel, requests[source].cancel) else "max_new_tokens"
         answers.append(Answer(text.strip(), count, seconds, None, "stop_string" if found else reason,
-                              int(batch.prompt_tokens[source])))
+                              int(batch.prompt_tokens[source]), ids[:count].tolist()))
     return answers
 
 

@@ -1,7 +1,8 @@
 """The training run, top to bottom, for every objective: recipe → model → data → optimizer and
 wrapping → resume → steps (accumulate, clip, step, log, evaluate, save) → final outputs.
 
-What differs between SFT, reward-model and DPO training lives in a recipe (sftkit/train/recipes/);
+What differs between SFT, reward-model, DPO, PPO and GRPO training lives in a recipe (sftkit/train/recipes/;
+the online ones make their rows by rollouts as steps come, through their own plan);
 one process, torchrun DDP (gloo on the CPU, nccl on GPUs) or DeepSpeed ZeRO share this code and
 differ only in how the model is wrapped and how a step is taken.
 """
@@ -320,7 +321,9 @@ def run(config: TrainConfig, world) -> dict:
     # 2. data, and the plan of steps
     data: Data = recipe.read_data(tokenizer, progress=log.enabled)
     recipe.prepare(model, data, world, precision.autocast)
-    plan = Plan(data.train, config, world, grad_accum)
+    # Online recipes (ppo, grpo) make their rows as they go: their plan runs the rollouts.
+    plan = recipe.rollout_plan(data, world, grad_accum) if recipe.online else Plan(data.train, config, world,
+                                                                                   grad_accum)
     log(data.summary)
     log(f"plan: {plan.total_steps} steps ({plan.steps_per_epoch}/epoch), batch {settings['effective_batch_size']} = micro "
         f"{config.micro_batch_size} x {world.size} processes x {grad_accum} accumulation")
@@ -333,6 +336,7 @@ def run(config: TrainConfig, world) -> dict:
         state = checkpoint.load_checkpoint(resume_from, world=world, model=model, optimizer=trainer.optimizer,
                                            scheduler=trainer.scheduler, engine=trainer.engine)
         step, history = state["step"], state["history"]
+        recipe.load_state(resume_from, world)
         log(f"resumed from {resume_from} at step {step}")
     trackers = tracking.Trackers(tracking.parse_report_to(config.report_to) if world.is_main else [], output_dir,
                                  config.run_id, settings)
@@ -361,7 +365,7 @@ def run(config: TrainConfig, world) -> dict:
         bar.update(1)
         evaluating = step % plan.eval_every == 0 or step == plan.total_steps
         if step % config.logging_steps == 0 or step == plan.total_steps:
-            record = {"step": step, "epoch": plan.epoch_of(step), **window.means(),
+            record = {"step": step, "epoch": plan.epoch_of(step), **window.means(), **recipe.window_metrics(window),
                       "lr": trainer.scheduler.get_last_lr()[0],
                       "tokens_per_s": window.tokens / max(window.seconds, 1e-9),
                       "peak_memory_gib": peak_memory_gib(world.device)}
@@ -386,7 +390,8 @@ def run(config: TrainConfig, world) -> dict:
                                                       "num_train_epochs": math.ceil(plan.total_steps
                                                                                     / plan.steps_per_epoch),
                                                       "train_batch_size": config.micro_batch_size},
-                                       settings=settings)
+                                       settings=settings,
+                                       save_state=lambda folder: recipe.save_state(folder, world, trainer.zero3))
             if world.is_main:
                 atomic.write_json(output_dir / "metrics.json", summary())
     bar.close()

@@ -24,6 +24,7 @@ import sftkit
 from sftkit import atomic, lock
 from sftkit.errors import FlagError, TrainError
 from sftkit.rows import data_files
+from sftkit.train.rewards import functions_fingerprint
 
 SETTINGS_FILE = "run_settings.json"
 RUN_CONFIG = "run_config.yaml"
@@ -59,8 +60,25 @@ def data_fingerprint(path: str) -> str:
     return digest.hexdigest()
 
 
+def model_fingerprint(path: str) -> str:
+    """sha256 over the config and weight files of a model directory (a hub id hashes as its name)."""
+    folder = Path(path)
+    digest = hashlib.sha256()
+    if not folder.is_dir():
+        digest.update(f"hub:{path}".encode())
+        return digest.hexdigest()
+    for file in sorted(p for p in folder.iterdir() if p.is_file() and (
+            p.name.endswith(".json") or p.suffix in (".safetensors", ".bin"))):
+        digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def settings_of(config, world_size: int) -> dict:
-    """Every flag plus what the flags alone don't say: processes, effective batch, data hashes."""
+    """Every flag plus what the flags alone don't say: processes, effective batch, data hashes, and for
+    the online stages the content of the reward model and reward functions (retrained in place: refused)."""
     settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     settings["data_path"] = config.resolved_data_path()
     for name in SECRET:
@@ -71,6 +89,10 @@ def settings_of(config, world_size: int) -> dict:
     settings["gradient_accumulation"] = config.gradient_accumulation(world_size)
     for name in DATA_FLAGS:
         settings[f"{name}_sha256"] = data_fingerprint(settings.get(name) or "")
+    if getattr(config, "reward_model", ""):
+        settings["reward_model_sha256"] = model_fingerprint(config.reward_model)
+    if getattr(config, "reward_funcs", []):
+        settings["reward_funcs_sha256"] = functions_fingerprint(config.reward_funcs)
     return settings
 
 

@@ -4,7 +4,10 @@ the result:
 
 * ``sft``: next-token loss on answers (sft.py);
 * ``rm``: a reward model from preference pairs, pairwise loss −log σ(r_chosen − r_rejected) (rm.py);
-* ``dpo``: direct preference optimisation against a reference model (dpo.py).
+* ``dpo``: direct preference optimisation against a reference model (dpo.py);
+* ``ppo``, ``grpo``: online RLHF: the model's own answers, scored by a reward, with a KL penalty
+  to a reference model (online.py, ppo.py, grpo.py). They make their rows as they go: the loop
+  steps through their :class:`~sftkit.train.recipes.online.RolloutPlan` instead of its own Plan.
 
 This module holds what they share (``Recipe``, ``PairRecipe``, ``Data``); ``registry.py`` names them
 by ``--stage``.
@@ -43,6 +46,7 @@ class Data:
 
 class Recipe:
     name = ""
+    online = False  # True: rows are made during training (rollout_plan), not read before it
     unit = "token"  # what the loss is a mean over
     metrics: tuple[str, ...] = ()  # per-unit means logged besides the loss
     pad_token_id = 0  # set by the loop once the tokenizer is loaded
@@ -71,6 +75,16 @@ class Recipe:
 
     def extra_eval(self, model, tokenizer, valid: list, world, synced: bool) -> dict:
         return {}
+
+    def window_metrics(self, window) -> dict:
+        """What the recipe measured itself over the steps of a log line (online recipes: their rollouts)."""
+        return {}
+
+    def save_state(self, folder: Path, world, zero3: bool) -> None:
+        """Recipe state a checkpoint needs for an exact resume, besides weights, optimizer and RNG."""
+
+    def load_state(self, folder: Path, world) -> None:
+        """Restore what :meth:`save_state` wrote."""
 
     def trained_prompt_type(self) -> str:
         """The prompt type the saved model's chat template renders."""
