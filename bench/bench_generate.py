@@ -25,6 +25,7 @@ from sftkit import flags  # noqa: E402
 from sftkit.generation import (AnswerStream, GenerateConfig, build_prompt, context_length,  # noqa: E402
                                generate_answers, generation_kwargs, load_for_generation)
 from sftkit.models import DEFAULT_BASE_MODEL  # noqa: E402
+from sftkit.prompts import encode  # noqa: E402
 
 
 @dataclass
@@ -48,7 +49,7 @@ def run(bench: BenchConfig):
                             max_new_tokens=bench.max_new_tokens, do_sample=False)
     model, tokenizer = load_for_generation(config)
     prompt = build_prompt(tokenizer, [], bench.prompt, config, context_length(model, config))
-    inputs = tokenizer([prompt.text], return_tensors="pt", add_special_tokens=config.prompt_type != "chat")
+    inputs = encode(tokenizer, [prompt.text], config.prompt_type, return_tensors="pt")
     kwargs = generation_kwargs(config, model, tokenizer)
 
     def plain():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sftkit.errors import ScorerError
 from sftkit.models import default_device, pick_dtype
-from sftkit.prompts import HUMAN, get_prompt_type, render_conversation, split_turns
+from sftkit.prompts import HUMAN, encode, render_conversation, split_turns
 
 PROMPT_TYPE_KEY = "sftkit_prompt_type"
 
@@ -64,7 +64,7 @@ class RewardModelScorer:
         # The grade stage passes multi-turn questions as '<human>: …\n<bot>: …\n<human>: …' text.
         texts = [render_conversation((split_turns(q) if HUMAN in q else [("human", q)]) + [("bot", a)],
                                      self.prompt_type, self.tokenizer)[0] for q, a in zip(questions, answers)]
-        return self.tokenizer(texts, add_special_tokens=get_prompt_type(self.prompt_type).name != "chat", **kw)
+        return encode(self.tokenizer, texts, self.prompt_type, **kw)
 
     def _forward(self, questions: list[str], answers: list[str]) -> list[float]:
         import torch

@@ -24,7 +24,7 @@ from sftkit.errors import GenerationError
 from sftkit.generation.config import GenerateConfig
 from sftkit.models import ModelError, load_model, load_tokenizer, pick_dtype, resolve_base_model
 from sftkit.prompt_format import read_prompt_format
-from sftkit.prompts import get_prompt_type, render_prompt, stop_strings
+from sftkit.prompts import get_prompt_type, render_open, stop_strings
 
 Turn = tuple[str, str]
 BASE = "base"  # the model name of the base model alone, unless --lora_weights names it otherwise
@@ -238,31 +238,46 @@ def build_prompt(tokenizer, history: list[tuple[str, str]], message: str, config
     message = message.strip()
     if not message:
         raise GenerationError("empty message: type something to ask")
+    turns: list[Turn] = [turn for human, bot in history for turn in (("human", human), ("bot", bot))]
+    return fit_prompt(tokenizer, turns + [("human", message)], config, context)
+
+
+def fit_prompt(tokenizer, turns: list[Turn], config: GenerateConfig, context: int,
+               tools: list[dict] | None = None) -> Prompt:
+    """Render a conversation that awaits an answer (:func:`sftkit.prompts.render_open`); drop its oldest
+    exchanges, then the start of its last turn, to fit. An exchange starts at a human turn after an
+    answer or a tool result; system turns stay (``--system_prompt`` joins a conversation without one).
+    """
     budget = context - config.max_new_tokens
     if budget < 8:
         raise GenerationError(f"--max_new_tokens={config.max_new_tokens} leaves no room for a prompt in a "
                               f"context of {context} tokens; lower it (or raise --max_context_tokens)")
-    system = config.system_prompt or None
+    lead_end = next((i for i, (role, _) in enumerate(turns) if role not in ("system", "context")), len(turns))
+    lead, body = list(turns[:lead_end]), list(turns[lead_end:])
+    if config.system_prompt and not any(role == "system" for role, _ in lead):
+        lead.insert(0, ("system", config.system_prompt))
+    starts = [i for i, (role, _) in enumerate(body) if role == "human" and (i == 0 or body[i - 1][0] not in
+                                                                            ("human", "input"))]
 
-    def render(exchanges, text):
-        turns: list[Turn] = [turn for human, bot in exchanges for turn in (("human", human), ("bot", bot))]
-        return render_prompt(turns, text, config.prompt_type, tokenizer=tokenizer, system=system)
+    def render(kept: list[Turn]) -> str:
+        return render_open(lead + kept, config.prompt_type, tokenizer, tools)
 
-    history = list(history)
-    for dropped in range(len(history) + 1):
-        text = render(history[dropped:], message)
+    for dropped, start in enumerate(starts or [0]):
+        text = render(body[start:])
         tokens = _count(tokenizer, text, config.prompt_type)
         if tokens <= budget:
             return Prompt(text, tokens, dropped_turns=dropped)
-    # Even alone the message is too long: keep its end, which is nearest the answer.
-    overhead = _count(tokenizer, render([], ""), config.prompt_type)
+    # Even alone the last exchange is too long: keep the end of its last turn, which is nearest the answer.
+    final = body[starts[-1]:] if starts else body
+    (role, message), before = final[-1], final[:-1]
+    overhead = _count(tokenizer, render(before + [(role, "")]), config.prompt_type)
     ids = tokenizer(message, add_special_tokens=False)["input_ids"]
     keep = max(budget - overhead - 2, 1)
     while keep > 0:
-        text = render([], tokenizer.decode(ids[len(ids) - keep:]).strip() or ".")
+        text = render(before + [(role, tokenizer.decode(ids[len(ids) - keep:]).strip() or ".")])
         tokens = _count(tokenizer, text, config.prompt_type)
         if tokens <= budget:
-            return Prompt(text, tokens, dropped_turns=len(history), truncated_tokens=len(ids) - keep)
+            return Prompt(text, tokens, dropped_turns=max(len(starts) - 1, 0), truncated_tokens=len(ids) - keep)
         keep -= max(tokens - budget, 1)
     raise GenerationError(f"the prompt format alone needs more than {budget} tokens; shorten --system_prompt")
 

@@ -23,7 +23,7 @@ import yaml
 import sftkit
 from sftkit import atomic, lock
 from sftkit.errors import FlagError, TrainError
-from sftkit.train.data import data_files
+from sftkit.rows import data_files
 from sftkit.train.rewards import functions_fingerprint
 
 SETTINGS_FILE = "run_settings.json"

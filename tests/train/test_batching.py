@@ -3,7 +3,7 @@ import torch
 
 from sftkit.models import load_model, load_tokenizer
 from sftkit.train.batching import collate, epoch_plan, pack_examples, token_losses
-from sftkit.train.data import Conversation
+from sftkit.rows import Conversation
 from sftkit.train.recipes.sft import packing_needs_block_mask
 from sftkit.train.tokenize import IGNORE, tokenize_all
 

@@ -5,7 +5,7 @@ import torch
 
 from sftkit.generation import GenerateConfig, Request
 from sftkit.generation import generate_answers as engine_answers
-from sftkit.prompts import stop_strings
+from sftkit.prompts import encode, stop_strings
 from sftkit.train import distributed
 from sftkit.train.batching import collate, token_losses
 from sftkit.train.data import DataError, load_conversations, mix_in, split_validation
@@ -64,7 +64,6 @@ class SFTRecipe(Recipe):
         check_prompt_types(read_stats.prompt_types, tokenizer)
         self.data_prompt_types = dict(read_stats.prompt_types)
         stats: dict = {"data_path": path, "rows_read": read_stats.rows, "rows_skipped": read_stats.skipped,
-                       "rows_repaired_utf8": read_stats.repaired_utf8,
                        "prompt_type": read_stats.prompt_type_summary()}
         if config.valid_path:
             val_convs, val_read = load_conversations(config.valid_path, config.data_col_dict, config.prompt_type)
@@ -139,7 +138,7 @@ def generate_answers(model, tokenizer, examples, config, world, synced: bool) ->
     mine, _ = shard(list(enumerate(examples)), world)
     answers: list[str] = []
     for i in range(0, len(mine), config.micro_batch_size):  # the same number of calls on every rank (ZeRO-3)
-        chunk = [Request(_last_tokens(tokenizer, ex.prompt, config.cutoff_len, not chat), stop=stops)
+        chunk = [Request(_last_tokens(tokenizer, ex.prompt, config.cutoff_len, settings.prompt_type), stop=stops)
                  for _, ex in mine[i:i + config.micro_batch_size]]
         answers += [a.text for a in engine_answers(model, tokenizer, chunk, settings, synced_gpus=synced)]
     gathered = distributed.all_gather_strings([f"{i}\t{a}" for (i, _), a in zip(mine, answers)])
@@ -151,7 +150,7 @@ def generate_answers(model, tokenizer, examples, config, world, synced: bool) ->
     return [by_index[i] for i in range(len(examples))], [ex.reference for ex in examples]
 
 
-def _last_tokens(tokenizer, prompt: str, limit: int, add_special_tokens: bool) -> str:
+def _last_tokens(tokenizer, prompt: str, limit: int, prompt_type: str) -> str:
     """``prompt``, or its last ``limit`` tokens when longer (the end is what the answer follows)."""
-    ids = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
+    ids = encode(tokenizer, prompt, prompt_type)["input_ids"]
     return prompt if len(ids) <= limit else tokenizer.decode(ids[-limit:])
