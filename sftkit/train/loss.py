@@ -6,17 +6,19 @@ and its gradient): with SmolLM2's 49k vocabulary the largest activations of a st
 body runs with ``logits_to_keep=1`` and ``output_hidden_states=True``, and the LM head is applied to
 the final hidden states of the *learned* positions only, a chunk of tokens at a time, each chunk
 under activation checkpointing: its float32 logits exist during its own forward and again during its
-own backward, never all at once. The head is called as a module, so LoRA on it, a head tied to the
-embeddings, 8/4-bit models, DDP and DeepSpeed ZeRO-3 (whose hooks gather the head's weight at each
-call) work as in the model's own forward. On CUDA with ``liger-kernel`` installed, a plain
-``nn.Linear`` head with its weight whole (not ZeRO-3) goes through Liger's fused linear cross
-entropy instead.
+own backward, never all at once. A plain ``nn.Linear`` head (tied to the embeddings or not) is
+applied as a matmul of its weight, gathered chunk by chunk under DeepSpeed ZeRO-3 in the forward and
+again in the recomputation; any other head (LoRA on it, a quantized one), and a head that ZeRO-3
+partitions and trains, is called as the module, whose ZeRO-3 hooks gather it; under ZeRO-3 a head
+other than a plain Linear keeps whole logits. On CUDA with ``liger-kernel`` installed, a plain head
+with its weight whole (not ZeRO-3) goes through Liger's fused linear cross entropy for the SFT loss.
 
 Models whose logits are not just ``head(last hidden state)`` (Gemma's soft-capping, Cohere's logit
 scale...) are found by a check at load time and keep the plain path.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 from dataclasses import dataclass
@@ -40,8 +42,44 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return loss.view(shift_labels.shape)
 
 
-def _chunk_losses(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _gathered(*params):
+    """Under DeepSpeed ZeRO-3, these parameters whole inside the block (read-only); else nothing to do."""
+    partitioned = [p for p in params if p is not None and getattr(p, "ds_status", None) is not None
+                   and p.ds_status.name != "AVAILABLE"]
+    if not partitioned:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(partitioned)
+
+
+def _linear_chunk_losses(weight, bias, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # Views, not the parameters, are what the matmul saves: ZeRO-3 frees a gathered parameter's
+    # data on leaving the block, and a view keeps the gathered values for this chunk's backward.
+    with _gathered(weight, bias):
+        logits = F.linear(hidden, weight[:], None if bias is None else bias[:])
+    return F.cross_entropy(logits.float(), targets, reduction="none")
+
+
+def _module_chunk_losses(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(head(hidden).float(), targets, reduction="none")
+
+
+def _is_plain_linear(head) -> bool:
+    return type(head) is torch.nn.Linear
+
+
+def _is_partitioned(head) -> bool:
+    return any(hasattr(p, "ds_id") for p in head.parameters())
+
+
+def _as_matmul(head) -> bool:
+    """Whether the head is applied as a matmul of its (gathered) weight rather than called as a module.
+
+    A plain Linear is, unless ZeRO-3 partitions it and trains it: its gradient must then reach the
+    weight while ZeRO-3's own backward hooks hold it gathered, which calling the module arranges.
+    """
+    return _is_plain_linear(head) and not (_is_partitioned(head) and any(p.requires_grad for p in head.parameters()))
 
 
 def _learned_positions(hidden: torch.Tensor, labels: torch.Tensor):
@@ -59,11 +97,13 @@ def head_token_losses(head, hidden: torch.Tensor, labels: torch.Tensor, *,
     states, targets, learned = _learned_positions(hidden, labels)
     vocab = getattr(head, "out_features", None) or head.weight.shape[0]
     step = max(1, chunk_logits // vocab)
+    chunk_losses, head_args = ((_linear_chunk_losses, (head.weight, head.bias)) if _as_matmul(head)
+                               else (_module_chunk_losses, (head,)))
     training = torch.is_grad_enabled()
     parts = []
     for start in range(0, len(learned), step):
-        args = (head, states[start:start + step], targets[start:start + step])
-        parts.append(checkpoint(_chunk_losses, *args, use_reentrant=False) if training else _chunk_losses(*args))
+        args = (*head_args, states[start:start + step], targets[start:start + step])
+        parts.append(checkpoint(chunk_losses, *args, use_reentrant=False) if training else chunk_losses(*args))
     losses = hidden.new_zeros(labels[:, 1:].numel(), dtype=torch.float32)
     if parts:
         losses = losses.index_put((learned,), torch.cat(parts))
@@ -80,9 +120,8 @@ def _inputs(batch: dict, device: str) -> dict:
 
 
 def _fused_loss_available(head, device: str) -> bool:
-    weight = getattr(head, "weight", None)
-    return (str(device).startswith("cuda") and type(head) is torch.nn.Linear and weight is not None
-            and not hasattr(weight, "ds_id") and importlib.util.find_spec("liger_kernel") is not None)
+    return (str(device).startswith("cuda") and _is_plain_linear(head) and not _is_partitioned(head)
+            and importlib.util.find_spec("liger_kernel") is not None)
 
 
 @dataclass(frozen=True)
@@ -100,10 +139,11 @@ class CausalLMLoss:
     def token_losses(self, model, batch: dict, device: str) -> torch.Tensor:
         """Per-position losses of a micro-batch, shape (batch, seq-1), 0 where not learned."""
         labels = batch["labels"].to(device)
-        if not self.chunked:
+        head = _unwrapped(model).get_output_embeddings()
+        # Under ZeRO-3 a head other than a plain Linear (LoRA on it) keeps whole logits.
+        if not self.chunked or (not _is_plain_linear(head) and _is_partitioned(head)):
             return token_losses(model(**_inputs(batch, device), use_cache=False).logits, labels)
         out = model(**_inputs(batch, device), use_cache=False, output_hidden_states=True, logits_to_keep=1)
-        head = _unwrapped(model).get_output_embeddings()
         return head_token_losses(head, out.hidden_states[-1], labels, chunk_logits=self.chunk_logits)
 
     def loss_sum(self, model, batch: dict, device: str) -> torch.Tensor:
