@@ -35,7 +35,7 @@ class BenchConfig:
     cutoff_len: int = flags.flag(512, "Tokens per packed row.")
     method: str = flags.flag("both", "lora, full (every weight trained; SmolLM2's head is tied to the embeddings) "
                                      "or both.")
-    repeats: int = flags.flag(2, "Forward+backward passes timed per loss (after one warm-up).")
+    repeats: int = flags.flag(1, "Forward+backward passes timed per loss after the first (0: time the first).")
     threads: int = flags.flag(2, "torch CPU threads.")
     loss: str = flags.flag("", "Internal: run one loss and print its result as JSON.")
     grads_out: str = flags.flag("", "Internal: where the child writes its gradients.")
@@ -83,7 +83,7 @@ def run_loss(cfg: BenchConfig) -> dict:
     learned = int((batch["labels"][:, 1:] != -100).sum())
     return {"loss": cfg.loss, "method": cfg.method, "mean_loss": float(loss) / learned,
             "tokens": batch["num_tokens"], "shape": list(batch["input_ids"].shape),
-            "seconds": min(seconds[1:]), "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "seconds": min(seconds[1:] or seconds), "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "rss_before_gib": before}
 
 

@@ -285,13 +285,21 @@ def ensure_trl() -> None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"trl=={TRL_VERSION}"], check=True)
 
 
-def print_trainers(cfg: BenchConfig, results: list[dict]) -> None:
+def print_trainers(cfg: BenchConfig, runs: list[dict]) -> None:
+    """One row per trainer: its runs (alternating with the other's, so a changing machine load weighs on
+    both alike) pooled as total tokens over total seconds."""
     import trl
 
+    results = []
+    for mode in TRAINERS:
+        mine = [r for r in runs if r["mode"] == mode]
+        tokens, seconds = sum(r["tokens"] for r in mine), sum(r["seconds"] for r in mine)
+        results.append({**mine[-1], "tokens_per_s": tokens / seconds, "runs": len(mine)})
     base = next(r for r in results if r["mode"] == "trl_sft")["tokens_per_s"]
     print(f"\nbench_train sftkit vs TRL {trl.__version__} SFTTrainer: {cfg.base_model}, LoRA r8 on "
           f"{', '.join(results[0]['lora_targets'])}, packed (best fit decreasing) into {cfg.cutoff_len}-token rows, "
-          f"micro_batch_size {cfg.micro_batch_size}, {cfg.steps} timed steps, float32, {cfg.threads} CPU threads\n")
+          f"micro_batch_size {cfg.micro_batch_size}, {cfg.steps} timed steps a run, {results[0]['runs']} runs each "
+          f"(alternating), float32, {cfg.threads} CPU threads\n")
     print(f"{'trainer':<22}{'tokens/s':>10}{'vs TRL':>8}{'packing':>9}{'peak GiB':>10}{'last loss':>11}")
     for r in results:
         name = "sftkit" if r["mode"] == "sftkit_sft" else "TRL SFTTrainer"
@@ -347,7 +355,7 @@ def main(cfg: BenchConfig) -> None:
         cfg.data_path = str(Path(scratch.name) / "oig_instruct_cleaned.json")
     if cfg.suite in ("all", "trl"):
         ensure_trl()
-        print_trainers(cfg, run_modes(cfg, TRAINERS))
+        print_trainers(cfg, run_modes(cfg, TRAINERS + TRAINERS[::-1]))
     if cfg.suite in ("all", "objectives"):
         print_objectives(cfg, run_modes(cfg, OBJECTIVES))
     if cfg.suite in ("objectives", "trl"):
