@@ -35,6 +35,8 @@ class BenchConfig:
     cutoff_len: int = flags.flag(512, "Tokens per packed row.")
     method: str = flags.flag("both", "lora, full (every weight trained; SmolLM2's head is tied to the embeddings) "
                                      "or both.")
+    gradient_checkpointing: bool = flags.flag(False, "Recompute the layers' activations in the backward (the "
+                                                     "logits then weigh more in the peak).")
     repeats: int = flags.flag(1, "Forward+backward passes timed per loss after the first (0: time the first).")
     threads: int = flags.flag(2, "torch CPU threads.")
     loss: str = flags.flag("", "Internal: run one loss and print its result as JSON.")
@@ -64,7 +66,8 @@ def run_loss(cfg: BenchConfig) -> dict:
     plan = epoch_plan(lengths, cfg.micro_batch_size, seed=0, epoch=0, pack=True, cutoff_len=cfg.cutoff_len)
     torch.manual_seed(0)
     model = build_causal_lm(TrainConfig(base_model=cfg.base_model, lora_dropout=0.0,
-                                        lora_r=0 if cfg.method == "full" else 8), "cpu", torch.float32)
+                                        lora_r=0 if cfg.method == "full" else 8,
+                                        gradient_checkpointing=cfg.gradient_checkpointing), "cpu", torch.float32)
     model.train()
     batch = collate([[examples[i] for i in row] for row in plan.batch(0)], tokenizer.pad_token_id,
                     pad_to=cfg.cutoff_len, block_mask=packing_needs_block_mask(model))
@@ -124,7 +127,8 @@ def main(cfg: BenchConfig) -> None:
         del results
     first = rows[0][1]
     print(f"\nbench_loss_memory: {cfg.base_model}, one micro-batch of {first['shape'][0]} packed rows x "
-          f"{first['shape'][1]} tokens ({first['tokens']} non-padding), float32, {cfg.threads} CPU threads\n")
+          f"{first['shape'][1]} tokens ({first['tokens']} non-padding), float32, gradient checkpointing "
+          f"{'on' if cfg.gradient_checkpointing else 'off'}, {cfg.threads} CPU threads\n")
     print(f"{'method':<8}{'loss':<10}{'peak RSS GiB':>13}{'vs plain':>10}{'s/fwd+bwd':>11}{'mean loss':>12}"
           f"{'|loss diff|':>13}{'max |grad diff|':>17}")
     for method, plain, chunked, grad_diff, grad_scale in rows:
