@@ -104,10 +104,10 @@ def head_token_losses(head, hidden: torch.Tensor, labels: torch.Tensor, *,
     for start in range(0, len(learned), step):
         args = (*head_args, states[start:start + step], targets[start:start + step])
         parts.append(checkpoint(chunk_losses, *args, use_reentrant=False) if training else chunk_losses(*args))
+    if not parts:  # nothing learned: zeros, still on the graph so the backward reaches the model
+        return (hidden[:, :-1, 0] * 0).float()
     losses = hidden.new_zeros(labels[:, 1:].numel(), dtype=torch.float32)
-    if parts:
-        losses = losses.index_put((learned,), torch.cat(parts))
-    return losses.view(labels.size(0), -1)
+    return losses.index_put((learned,), torch.cat(parts)).view(labels.size(0), -1)
 
 
 def _unwrapped(model):
