@@ -16,6 +16,7 @@ from sftkit import atomic, flags
 from sftkit.demo import banner, one_line, run
 from sftkit.flags import flag
 from sftkit.models import DEFAULT_BASE_MODEL
+from sftkit.train.preference import load_pairs
 
 
 @dataclass
@@ -33,8 +34,6 @@ class AlignDemoConfig:
 
 def chosen_as_sft_rows(preferences: Path, target: Path) -> None:
     """SFT data from the preferred answers (the usual first step before DPO)."""
-    from sftkit.train.preference import load_pairs
-
     pairs, _ = load_pairs(str(preferences))
     rows, seen = [], set()
     for pair in pairs:

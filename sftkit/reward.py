@@ -8,6 +8,8 @@ model trained by ``finetune.py --stage=rm`` records its prompt type in its confi
 from __future__ import annotations
 
 from sftkit.errors import ScorerError
+from sftkit.models import default_device, pick_dtype
+from sftkit.prompts import HUMAN, get_prompt_type, render_conversation, split_turns
 
 PROMPT_TYPE_KEY = "sftkit_prompt_type"
 
@@ -32,8 +34,6 @@ class RewardModelScorer:
     def __init__(self, name_or_path: str, *, batch_size: int = 8, device: str | None = None,
                  max_length: int = 512, local_files_only: bool = False, trust_remote_code: bool = False):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from sftkit.models import default_device, pick_dtype
 
         self.name_or_path = name_or_path
         self.batch_size = batch_size
@@ -61,8 +61,6 @@ class RewardModelScorer:
         kw = dict(truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
         if self.prompt_type is None:
             return self.tokenizer(questions, answers, **kw)
-        from sftkit.prompts import HUMAN, get_prompt_type, render_conversation, split_turns
-
         # The grade stage passes multi-turn questions as '<human>: …\n<bot>: …\n<human>: …' text.
         texts = [render_conversation((split_turns(q) if HUMAN in q else [("human", q)]) + [("bot", a)],
                                      self.prompt_type, self.tokenizer)[0] for q, a in zip(questions, answers)]

@@ -22,7 +22,8 @@ from typing import Iterable, Iterator
 
 from sftkit.errors import GenerationError
 from sftkit.generation.config import GenerateConfig
-from sftkit.models import ModelError, load_model, load_tokenizer, pick_dtype
+from sftkit.models import ModelError, load_model, load_tokenizer, pick_dtype, resolve_base_model
+from sftkit.prompt_format import read_prompt_format
 from sftkit.prompts import get_prompt_type, render_prompt, stop_strings
 
 Turn = tuple[str, str]
@@ -269,8 +270,11 @@ def build_prompt(tokenizer, history: list[tuple[str, str]], message: str, config
 # ---------------------------------------------------------------- stopping
 
 def answer_stop_strings(config: GenerateConfig, tokenizer) -> list[str]:
-    """The prompt type's stop strings (``<human>:`` and ``<bot>:`` for human_bot) and ``--stop``."""
-    return [s for s in [*stop_strings(config.prompt_type, tokenizer), *config.stop] if s]
+    """The prompt type's stop strings (``<human>:`` and ``<bot>:`` for human_bot), ``--stop``, and those
+    an exported model recorded in its ``sftkit_prompt.json`` (the ones it learned to end answers with)."""
+    recorded = read_prompt_format(resolve_base_model(config.base_model)) or {}
+    stops = [*stop_strings(config.prompt_type, tokenizer), *config.stop, *recorded.get("stop", [])]
+    return list(dict.fromkeys(s for s in stops if s))
 
 
 def cut_at_stop(text: str, stops: Iterable[str]) -> tuple[str, bool]:

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from sftkit import atomic
 from sftkit.errors import TrainError
 from sftkit.train.distributed import all_gather_strings, barrier
+from sftkit.train.modeling import load_full_weights
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -154,7 +155,6 @@ def load_checkpoint(path: Path, *, world, model, optimizer, scheduler, engine) -
         if (path / "adapter_model.safetensors").is_file():
             set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors"), device=world.device))
         else:  # full fine-tuning saves the whole model
-            from sftkit.train.modeling import load_full_weights
             load_full_weights(model, path, world.device)
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=world.device, weights_only=True))
     scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))

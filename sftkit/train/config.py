@@ -10,7 +10,8 @@ from pathlib import Path
 
 from sftkit.flags import FlagError, flag
 from sftkit.models import DEFAULT_BASE_MODEL
-from sftkit.prompts import DEFAULT_PROMPT_TYPE, prompt_type_names
+from sftkit.prompts import DEFAULT_PROMPT_TYPE, get_prompt_type, prompt_type_names
+from sftkit.train.tracking import REPORTERS, parse_report_to
 
 FINALIZED_DATA = "oig_work/oig_instruct_cleaned.json"
 BUNDLED_SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
@@ -19,6 +20,8 @@ VAL_METRICS = ("bleu", "sacrebleu", "rouge", "meteor")
 LR_SCHEDULERS = ("cosine", "linear", "constant")
 STAGES = ("sft", "rm", "dpo")
 DPO_LOSSES = ("sigmoid", "ipo")
+EXPORT_FORMATS = ("hf", "gguf", "ollama")
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 
 
 @dataclass
@@ -83,7 +86,9 @@ class TrainConfig:
     save_total_limit: int = flag(3, "Keep at most this many checkpoint-N folders (0: keep all).")
     add_eos_token: bool = flag(True, "End each row with the EOS token, so the model learns to stop.")
     seed: int = flag(42, "Seed for data order, the validation split, LoRA init and dropout.")
-    report_to: str = flag("tensorboard", "Where to log besides stdout: tensorboard or none.")
+    report_to: str = flag("tensorboard", "Where to log besides stdout, comma-separated: tensorboard, mlflow "
+                                         "(to MLFLOW_TRACKING_URI), wandb (WANDB_MODE=offline needs no login), "
+                                         "or none.")
     deepspeed: str = flag("", "A DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json); 'auto' values are "
                               "filled from these flags.")
     config: str = flag("", "A YAML recipe of these flags (e.g. configs/smollm2_lora.yaml); flags override it.")
@@ -166,7 +171,8 @@ class TrainConfig:
             (not (self.train_8bit and self.train_4bit), "--train_8bit and --train_4bit are exclusive"),
             (not (self.fp16 and self.bf16), "--fp16 and --bf16 are exclusive"),
             (self.lr_scheduler in LR_SCHEDULERS, f"--lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}"),
-            (self.report_to in ("tensorboard", "none"), "--report_to must be tensorboard or none"),
+            (all(n in REPORTERS for n in parse_report_to(self.report_to)),
+             f"--report_to: choose from {', '.join(REPORTERS)} (comma-separated), or none"),
             (math.isfinite(self.learning_rate) and self.learning_rate > 0, "--learning_rate must be above 0"),
         ]
         checks += self._stage_checks()
@@ -224,9 +230,24 @@ class ExportConfig:
                                          "fine-tuning output_dir is re-saved as it is.")
     output_dir: str = flag("merged", "Where to write the standalone merged model (must not exist).")
     dtype: str = flag("float32", "Dtype of the saved weights: float32, bfloat16 or float16.")
+    format: list[str] = flag(["hf"], "What to write, comma-separated: hf (safetensors + tokenizer with the chat "
+                                     "template), gguf (llama.cpp), ollama (GGUF + Modelfile in output_dir/ollama).")
+    gguf_type: str = flag("f16", "Weights of the GGUF: f32, f16, bf16 or q8_0 (norms stay f32).")
+    prompt_type: str = flag("", "Prompt format the chat template renders (empty: the one the training output "
+                                f"recorded in sftkit_prompt.json, else {DEFAULT_PROMPT_TYPE}).")
+    system_prompt: str = flag("", "Default system prompt for the Modelfile's SYSTEM and the model card.")
+    eval_report: str = flag("", "generate.py's evaluation report (its ANSWERS_report/ folder) to put in the model card.")
     local_files_only: bool = flag(False, "Never reach a model hub; load only local files.")
     trust_remote_code: bool = flag(False, "Run model code shipped with a hub checkpoint (only if you trust it).")
 
     def __post_init__(self):
+        self.format = list(dict.fromkeys(f.strip().lower() for f in self.format if f.strip()))
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise FlagError("--dtype must be float32, bfloat16 or float16")
+        unknown = [f for f in self.format if f not in EXPORT_FORMATS]
+        if unknown or not self.format:
+            raise FlagError(f"--format: {unknown or 'nothing'}; choose from {', '.join(EXPORT_FORMATS)}")
+        if self.gguf_type not in GGUF_TYPES:
+            raise FlagError(f"--gguf_type must be one of {', '.join(GGUF_TYPES)}")
+        if self.prompt_type:
+            get_prompt_type(self.prompt_type)

@@ -21,12 +21,13 @@ from sftkit import atomic, models
 from sftkit.errors import TrainError
 from sftkit.flags import FlagError
 from sftkit.lock import LOCK_NAME
-from sftkit.train import checkpoint, distributed, run_record
+from sftkit.train import checkpoint, distributed, model_card, run_record, tracking
 from sftkit.train.batching import EpochPlan, as_tokenized_set, epoch_plan
 from sftkit.train.config import TrainConfig
 from sftkit.train.data import DataError
 from sftkit.train.modeling import trainable_parameters, weights_saver
-from sftkit.train.recipes import Data, Recipe, get_recipe
+from sftkit.train.recipes import Data, Recipe
+from sftkit.train.recipes.registry import get_recipe
 from sftkit.train.recipes.sft import shard
 
 
@@ -342,11 +343,8 @@ def run(config: TrainConfig, world) -> dict:
                                            scheduler=trainer.scheduler, engine=trainer.engine)
         step, history = state["step"], state["history"]
         log(f"resumed from {resume_from} at step {step}")
-    writer = None
-    if world.is_main and config.report_to == "tensorboard":
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(output_dir / "logs"))
+    trackers = tracking.Trackers(tracking.parse_report_to(config.report_to) if world.is_main else [], output_dir,
+                                 config.run_id, settings)
     if world.is_main:  # appends a resume, never rewrites what trained the adapter
         run_record.record_start(output_dir, settings, resume_from, step)
     run_info = {"stage": config.stage, "world_size": world.size, "gradient_accumulation": grad_accum,
@@ -384,10 +382,7 @@ def run(config: TrainConfig, world) -> dict:
             history.append(record)
             log(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                            for k, v in record.items() if k != "eval_sample"))
-            if writer:
-                for key, value in record.items():
-                    if isinstance(value, (int, float)) and key != "step":
-                        writer.add_scalar(f"{'eval' if key.startswith('eval_') else 'train'}/{key}", value, step)
+            trackers.log(record, step)
         elif step % plan.eval_every == 0:
             history.append({"step": step, **evaluate(trainer, recipe, tokenizer, data.valid, config, world,
                                                      precision)})
@@ -422,8 +417,8 @@ def run(config: TrainConfig, world) -> dict:
                   **{k: v for k, v in last_eval.items() if k.startswith("eval_")}})
     if world.is_main:
         atomic.write_json(output_dir / "metrics.json", final)
-        if writer:
-            writer.close()
+        trackers.finish([output_dir / "metrics.json", output_dir / run_record.RUN_CONFIG,
+                         *model_card.data_card_files(settings.get("data_path", ""))])
         extra = "".join(f", eval {k[5:]} {final[k]:.4f}" for k in ("eval_loss", "eval_accuracy", "eval_margin")
                         if isinstance(final.get(k), float))
         packing = run_info["packing_efficiency"]

@@ -20,8 +20,10 @@ from typing import Iterator
 
 import yaml
 
+import sftkit
 from sftkit import atomic, lock
-from sftkit.errors import TrainError
+from sftkit.errors import FlagError, TrainError
+from sftkit.train.data import data_files
 
 SETTINGS_FILE = "run_settings.json"
 RUN_CONFIG = "run_config.yaml"
@@ -43,8 +45,6 @@ DATA_FLAGS = ("data_path", "valid_path", "data_mix_in_path")
 
 def data_fingerprint(path: str) -> str:
     """sha256 over the names and bytes of the data files at ``path`` (a hub id hashes as its name)."""
-    from sftkit.train.data import data_files
-
     if not path:
         return ""
     digest = hashlib.sha256()
@@ -126,8 +126,6 @@ def read_run_config(output_dir: Path) -> list[dict]:
 
 def save_code(output_dir: Path) -> Path:
     """Copy finetune.py (when run from a clone) and the sftkit package into ``output_dir/code``."""
-    import sftkit
-
     package = Path(sftkit.__file__).resolve().parent
     target = output_dir / CODE_DIR
     with atomic.replacing(target) as staging:
@@ -141,8 +139,6 @@ def save_code(output_dir: Path) -> Path:
 
 def begin(config, world, resume_from: Path | None, log) -> dict:
     """Checks and records at the start of a run; returns the settings saved with each checkpoint."""
-    from sftkit.errors import FlagError
-
     if config.llama_flash_attn and not world.device.startswith("cuda"):
         raise FlagError("--llama_flash_attn=True needs a CUDA GPU (flash-attn kernels); drop it on the CPU")
     settings = settings_of(config, world.size)
