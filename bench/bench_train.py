@@ -172,7 +172,7 @@ def sftkit_run(config, tokenizer, rows: int = 0) -> dict:
     tokenized rows, with a wall-clock mark at the end of every step."""
     from sftkit.train import distributed
     from sftkit.train.loop import Plan, Precision, make_trainer, train_step
-    from sftkit.train.recipes import get_recipe
+    from sftkit.train.recipes.registry import get_recipe
 
     world = distributed.setup(use_deepspeed=bool(config.deepspeed))
     recipe = get_recipe(config)
@@ -256,7 +256,7 @@ def run_trainer(cfg: BenchConfig) -> dict:
 
     from sftkit.models import load_tokenizer
     from sftkit.train.config import TrainConfig
-    from sftkit.train.recipes import get_recipe
+    from sftkit.train.recipes.registry import get_recipe
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(0)

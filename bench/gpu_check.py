@@ -190,7 +190,7 @@ def run_real_check(name: str, trainer: str, model: str, out: Path, tiny: bool, s
     from bench.bench_train import sftkit_run, trl_run
     from sftkit.models import load_tokenizer
     from sftkit.train.config import TrainConfig
-    from sftkit.train.recipes import get_recipe
+    from sftkit.train.recipes.registry import get_recipe
 
     _, settings, _, _ = REAL_CHECKS[name]
     settings = dict(settings, cutoff_len=REAL_CUTOFF)
