@@ -7,6 +7,7 @@ from sftkit.models import apply_adapter, load_model, load_tokenizer
 from sftkit.train.batching import collate_pairs
 from sftkit.train.distributed import World
 from sftkit.train.loop import train
+from sftkit.train.loss import CausalLMLoss
 from sftkit.train.recipes.dpo import DPORecipe, dpo_loss, pair_logps
 from tests.train.helpers import tiny_config
 from tests.train.toy_preferences import pair_config
@@ -27,7 +28,9 @@ def test_dpo_loss_formulas():
 
 def logps_of(model, examples, pad_id):
     with torch.no_grad():
-        return pair_logps(model.eval(), collate_pairs([[e] for e in examples], pad_id), "cpu")
+        # whole logits: the recipe's chunked log-probs are checked against the plain computation
+        return pair_logps(CausalLMLoss(chunked=False), model.eval(), collate_pairs([[e] for e in examples], pad_id),
+                          "cpu")
 
 
 def test_reference_is_the_model_with_the_adapter_switched_off(tiny_llama, tmp_path):
