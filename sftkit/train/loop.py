@@ -356,7 +356,7 @@ def run(config: TrainConfig, world) -> dict:
                 "full_finetune": config.full_finetune, "loss_unit": recipe.unit,
                 "packing_block_mask": getattr(recipe, "block_mask", False), "deepspeed": config.deepspeed or None,
                 # non-padding tokens / slots of epoch 0's micro-batches (rows x longest row); per row for SFT only
-                "packing_efficiency": round(plan.efficiency, 4) if recipe.unit == "token" else None}
+                "packing_efficiency": round(plan.efficiency, 4) if recipe.unit == "token" and not recipe.online else None}
 
     def summary() -> dict:
         return {"step": step, "total_steps": plan.total_steps, "history": history, "data": data.stats,
