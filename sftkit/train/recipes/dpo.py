@@ -19,7 +19,6 @@ from sftkit.train import distributed
 from sftkit.train.loss import CausalLMLoss
 from sftkit.train.modeling import build_causal_lm, reference_model
 from sftkit.train.recipes import Data, PairRecipe, read_pair_data
-from sftkit.train.recipes.sft import shard
 
 
 def pair_logps(lm_loss: CausalLMLoss, model, batch: dict, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,10 +53,14 @@ class DPORecipe(PairRecipe):
 
     @torch.no_grad()
     def prepare(self, model, data: Data, world, autocast) -> None:
-        """Fill in every pair's reference log-probs, each rank computing a share."""
-        examples = data.train + data.valid
-        mine, real = shard(list(enumerate(examples)), world)
-        mine = mine[:real]
+        """Fill in every pair's reference log-probs (train, then validation), each rank computing a share."""
+        sets = (data.train, data.valid)
+        total = sum(len(s) for s in sets)
+
+        def pair(index: int):
+            return (sets[0], index) if index < len(sets[0]) else (sets[1], index - len(sets[0]))
+
+        mine = range(world.rank, total, world.size)
         size = self.config.micro_batch_size
         was_training = model.training
         model.eval()
@@ -65,15 +68,16 @@ class DPORecipe(PairRecipe):
         with reference_model(model):
             for start in range(0, len(mine), size):
                 chunk = mine[start:start + size]
-                batch = self.collate([[ex] for _, ex in chunk], self.pad_token_id)
+                batch = self.collate([[owner[i]] for owner, i in map(pair, chunk)], self.pad_token_id)
                 with autocast():
                     chosen, rejected = pair_logps(self.lm_loss, model, batch, world.device)
-                found += [f"{i}\t{c!r}\t{r!r}" for (i, _), c, r in zip(chunk, chosen.tolist(), rejected.tolist())]
+                found += [f"{i}\t{c!r}\t{r!r}" for i, c, r in zip(chunk, chosen.tolist(), rejected.tolist())]
         model.train(was_training)
         for part in distributed.all_gather_strings(found):
             for item in part:
                 index, chosen, rejected = item.split("\t")
-                examples[int(index)].ref_chosen, examples[int(index)].ref_rejected = float(chosen), float(rejected)
+                owner, i = pair(int(index))
+                owner.ref_chosen[i], owner.ref_rejected[i] = float(chosen), float(rejected)
 
     def loss(self, model, batch, device):
         chosen, rejected = pair_logps(self.lm_loss, model, batch, device)

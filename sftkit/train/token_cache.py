@@ -1,0 +1,423 @@
+"""Tokenize once: a data file's tokenized rows in an Arrow cache on disk that every run and rank memory-maps.
+
+A cache holds one data source (``--data_path``, ``--valid_path`` or ``--data_mix_in_path``, SFT
+conversations or preference pairs) tokenized by :func:`sftkit.train.tokenize.tokenize_units`:
+
+* ``sequences.arrow``: one row per sequence of a unit that can train (a pair is two rows, chosen
+  then rejected), already cut at ``cutoff_len``: ``input_ids`` and ``labels`` (int32 lists),
+  ``length``, ``learned`` (learned tokens), ``unit`` (the conversation's or pair's index among the
+  source's usable ones, in file order), and the prompt, reference answer and prompt type that
+  validation generates from;
+* ``units.arrow``: per unit, its outcome (kept, could not be rendered, no answer within the cutoff,
+  identical after truncation) and whether it was longer than the cutoff;
+* ``meta.json``: the key's settings, the reader's counts (rows read, skipped by reason, prompt
+  types chosen) and the totals, so a reused cache prints the same summary.
+
+The key (:func:`cache_key`) hashes everything that changes those bytes: the data files' content,
+the tokenizer's content, the kind, prompt type, column renames, cutoff, ``train_on_inputs`` and the
+EOS setting. What only *selects* from a cache is applied when reading, so changing it reuses the
+cache: the validation split (``val_set_size``, ``seed``), the mix-in factor and ``drop_truncations``
+(:func:`select`, and the recipes' ``read_data``). Packing plans are not cached: they are computed from the length
+array in seconds (bench/bench_plan.py).
+
+Built streaming in bounded memory (rows in batches through :mod:`sftkit.rows`, batches tokenized
+over ``workers`` processes in order, record batches appended as they come), to a temporary name
+renamed whole by :mod:`sftkit.atomic`: a killed build leaves nothing a later run trusts. One process
+per cache builds: it holds an ``fcntl`` lock on ``.<key>.lock`` beside the cache while it does; the
+others wait on that lock (the kernel releases it when its holder dies, so a dead builder never
+blocks anyone) and then memory-map the finished cache.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import fcntl
+import hashlib
+import itertools
+import json
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from sftkit import atomic
+from sftkit.models import cache_root
+from sftkit.prompts import DEFAULT_PROMPT_TYPE
+from sftkit.rows import data_files
+from sftkit.train.data import ReadStats, check_usable, iter_conversations
+from sftkit.train.preference import iter_pairs
+from sftkit.train.tokenize import (Example, Item, PairExample, TokenBatch, TokenizeStats, check_prompt_types,
+                                   count_outcomes, tokenize_units)
+
+CACHE_VERSION = 1  # bump when what tokenize_units writes changes for the same settings
+SEQUENCES, UNITS, META = "sequences.arrow", "units.arrow", "meta.json"
+REUSED = "tokenized cache reused"
+SEQUENCE_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())),
+                             ("length", pa.int32()), ("learned", pa.int32()), ("unit", pa.int64()),
+                             ("prompt", pa.string()), ("reference", pa.string()), ("prompt_type", pa.string())])
+UNIT_SCHEMA = pa.schema([("status", pa.int8()), ("over", pa.bool_())])
+
+
+def default_root() -> Path:
+    """``<sftkit cache>/tokenized`` (``$SFTKIT_CACHE``, default ``~/.cache/sftkit``)."""
+    return cache_root() / "tokenized"
+
+
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+# ---------------------------------------------------------------- what a cache is built from, and its key
+@dataclass(frozen=True)
+class Source:
+    """One data source and every setting that changes its tokens."""
+
+    kind: str  # "sft" (conversations) or "pairs"
+    path: str
+    col_dict: tuple = ()  # column renames, as sorted (name, new name) pairs
+    prompt_type: str = ""  # the flag; empty: each row's own column, else human_bot
+    cutoff_len: int = 512
+    train_on_inputs: bool = False
+    add_eos_token: bool = True
+
+
+def data_sha256(path: str) -> str:
+    """sha256 over the names and bytes of every data file at ``path`` (a hub id hashes as its name)."""
+    digest = hashlib.sha256()
+    files = data_files(path)
+    if not files:
+        digest.update(f"hub:{path}".encode())
+    for file in files:
+        digest.update(str(file.relative_to(path) if Path(path).is_dir() else file.name).encode() + b"\0")
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def tokenizer_sha256(tokenizer) -> str:
+    """sha256 of what the tokenizer does: its vocabulary, merges, normalizer and pre-tokenizer (the
+    fast tokenizer's JSON), its chat template and its special tokens, however it was loaded."""
+    digest = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode())
+    described = {"chat_template": getattr(tokenizer, "chat_template", None),
+                 "special": {name: getattr(tokenizer, f"{name}_token_id", None) for name in ("bos", "eos", "pad")},
+                 "added": sorted((str(t), i) for t, i in tokenizer.get_added_vocab().items()),
+                 "class": type(tokenizer).__name__}
+    digest.update(json.dumps(described, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def cache_key(source: Source, tokenizer_hash: str, data_hash: str) -> str:
+    """The cache's name: a hash of every setting of ``source`` but its path (the data's content
+    stands for it), the data's and the tokenizer's content, and the cache format."""
+    described = {**dataclasses.asdict(source), "path": None, "data_sha256": data_hash,
+                 "tokenizer_sha256": tokenizer_hash, "version": CACHE_VERSION}
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=list).encode()).hexdigest()[:24]
+
+
+# ---------------------------------------------------------------- building
+@dataclass(frozen=True)
+class _Job:
+    """What a tokenizing process needs besides the batches."""
+
+    tokenizer: object
+    source: Source
+
+
+_job: _Job | None = None
+
+
+def _start_worker(job: _Job) -> None:
+    global _job
+    _job = job
+
+
+def _tokenize(items: list[Item], job: _Job | None = None):
+    job = job or _job
+    s = job.source
+    batch, learned, outcomes = tokenize_units(items, job.tokenizer, s.cutoff_len, last_only=s.kind == "pairs",
+                                              train_on_inputs=s.train_on_inputs, add_eos_token=s.add_eos_token)
+    return batch, learned, outcomes.status, outcomes.over
+
+
+def _items(source: Source, stats: ReadStats, batch_units: int) -> Iterator[list[Item]]:
+    """The source's usable units as batches of items (two per pair), streaming."""
+    if source.kind == "pairs":
+        pairs = iter_pairs(source.path, stats, dict(source.col_dict))
+        items = (Item(turns, source.prompt_type or DEFAULT_PROMPT_TYPE, unit, tools=pair.tools)
+                 for unit, pair in enumerate(pairs) for turns in pair.conversations())
+        per_unit = 2
+    else:
+        conversations = iter_conversations(source.path, stats, dict(source.col_dict), source.prompt_type)
+        items = (Item(c.turns, c.prompt_type, unit, c.text, c.tools) for unit, c in enumerate(conversations))
+        per_unit = 1
+    while batch := list(itertools.islice(items, batch_units * per_unit)):
+        yield batch
+
+
+def _in_order(batches: Iterator[list[Item]], job: _Job, workers: int) -> Iterator[tuple]:
+    """Each batch tokenized, in order; over ``workers`` processes once there is more than one batch,
+    with at most two batches per process in flight (bounded memory)."""
+    first = next(batches, None)
+    if first is None:
+        return
+    second = next(batches, None)
+    if second is None or workers <= 1:
+        yield _tokenize(first, job)
+        if second is not None:
+            yield _tokenize(second, job)
+            for batch in batches:
+                yield _tokenize(batch, job)
+        return
+    context = multiprocessing.get_context("spawn")  # the trainer holds threads (torch, gloo): never fork it
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(job,)) as pool:
+        waiting = collections.deque(pool.submit(_tokenize, b) for b in (first, second))
+        for batch in batches:
+            if len(waiting) >= 2 * workers:
+                yield waiting.popleft().result()
+            waiting.append(pool.submit(_tokenize, batch))
+        while waiting:
+            yield waiting.popleft().result()
+
+
+def _record_batch(batch: TokenBatch, learned: np.ndarray) -> pa.RecordBatch:
+    offsets = pa.array(batch.offsets.astype(np.int32))
+    return pa.record_batch([
+        pa.ListArray.from_arrays(offsets, pa.array(batch.input_ids.astype(np.int32))),
+        pa.ListArray.from_arrays(offsets, pa.array(batch.labels.astype(np.int32))),
+        pa.array(batch.lengths.astype(np.int32)), pa.array(learned.astype(np.int32)), pa.array(batch.rows),
+        pa.array(batch.prompts, pa.string()), pa.array(batch.references, pa.string()),
+        pa.array(batch.prompt_types, pa.string())], schema=SEQUENCE_SCHEMA)
+
+
+def build(source: Source, tokenizer, folder: Path, *, workers: int = 1, batch_units: int = 512,
+          progress: bool = True, desc: str = "tokenize") -> dict:
+    """Tokenize ``source`` into ``folder`` (created; see the module docstring); its meta.
+
+    A dataset that is empty or where no row is usable is a DataError naming the first problem.
+    """
+    started = time.perf_counter()
+    folder.mkdir(parents=True)
+    stats = ReadStats()
+    checked: set[str] = set()
+    totals = collections.Counter()
+    job = _Job(tokenizer, source)
+
+    def checked_batches():
+        for batch in _items(source, stats, batch_units):
+            new = {item.prompt_type for item in batch} - checked
+            if new:  # a prompt type this tokenizer cannot render fails before any work on it
+                check_prompt_types(new, tokenizer)
+                checked.update(new)
+            yield batch
+
+    with pa.OSFile(str(folder / SEQUENCES), "wb") as seq_file, pa.OSFile(str(folder / UNITS), "wb") as unit_file, \
+            pa.ipc.new_file(seq_file, SEQUENCE_SCHEMA) as sequences, pa.ipc.new_file(unit_file, UNIT_SCHEMA) as units, \
+            tqdm(desc=desc, unit=" rows", disable=not progress, mininterval=2) as bar:
+        for batch, learned, status, over in _in_order(checked_batches(), job, workers):
+            sequences.write_batch(_record_batch(batch, learned))
+            units.write_batch(pa.record_batch([pa.array(status), pa.array(over)], schema=UNIT_SCHEMA))
+            totals.update(units=len(status), sequences=len(batch.lengths), tokens=int(batch.lengths.sum()))
+            bar.update(len(status))
+    check_usable(source.path, stats, totals["units"], "usable preference pairs" if source.kind == "pairs"
+                 else "usable rows")
+    meta = {"version": CACHE_VERSION, "source": dataclasses.asdict(source), "read_stats": dataclasses.asdict(stats),
+            **totals, "workers": workers, "seconds": round(time.perf_counter() - started, 3)}
+    (folder / META).write_text(json.dumps(meta, indent=1, default=list) + "\n")
+    return meta
+
+
+# ---------------------------------------------------------------- once per node
+class _Lock:
+    """An exclusive ``fcntl`` lock on a file; the kernel releases it when the holder dies."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def try_take(self) -> bool:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    def take(self, on_wait: Callable[[float], None], poll: float = 0.5, every: float = 30.0) -> None:
+        """Take the lock, calling ``on_wait(seconds waited)`` at first and every ``every`` seconds."""
+        started = last = time.monotonic()
+        on_wait(0.0)
+        while not self.try_take():
+            time.sleep(poll)
+            if time.monotonic() - last >= every:
+                last = time.monotonic()
+                on_wait(last - started)
+
+    def close(self) -> None:
+        os.close(self.fd)  # releases the lock
+
+
+def is_complete(path: Path) -> bool:
+    """A cache is complete when it exists under its own name: it is renamed there only once finished."""
+    return (path / META).is_file()
+
+
+def open_source(source: Source, tokenizer, root: str | os.PathLike = "", *, workers: int = 0,
+                progress: bool = True, desc: str = "tokenize", local_rank: int = 0,
+                barrier: Callable[[], None] = lambda: None, say: Callable[[str], None] = print) -> TokenCache:
+    """The memory-mapped cache of ``source``, built first if no complete one exists.
+
+    Local rank 0 tries the lock before ``barrier`` (every rank of the run calls it once, at once:
+    it does not wait for the build), so on each node it is the one that builds while the others
+    wait on the lock; a cache another run is building is waited for too.
+    """
+    root = Path(root) if root else default_root()
+    key = cache_key(source, tokenizer_sha256(tokenizer), data_sha256(source.path))
+    path = root / key
+    lock = _Lock(root / f".{key}.lock")
+    try:
+        held = local_rank == 0 and not is_complete(path) and lock.try_take()
+        barrier()
+        if not is_complete(path):
+            if not held:
+                lock.take(lambda waited: say(f"waiting for tokenized cache {path} (being built by another process"
+                                             f"{f', {waited:.0f} s so far' if waited else ''})"))
+            if not is_complete(path):
+                atomic.clean_stale(root)  # what a killed build left
+                with atomic.replacing(path) as tmp:
+                    meta = build(source, tokenizer, tmp, workers=workers or default_workers(), progress=progress,
+                                 desc=desc)
+                say(f"tokenized cache built: {source.path}: {meta['units']} units, {meta['sequences']} sequences, "
+                    f"{meta['tokens']} tokens in {meta['seconds']:.1f} s ({meta['workers']} processes) -> {path}")
+                return TokenCache(path)
+    finally:
+        lock.close()
+    say(f"{REUSED}: {path}")
+    return TokenCache(path)
+
+
+# ---------------------------------------------------------------- reading
+class TokenCache:
+    """A finished cache, memory-mapped: per-sequence and per-unit columns as numpy arrays, and any
+    sequence's tokens read from the mapped file on demand (only the rows a rank trains on are touched)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.meta = json.loads((self.path / META).read_text())
+        self.read_stats = ReadStats(**self.meta["read_stats"])
+        table = pa.ipc.open_file(pa.memory_map(str(self.path / SEQUENCES))).read_all()
+        units = pa.ipc.open_file(pa.memory_map(str(self.path / UNITS))).read_all()
+        self.status = units.column("status").to_numpy()
+        self.over = units.column("over").to_numpy()
+        self.lengths = table.column("length").to_numpy()
+        self.learned = table.column("learned").to_numpy()
+        self.unit = table.column("unit").to_numpy()
+        self._table = table
+        self._chunks = [(chunk.offsets.to_numpy(), chunk.values.to_numpy(), labels.values.to_numpy())
+                        for chunk, labels in zip(table.column("input_ids").chunks, table.column("labels").chunks)]
+        self._chunk_start = np.cumsum([0] + [len(c) for c in table.column("input_ids").chunks])
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def example(self, row: int) -> Example:
+        k = int(np.searchsorted(self._chunk_start, row, side="right")) - 1
+        local = row - int(self._chunk_start[k])
+        offsets, ids, labels = self._chunks[k]
+        a, b = int(offsets[local]), int(offsets[local + 1])
+        text = {name: self._table.column(name)[row].as_py() for name in ("prompt", "reference", "prompt_type")}
+        return Example(ids[a:b].tolist(), labels[a:b].tolist(), **text)
+
+
+class Examples:
+    """A tokenized set (see :mod:`sftkit.train.batching`) over chosen rows of caches, in order."""
+
+    def __init__(self, parts: list[tuple[TokenCache, np.ndarray]] = ()):
+        self.parts = [(cache, np.asarray(rows, dtype=np.int64)) for cache, rows in parts]
+        self._bounds = np.cumsum([0] + [len(rows) for _, rows in self.parts])
+        self.lengths = np.concatenate([cache.lengths[rows] for cache, rows in self.parts] or [np.zeros(0, np.int32)])
+
+    def __len__(self) -> int:
+        return int(self._bounds[-1])
+
+    def _one(self, index: int):
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        k = int(np.searchsorted(self._bounds, index, side="right")) - 1
+        cache, rows = self.parts[k]
+        return cache.example(int(rows[index - self._bounds[k]]))
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self._one(i) for i in range(*index.indices(len(self)))]
+        return self._one(int(index))
+
+    def __iter__(self):
+        return (self._one(i) for i in range(len(self)))
+
+
+class Pairs(Examples):
+    """Preference pairs over a cache: pair ``i`` is the rows ``first[i]`` (chosen) and the one after
+    (rejected), with its reference log-probs (DPO fills them in)."""
+
+    def __init__(self, cache: TokenCache | None = None, first: np.ndarray = np.zeros(0, np.int64)):
+        super().__init__()
+        self.cache, self.first = cache, np.asarray(first, dtype=np.int64)
+        self.lengths = cache.lengths[self.first] + cache.lengths[self.first + 1] if cache else np.zeros(0, np.int32)
+        self._bounds = np.array([0, len(self.first)])
+        self.ref_chosen = np.zeros(len(self.first))
+        self.ref_rejected = np.zeros(len(self.first))
+
+    def _one(self, index: int):
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        row = int(self.first[index])
+        return PairExample(self.cache.example(row), self.cache.example(row + 1), float(self.ref_chosen[index]),
+                           float(self.ref_rejected[index]))
+
+
+def select(cache: TokenCache, units: np.ndarray | None, drop_truncations: bool) -> tuple[np.ndarray, TokenizeStats]:
+    """The rows of the ``units`` (a mask over the cache's units; None: all) that train under the
+    truncation policy, and their counts, as tokenizing them alone would have counted."""
+    chosen = np.ones(len(cache.status), dtype=bool) if units is None else units
+    stats = TokenizeStats(rows=int(chosen.sum()))
+    keep = np.zeros(len(chosen), dtype=bool)
+    keep[chosen] = count_outcomes(cache.over[chosen], cache.status[chosen], drop_truncations, stats)
+    keep_row = keep[cache.unit]
+    stats.tokens = int(cache.lengths[keep_row].sum(dtype=np.int64))
+    stats.learned_tokens = int(cache.learned[keep_row].sum(dtype=np.int64))
+    return np.flatnonzero(keep_row), stats
+
+
+def pair_firsts(rows: np.ndarray) -> np.ndarray:
+    """The chosen row of each pair among a pair cache's selected rows (a pair is two rows in a row)."""
+    return rows[::2]
+
+
+def config_sources(config, kind: str, add_eos_token: bool) -> dict[str, Source]:
+    """The sources a run tokenizes (``train``, and ``valid`` / ``mix_in`` when given), from its flags."""
+    common = dict(kind=kind, cutoff_len=config.cutoff_len, add_eos_token=add_eos_token,
+                  train_on_inputs=config.train_on_inputs if kind == "sft" else False)
+    prompt_type = config.prompt_type if kind == "sft" else config.fixed_prompt_type
+    renames = tuple(sorted((config.data_col_dict or {}).items()))
+    out = {"train": Source(path=config.resolved_data_path(), col_dict=renames, prompt_type=prompt_type, **common)}
+    if config.valid_path:
+        out["valid"] = Source(path=config.valid_path, col_dict=renames, prompt_type=prompt_type, **common)
+    if kind == "sft" and config.data_mix_in_path and config.data_mix_in_factor > 0:
+        out["mix_in"] = Source(path=config.data_mix_in_path, col_dict=tuple(sorted(config.data_mix_in_col_dict.items())),
+                               prompt_type=config.data_mix_in_prompt_type or config.prompt_type, **common)
+    return out
+
+
+def config_keys(config, kind: str, add_eos_token: bool, tokenizer_hash: str) -> dict[str, str]:
+    """The cache key of every source a run tokenizes (see :func:`cache_key`)."""
+    return {role: cache_key(source, tokenizer_hash, data_sha256(source.path))
+            for role, source in config_sources(config, kind, add_eos_token).items()}
