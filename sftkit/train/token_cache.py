@@ -59,6 +59,7 @@ from sftkit.train.tokenize import (Example, Item, PairExample, TokenBatch, Token
 CACHE_VERSION = 1  # bump when what tokenize_units writes changes for the same settings
 SEQUENCES, UNITS, META = "sequences.arrow", "units.arrow", "meta.json"
 REUSED = "tokenized cache reused"
+BATCH_UNITS = 512  # units (conversations or pairs) tokenized per batch
 SEQUENCE_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())),
                              ("length", pa.int32()), ("learned", pa.int32()), ("unit", pa.int64()),
                              ("prompt", pa.string()), ("reference", pa.string()), ("prompt_type", pa.string())])
@@ -162,9 +163,9 @@ def _items(source: Source, stats: ReadStats, batch_units: int) -> Iterator[list[
         yield batch
 
 
-def _in_order(batches: Iterator[list[Item]], job: _Job, workers: int) -> Iterator[tuple]:
-    """Each batch tokenized, in order; over ``workers`` processes once there is more than one batch,
-    with at most two batches per process in flight (bounded memory)."""
+def _in_order(batches: Iterator[list[Item]], job: _Job, workers: int, processes: list) -> Iterator[tuple]:
+    """Each batch tokenized, in order; over ``workers`` processes once there is more than one batch
+    (``processes`` gets their number), with at most two batches per process in flight (bounded memory)."""
     first = next(batches, None)
     if first is None:
         return
@@ -176,6 +177,7 @@ def _in_order(batches: Iterator[list[Item]], job: _Job, workers: int) -> Iterato
             for batch in batches:
                 yield _tokenize(batch, job)
         return
+    processes.append(workers)
     context = multiprocessing.get_context("spawn")  # the trainer holds threads (torch, gloo): never fork it
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(job,)) as pool:
         waiting = collections.deque(pool.submit(_tokenize, b) for b in (first, second))
@@ -197,7 +199,7 @@ def _record_batch(batch: TokenBatch, learned: np.ndarray) -> pa.RecordBatch:
         pa.array(batch.prompt_types, pa.string())], schema=SEQUENCE_SCHEMA)
 
 
-def build(source: Source, tokenizer, folder: Path, *, workers: int = 1, batch_units: int = 512,
+def build(source: Source, tokenizer, folder: Path, *, workers: int = 1, batch_units: int = BATCH_UNITS,
           progress: bool = True, desc: str = "tokenize") -> dict:
     """Tokenize ``source`` into ``folder`` (created; see the module docstring); its meta.
 
@@ -209,6 +211,7 @@ def build(source: Source, tokenizer, folder: Path, *, workers: int = 1, batch_un
     checked: set[str] = set()
     totals = collections.Counter()
     job = _Job(tokenizer, source)
+    processes = [1]
 
     def checked_batches():
         for batch in _items(source, stats, batch_units):
@@ -221,7 +224,7 @@ def build(source: Source, tokenizer, folder: Path, *, workers: int = 1, batch_un
     with pa.OSFile(str(folder / SEQUENCES), "wb") as seq_file, pa.OSFile(str(folder / UNITS), "wb") as unit_file, \
             pa.ipc.new_file(seq_file, SEQUENCE_SCHEMA) as sequences, pa.ipc.new_file(unit_file, UNIT_SCHEMA) as units, \
             tqdm(desc=desc, unit=" rows", disable=not progress, mininterval=2) as bar:
-        for batch, learned, status, over in _in_order(checked_batches(), job, workers):
+        for batch, learned, status, over in _in_order(checked_batches(), job, workers, processes):
             sequences.write_batch(_record_batch(batch, learned))
             units.write_batch(pa.record_batch([pa.array(status), pa.array(over)], schema=UNIT_SCHEMA))
             totals.update(units=len(status), sequences=len(batch.lengths), tokens=int(batch.lengths.sum()))
@@ -229,7 +232,7 @@ def build(source: Source, tokenizer, folder: Path, *, workers: int = 1, batch_un
     check_usable(source.path, stats, totals["units"], "usable preference pairs" if source.kind == "pairs"
                  else "usable rows")
     meta = {"version": CACHE_VERSION, "source": dataclasses.asdict(source), "read_stats": dataclasses.asdict(stats),
-            **totals, "workers": workers, "seconds": round(time.perf_counter() - started, 3)}
+            **totals, "workers": processes[-1], "seconds": round(time.perf_counter() - started, 3)}
     (folder / META).write_text(json.dumps(meta, indent=1, default=list) + "\n")
     return meta
 
@@ -291,10 +294,11 @@ def open_source(source: Source, tokenizer, root: str | os.PathLike = "", *, work
             if not is_complete(path):
                 atomic.clean_stale(root)  # what a killed build left
                 with atomic.replacing(path) as tmp:
-                    meta = build(source, tokenizer, tmp, workers=workers or default_workers(), progress=progress,
-                                 desc=desc)
+                    meta = build(source, tokenizer, tmp, workers=workers or default_workers(),
+                                 batch_units=BATCH_UNITS, progress=progress, desc=desc)
                 say(f"tokenized cache built: {source.path}: {meta['units']} units, {meta['sequences']} sequences, "
-                    f"{meta['tokens']} tokens in {meta['seconds']:.1f} s ({meta['workers']} processes) -> {path}")
+                    f"{meta['tokens']} tokens in {meta['seconds']:.1f} s ({meta['workers']} process"
+                    f"{'es' if meta['workers'] > 1 else ''}) -> {path}")
                 return TokenCache(path)
     finally:
         lock.close()
