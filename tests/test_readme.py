@@ -212,6 +212,8 @@ BENCH_TINY = {
     "bench_neardup.py": lambda sb: ["--rows=2000", "--baseline_rows=1000"],
     "bench_dedup.py": lambda sb: ["--rows=20000"],
     "bench_train.py": lambda sb: [f"--base_model={sb.tiny_model}", "--rows=8", "--cutoff_len=64"],
+    "bench_tokenize.py": lambda sb: [f"--base_model={sb.tiny_model}", "--rows=40", "--repeats=1",
+                                     "--cache_rows=40,160", "--cutoff_len=64"],
     "bench_generate.py": lambda sb: [f"--base_model={sb.tiny_model}", "--prompt_type=human_bot",
                                      "--max_new_tokens=8", "--repeats=1", "--max_overhead=100"],
     "bench_rl.py": lambda sb: [f"--base_model={sb.tiny_model}", "--steps=2", "--batch=8", "--micro=4",

@@ -426,3 +426,16 @@ def config_keys(config, kind: str, add_eos_token: bool, tokenizer_hash: str) -> 
     """The cache key of every source a run tokenizes (see :func:`cache_key`)."""
     return {role: cache_key(source, tokenizer_hash, data_sha256(source.path))
             for role, source in config_sources(config, kind, add_eos_token).items()}
+
+
+# ---------------------------------------------------------------- float columns computed over a cache's rows
+def write_columns(path: Path, columns: dict[str, np.ndarray]) -> None:
+    """float64 columns as one Arrow file, written atomically (DPO's reference log-probs)."""
+    table = pa.table({name: pa.array(np.asarray(values, dtype=np.float64)) for name, values in columns.items()})
+    with atomic.replacing(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as out:
+        out.write_table(table)
+
+
+def read_columns(path: Path) -> dict[str, np.ndarray]:
+    table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+    return {name: table.column(name).to_numpy() for name in table.column_names}

@@ -265,3 +265,22 @@ def test_two_ranks_build_once_and_a_rerun_and_a_resume_reuse(tiny_llama, tmp_pat
     assert "resumed from" in resumed
     assert (cache / "sequences.arrow").stat().st_mtime_ns == stamp
     assert json.loads((tmp_path / "first" / "metrics.json").read_text())["step"] == 3
+
+
+def test_dpo_reference_logps_are_stored_and_a_rerun_reads_them_back(tiny_llama, tmp_path, capsys, monkeypatch):
+    config = tiny_config(tiny_llama, tmp_path, stage="dpo", data_path=str(REPO / "data" / "preference_sample.json"),
+                         max_steps=2, val_set_size=4, beta=0.5, tokenized_cache_dir=str(tmp_path / "cache"))
+    first = train(dataclasses.replace(config, output_dir=str(tmp_path / "first")))
+    assert "reference log-probs reused" not in capsys.readouterr().out
+    assert len(list((tmp_path / "cache").glob("reference_logps-*.arrow"))) == 1
+    from sftkit.train.recipes import dpo
+
+    monkeypatch.setattr(dpo, "reference_model", None)  # a reference pass now would fail
+    second = train(dataclasses.replace(config, output_dir=str(tmp_path / "second")))
+    assert "reference log-probs reused" in capsys.readouterr().out
+    assert [h.get("loss") for h in second["history"]] == [h.get("loss") for h in first["history"]]
+    assert second["eval_loss"] == first["eval_loss"]
+    monkeypatch.undo()
+    other = train(dataclasses.replace(config, output_dir=str(tmp_path / "third"), micro_batch_size=1))
+    assert "reference log-probs reused" not in capsys.readouterr().out  # other batches: computed again
+    assert other["history"][0]["margin"] == pytest.approx(0.0, abs=1e-5)
