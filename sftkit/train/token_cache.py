@@ -50,9 +50,9 @@ from tqdm import tqdm
 from sftkit import atomic
 from sftkit.models import cache_root
 from sftkit.prompts import DEFAULT_PROMPT_TYPE
-from sftkit.rows import data_files
 from sftkit.train.data import ReadStats, check_usable, iter_conversations
 from sftkit.train.preference import iter_pairs
+from sftkit.train.run_record import data_fingerprint
 from sftkit.train.tokenize import (Example, Item, PairExample, TokenBatch, TokenizeStats, check_prompt_types,
                                    count_outcomes, tokenize_units)
 
@@ -89,24 +89,12 @@ class Source:
     add_eos_token: bool = True
 
 
-def data_sha256(path: str) -> str:
-    """sha256 over the names and bytes of every data file at ``path`` (a hub id hashes as its name)."""
-    digest = hashlib.sha256()
-    files = data_files(path)
-    if not files:
-        digest.update(f"hub:{path}".encode())
-    for file in files:
-        digest.update(str(file.relative_to(path) if Path(path).is_dir() else file.name).encode() + b"\0")
-        with open(file, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def tokenizer_sha256(tokenizer) -> str:
     """sha256 of what the tokenizer does: its vocabulary, merges, normalizer and pre-tokenizer (the
     fast tokenizer's JSON), its chat template and its special tokens, however it was loaded."""
-    digest = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    digest = hashlib.sha256(backend.to_str().encode() if backend is not None
+                            else json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     described = {"chat_template": getattr(tokenizer, "chat_template", None),
                  "special": {name: getattr(tokenizer, f"{name}_token_id", None) for name in ("bos", "eos", "pad")},
                  "added": sorted((str(t), i) for t, i in tokenizer.get_added_vocab().items()),
@@ -282,7 +270,7 @@ def open_source(source: Source, tokenizer, root: str | os.PathLike = "", *, work
     wait on the lock; a cache another run is building is waited for too.
     """
     root = Path(root) if root else default_root()
-    key = cache_key(source, tokenizer_sha256(tokenizer), data_sha256(source.path))
+    key = cache_key(source, tokenizer_sha256(tokenizer), data_fingerprint(source.path))
     path = root / key
     lock = _Lock(root / f".{key}.lock")
     try:
@@ -424,7 +412,7 @@ def config_sources(config, kind: str, add_eos_token: bool) -> dict[str, Source]:
 
 def config_keys(config, kind: str, add_eos_token: bool, tokenizer_hash: str) -> dict[str, str]:
     """The cache key of every source a run tokenizes (see :func:`cache_key`)."""
-    return {role: cache_key(source, tokenizer_hash, data_sha256(source.path))
+    return {role: cache_key(source, tokenizer_hash, data_fingerprint(source.path))
             for role, source in config_sources(config, kind, add_eos_token).items()}
 
 

@@ -17,6 +17,7 @@ from sftkit.train.data import load_conversations, mix_in, split_validation
 from sftkit.train.loop import train
 from sftkit.train.preference import load_pairs
 from sftkit.train.recipes.registry import get_recipe
+from sftkit.train.run_record import data_fingerprint
 from sftkit.train.tokenize import tokenize_all, tokenize_pairs
 from tests.train.helpers import ROWS, tiny_config, write_rows
 from tests.train.test_distributed import FLAGS, free_port
@@ -103,11 +104,11 @@ def test_tokenizer_and_data_content_are_in_the_key(tiny_llama, tmp_path):
     folder = tmp_path / "rows"
     folder.mkdir()
     path = write_rows(folder / "a.json")
-    first = token_cache.data_sha256(str(folder))
+    first = data_fingerprint(str(folder))
     (folder / "a.json").write_text(Path(path).read_text().replace("Paris", "Lyon"))
-    second = token_cache.data_sha256(str(folder))
+    second = data_fingerprint(str(folder))
     write_rows(folder / "b.jsonl", ROWS[:1])
-    assert len({first, second, token_cache.data_sha256(str(folder))}) == 3
+    assert len({first, second, data_fingerprint(str(folder))}) == 3
 
 
 def test_a_rerun_reuses_and_a_change_rebuilds(tiny_llama, tmp_path):
