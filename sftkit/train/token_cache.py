@@ -4,14 +4,16 @@ A cache holds one data source (``--data_path``, ``--valid_path`` or ``--data_mix
 conversations or preference pairs) tokenized by :func:`sftkit.train.tokenize.tokenize_units`:
 
 * ``sequences.arrow``: one row per sequence of a unit that can train (a pair is two rows, chosen
-  then rejected), already cut at ``cutoff_len``: ``input_ids`` and ``labels`` (int32 lists),
-  ``length``, ``learned`` (learned tokens), ``unit`` (the conversation's or pair's index among the
-  source's usable ones, in file order), and the prompt, reference answer and prompt type that
-  validation generates from;
+  then rejected), already cut at ``cutoff_len``: ``input_ids`` and ``labels`` (int32 lists), and
+  the prompt, reference answer and prompt type that validation generates from;
+* ``rows.arrow``: the same rows' ``length``, ``learned`` (learned tokens) and ``unit`` (the
+  conversation's or pair's index among the source's usable ones, in file order): what a run reads
+  whole, kept apart so that reading it touches none of the token pages;
 * ``units.arrow``: per unit, its outcome (kept, could not be rendered, no answer within the cutoff,
   identical after truncation) and whether it was longer than the cutoff;
 * ``meta.json``: the key's settings, the reader's counts (rows read, skipped by reason, prompt
-  types chosen) and the totals, so a reused cache prints the same summary.
+  types chosen), the totals and the record batches' sizes, so a reused cache prints the same
+  summary and a row is found without reading every batch's header.
 
 The key (:func:`cache_key`) hashes everything that changes those bytes: the data files' content,
 the tokenizer's content, the kind, prompt type, column renames, cutoff, ``train_on_inputs`` and the
@@ -30,6 +32,7 @@ blocks anyone) and then memory-map the finished cache.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -56,13 +59,13 @@ from sftkit.train.run_record import data_fingerprint
 from sftkit.train.tokenize import (Example, Item, PairExample, TokenBatch, TokenizeStats, check_prompt_types,
                                    count_outcomes, tokenize_units)
 
-CACHE_VERSION = 1  # bump when what tokenize_units writes changes for the same settings
-SEQUENCES, UNITS, META = "sequences.arrow", "units.arrow", "meta.json"
+CACHE_VERSION = 2  # bump when what tokenize_units writes changes for the same settings
+SEQUENCES, ROWS, UNITS, META = "sequences.arrow", "rows.arrow", "units.arrow", "meta.json"
 REUSED = "tokenized cache reused"
 BATCH_UNITS = 512  # units (conversations or pairs) tokenized per batch
 SEQUENCE_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())),
-                             ("length", pa.int32()), ("learned", pa.int32()), ("unit", pa.int64()),
                              ("prompt", pa.string()), ("reference", pa.string()), ("prompt_type", pa.string())])
+ROW_SCHEMA = pa.schema([("length", pa.int32()), ("learned", pa.int32()), ("unit", pa.int64())])
 UNIT_SCHEMA = pa.schema([("status", pa.int8()), ("over", pa.bool_())])
 
 
@@ -178,14 +181,18 @@ def _in_order(batches: Iterator[list[Item]], job: _Job, workers: int, processes:
             yield waiting.popleft().result()
 
 
-def _record_batch(batch: TokenBatch, learned: np.ndarray) -> pa.RecordBatch:
+def _record_batches(batch: TokenBatch, learned: np.ndarray) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+    """The batch's sequences, and its per-sequence numbers (kept apart: a run reads all of those and
+    only the sequences it trains on)."""
     offsets = pa.array(batch.offsets.astype(np.int32))
-    return pa.record_batch([
+    sequences = pa.record_batch([
         pa.ListArray.from_arrays(offsets, pa.array(batch.input_ids.astype(np.int32))),
         pa.ListArray.from_arrays(offsets, pa.array(batch.labels.astype(np.int32))),
-        pa.array(batch.lengths.astype(np.int32)), pa.array(learned.astype(np.int32)), pa.array(batch.rows),
         pa.array(batch.prompts, pa.string()), pa.array(batch.references, pa.string()),
         pa.array(batch.prompt_types, pa.string())], schema=SEQUENCE_SCHEMA)
+    rows = pa.record_batch([pa.array(batch.lengths.astype(np.int32)), pa.array(learned.astype(np.int32)),
+                            pa.array(batch.rows)], schema=ROW_SCHEMA)
+    return sequences, rows
 
 
 def build(source: Source, tokenizer, folder: Path, *, workers: int = 1, batch_units: int = BATCH_UNITS,
@@ -210,18 +217,23 @@ def build(source: Source, tokenizer, folder: Path, *, workers: int = 1, batch_un
                 checked.update(new)
             yield batch
 
-    with pa.OSFile(str(folder / SEQUENCES), "wb") as seq_file, pa.OSFile(str(folder / UNITS), "wb") as unit_file, \
-            pa.ipc.new_file(seq_file, SEQUENCE_SCHEMA) as sequences, pa.ipc.new_file(unit_file, UNIT_SCHEMA) as units, \
-            tqdm(desc=desc, unit=" rows", disable=not progress, mininterval=2) as bar:
+    batch_sizes = []
+    with contextlib.ExitStack() as files:
+        sequences, rows, units = (
+            files.enter_context(pa.ipc.new_file(files.enter_context(pa.OSFile(str(folder / name), "wb")), schema))
+            for name, schema in ((SEQUENCES, SEQUENCE_SCHEMA), (ROWS, ROW_SCHEMA), (UNITS, UNIT_SCHEMA)))
+        bar = files.enter_context(tqdm(desc=desc, unit=" rows", disable=not progress, mininterval=2))
         for batch, learned, status, over in _in_order(checked_batches(), job, workers, processes):
-            sequences.write_batch(_record_batch(batch, learned))
+            for writer, record_batch in zip((sequences, rows), _record_batches(batch, learned)):
+                writer.write_batch(record_batch)
             units.write_batch(pa.record_batch([pa.array(status), pa.array(over)], schema=UNIT_SCHEMA))
+            batch_sizes.append(len(batch.lengths))
             totals.update(units=len(status), sequences=len(batch.lengths), tokens=int(batch.lengths.sum()))
             bar.update(len(status))
     check_usable(source.path, stats, totals["units"], "usable preference pairs" if source.kind == "pairs"
                  else "usable rows")
     meta = {"version": CACHE_VERSION, "source": dataclasses.asdict(source), "read_stats": dataclasses.asdict(stats),
-            **totals, "workers": processes[-1], "seconds": round(time.perf_counter() - started, 3)}
+            **totals, "batch_sizes": batch_sizes, "workers": processes[-1], "seconds": round(time.perf_counter() - started, 3)}
     (folder / META).write_text(json.dumps(meta, indent=1, default=list) + "\n")
     return meta
 
@@ -297,34 +309,38 @@ def open_source(source: Source, tokenizer, root: str | os.PathLike = "", *, work
 
 # ---------------------------------------------------------------- reading
 class TokenCache:
-    """A finished cache, memory-mapped: per-sequence and per-unit columns as numpy arrays, and any
-    sequence's tokens read from the mapped file on demand (only the rows a rank trains on are touched)."""
+    """A finished cache, memory-mapped: per-sequence and per-unit numbers as numpy arrays, and any
+    sequence's tokens read from the mapped file on demand (only the record batches holding rows a
+    process trains on are ever touched)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.meta = json.loads((self.path / META).read_text())
         self.read_stats = ReadStats(**self.meta["read_stats"])
-        table = pa.ipc.open_file(pa.memory_map(str(self.path / SEQUENCES))).read_all()
         units = pa.ipc.open_file(pa.memory_map(str(self.path / UNITS))).read_all()
+        rows = pa.ipc.open_file(pa.memory_map(str(self.path / ROWS))).read_all()
         self.status = units.column("status").to_numpy()
         self.over = units.column("over").to_numpy()
-        self.lengths = table.column("length").to_numpy()
-        self.learned = table.column("learned").to_numpy()
-        self.unit = table.column("unit").to_numpy()
-        self._table = table
-        self._chunks = [(chunk.offsets.to_numpy(), chunk.values.to_numpy(), labels.values.to_numpy())
-                        for chunk, labels in zip(table.column("input_ids").chunks, table.column("labels").chunks)]
-        self._chunk_start = np.cumsum([0] + [len(c) for c in table.column("input_ids").chunks])
+        self.lengths = rows.column("length").to_numpy()
+        self.learned = rows.column("learned").to_numpy()
+        self.unit = rows.column("unit").to_numpy()
+        self._sequences = pa.ipc.open_file(pa.memory_map(str(self.path / SEQUENCES)))
+        self._batch_start = np.cumsum([0] + self.meta["batch_sizes"])
+        self._batches: dict[int, pa.RecordBatch] = {}
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     def example(self, row: int) -> Example:
-        k = int(np.searchsorted(self._chunk_start, row, side="right")) - 1
-        local = row - int(self._chunk_start[k])
-        offsets, ids, labels = self._chunks[k]
+        k = int(np.searchsorted(self._batch_start, row, side="right")) - 1
+        if k not in self._batches:  # views of the mapped file, no copy
+            batch = self._sequences.get_batch(k)
+            ids, labels = batch.column("input_ids"), batch.column("labels")
+            self._batches[k] = batch, ids.offsets.to_numpy(), ids.values.to_numpy(), labels.values.to_numpy()
+        batch, offsets, ids, labels = self._batches[k]
+        local = row - int(self._batch_start[k])
         a, b = int(offsets[local]), int(offsets[local + 1])
-        text = {name: self._table.column(name)[row].as_py() for name in ("prompt", "reference", "prompt_type")}
+        text = {name: batch.column(name)[local].as_py() for name in ("prompt", "reference", "prompt_type")}
         return Example(ids[a:b].tolist(), labels[a:b].tolist(), **text)
 
 
@@ -405,7 +421,8 @@ def config_sources(config, kind: str, add_eos_token: bool) -> dict[str, Source]:
     if config.valid_path:
         out["valid"] = Source(path=config.valid_path, col_dict=renames, prompt_type=prompt_type, **common)
     if kind == "sft" and config.data_mix_in_path and config.data_mix_in_factor > 0:
-        out["mix_in"] = Source(path=config.data_mix_in_path, col_dict=tuple(sorted(config.data_mix_in_col_dict.items())),
+        out["mix_in"] = Source(path=config.data_mix_in_path,
+                               col_dict=tuple(sorted((config.data_mix_in_col_dict or {}).items())),
                                prompt_type=config.data_mix_in_prompt_type or config.prompt_type, **common)
     return out
 

@@ -10,7 +10,9 @@ ends with an answer (its stop included): h2oGPT's rows ending ``…<bot>: a\\n<h
 the ``<human>:`` and the EOS. ``labels[0]`` is never learned (no token predicts it).
 
 Each batch comes out as flat arrays (:class:`TokenBatch`: ids, labels, lengths and the source row
-of every sequence), the shape a table (Arrow, parquet) takes one batch at a time.
+of every sequence), with what became of every unit (:class:`Outcomes`), the shape the tokenized
+cache (:mod:`sftkit.train.token_cache`) appends one batch at a time; the truncation policy is
+applied to the outcomes when counting (:func:`count_outcomes`).
 """
 from __future__ import annotations
 
@@ -236,8 +238,8 @@ KEPT, RENDER_FAILED, NO_ANSWER_IN_CUTOFF, IDENTICAL_AFTER_TRUNCATION = 0, 1, 2, 
 
 @dataclass
 class Outcomes:
-    """Per unit of a batch (in order of first appearance): whether a sequence was longer than the
-    cutoff, and its status once cut (KEPT, NO_ANSWER_IN_CUTOFF, IDENTICAL_AFTER_TRUNCATION)."""
+    """Per unit of a batch (``units``, ascending): whether a sequence was longer than the cutoff, and
+    its status once cut (KEPT, RENDER_FAILED, NO_ANSWER_IN_CUTOFF, IDENTICAL_AFTER_TRUNCATION)."""
 
     units: np.ndarray
     over: np.ndarray
@@ -289,7 +291,8 @@ def count_outcomes(over: np.ndarray, status: np.ndarray, drop_truncations: bool,
 
 
 def tokenize_units(items: Sequence[Item], tokenizer, cutoff_len: int, *, last_only: bool = False,
-                   train_on_inputs: bool = False, add_eos_token: bool = True) -> tuple[TokenBatch, np.ndarray, Outcomes]:
+                   train_on_inputs: bool = False,
+                   add_eos_token: bool = True) -> tuple[TokenBatch, np.ndarray, Outcomes]:
     """One batch tokenized and cut at ``cutoff_len``, nothing dropped for length yet: the sequences of
     the units that can train (too long ones included, cut), each one's learned tokens, and every
     unit's outcome (RENDER_FAILED for a unit with a sequence that could not be rendered), so the

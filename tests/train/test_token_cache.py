@@ -155,7 +155,8 @@ token_cache.open_source(token_cache.Source("sft", data, cutoff_len=64), load_tok
 
 def test_a_build_killed_midway_is_never_trusted(tiny_llama, tmp_path):
     data = write_rows(tmp_path / "data.json", repeat=400)
-    done = subprocess.run([sys.executable, "-c", KILLED_BUILD, tiny_llama, data, str(tmp_path / "cache")], cwd=REPO, capture_output=True, text=True, timeout=120,
+    done = subprocess.run([sys.executable, "-c", KILLED_BUILD, tiny_llama, data, str(tmp_path / "cache")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == -9, done.stderr[-2000:]
     half = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]

@@ -115,6 +115,22 @@ def open_cache(config: TrainConfig, source: token_cache.Source, tokenizer, progr
                                    barrier=distributed.barrier, say=lambda message: tqdm.write(prefix + message))
 
 
+def split_off_validation(config: TrainConfig, cache: token_cache.TokenCache, sources: dict, tokenizer,
+                         progress: bool, desc: str) -> tuple:
+    """(the training units of ``cache``: a mask, or None for all; the validation cache, or None; its
+    rows; their counts; what metrics.json adds): ``--valid_path``'s own cache, else ``--val_set_size``
+    units of ``cache`` held out by ``--seed``, else none. Validation rows are cut, never dropped."""
+    if "valid" in sources:
+        valid = open_cache(config, sources["valid"], tokenizer, progress, desc)
+        return (None, valid, *token_cache.select(valid, None, False),
+                {"valid_rows_skipped": valid.read_stats.skipped})
+    if config.val_set_size > 0:
+        train_units = np.ones(len(cache.status), dtype=bool)
+        train_units[validation_indices(len(cache.status), config.val_set_size, config.seed)] = False
+        return (train_units, cache, *token_cache.select(cache, ~train_units, False), {})
+    return None, None, np.zeros(0, dtype=np.int64), TokenizeStats(), {}
+
+
 def read_pair_data(config: TrainConfig, tokenizer, progress: bool, *, add_eos_token: bool) -> Data:
     """Preference pairs for RM and DPO: tokenized once into a cache, the validation pairs split off."""
     if get_prompt_type(config.fixed_prompt_type).name == "chat" and not getattr(tokenizer, "chat_template", None):
@@ -124,17 +140,9 @@ def read_pair_data(config: TrainConfig, tokenizer, progress: bool, *, add_eos_to
     cache = open_cache(config, sources["train"], tokenizer, progress, "tokenize train pairs")
     read_stats = cache.read_stats
     stats: dict = {"data_path": path, "rows_read": read_stats.rows, "rows_skipped": read_stats.skipped}
-    train_units = None
-    if "valid" in sources:
-        val_cache = open_cache(config, sources["valid"], tokenizer, progress, "tokenize valid pairs")
-        stats["valid_rows_skipped"] = val_cache.read_stats.skipped
-        val_rows, val_stats = token_cache.select(val_cache, None, False)
-    elif config.val_set_size > 0:
-        val_cache, train_units = cache, np.ones(len(cache.status), dtype=bool)
-        train_units[validation_indices(len(cache.status), config.val_set_size, config.seed)] = False
-        val_rows, val_stats = token_cache.select(cache, ~train_units, False)
-    else:
-        val_cache, val_rows, val_stats = None, np.zeros(0, dtype=np.int64), TokenizeStats()
+    train_units, val_cache, val_rows, val_stats, more = split_off_validation(config, cache, sources, tokenizer,
+                                                                             progress, "tokenize valid pairs")
+    stats.update(more)
     train_rows, train_stats = token_cache.select(cache, train_units, config.drop_truncations)
     train = token_cache.Pairs(cache, token_cache.pair_firsts(train_rows))
     valid = token_cache.Pairs(val_cache, token_cache.pair_firsts(val_rows)) if val_cache else token_cache.Pairs()

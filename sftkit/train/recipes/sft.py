@@ -1,7 +1,6 @@
 """Supervised fine-tuning: next-token cross entropy on the bot answers of conversations."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from sftkit.generation import GenerateConfig, Request
@@ -9,12 +8,12 @@ from sftkit.generation import generate_answers as engine_answers
 from sftkit.prompts import encode, stop_strings
 from sftkit.train import distributed, token_cache
 from sftkit.train.batching import collate
-from sftkit.train.data import DataError, mix_in_picks, validation_indices
+from sftkit.train.data import DataError, mix_in_picks
 from sftkit.train.loss import CausalLMLoss
 from sftkit.train.metrics import compute_metrics
 from sftkit.train.modeling import build_causal_lm
-from sftkit.train.recipes import Data, Recipe, open_cache
-from sftkit.train.tokenize import IGNORE, TokenizeStats
+from sftkit.train.recipes import Data, Recipe, open_cache, split_off_validation
+from sftkit.train.tokenize import IGNORE
 
 
 def packing_needs_block_mask(model) -> bool:
@@ -66,19 +65,10 @@ class SFTRecipe(Recipe):
         self.data_prompt_types = dict(read_stats.prompt_types)
         stats: dict = {"data_path": path, "rows_read": read_stats.rows, "rows_skipped": read_stats.skipped,
                        "prompt_type": read_stats.prompt_type_summary()}
-        train_units, valid = None, token_cache.Examples()
-        if "valid" in sources:
-            val_cache = open_cache(config, sources["valid"], tokenizer, progress, "tokenize valid")
-            stats["valid_rows_skipped"] = val_cache.read_stats.skipped
-            val_rows, val_stats = token_cache.select(val_cache, None, False)
-            valid = token_cache.Examples([(val_cache, val_rows)])
-        elif config.val_set_size > 0:
-            train_units = np.ones(len(cache.status), dtype=bool)
-            train_units[validation_indices(len(cache.status), config.val_set_size, config.seed)] = False
-            val_rows, val_stats = token_cache.select(cache, ~train_units, False)
-            valid = token_cache.Examples([(cache, val_rows)])
-        else:
-            val_stats = TokenizeStats()
+        train_units, val_cache, val_rows, val_stats, more = split_off_validation(config, cache, sources, tokenizer,
+                                                                                 progress, "tokenize valid")
+        stats.update(more)
+        valid = token_cache.Examples([(val_cache, val_rows)] if val_cache else [])
         train_rows, train_stats = token_cache.select(cache, train_units, config.drop_truncations)
         stats["train"] = train_stats.as_dict()
         parts = [(cache, train_rows)]
