@@ -16,11 +16,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+from tqdm.auto import tqdm
+
 from sftkit import atomic
 from sftkit.errors import GenerationError
 from sftkit.generation.config import GenerateConfig
-from sftkit.generation.engine import (Models, adapter_fingerprint, build_prompt, context_length, generate_answers,
-                                      load_models, parse_lora_weights)
+from sftkit.generation.engine import Request, generate_answers
+from sftkit.generation.loading import (BASE, Models, adapter_fingerprint, load_models, parse_lora_weights,
+                                       resolve_adapter)
+from sftkit.generation.prompting import build_prompt, context_length
+from sftkit.generation.report import write_report
 from sftkit.generation.scoring import add_scores, load_scorer
 
 # Settings that change what an answer is; a resume must match every one of them.
@@ -56,6 +61,7 @@ def read_prompts(path: str | os.PathLike, sample: int = 0, seed: int = 0) -> lis
     except json.JSONDecodeError as exc:
         raise GenerationError(f"{path}: not valid JSON{'L' if path.suffix == '.jsonl' else ''} ({exc})") from None
     prompts = [_prompt_of(row, f"{path} {where} {n}") for n, row in rows]
+    _check_unicode(prompts, path, where)
     if not prompts:
         raise GenerationError(f"{path}: holds no prompts")
     if sample < 0:
@@ -64,6 +70,23 @@ def read_prompts(path: str | os.PathLike, sample: int = 0, seed: int = 0) -> lis
         keep = sorted(random.Random(seed).sample(range(len(prompts)), sample))
         prompts = [prompts[i] for i in keep]
     return prompts
+
+
+def _check_unicode(prompts: list[str], path: Path, where: str) -> None:
+    """Prompts must be text a tokenizer can take: a JSON escape of half a surrogate pair (\\ud800) is not."""
+    bad = [n for n, text in enumerate(prompts, 1) if not _is_unicode(text)]
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else "")
+        raise GenerationError(f"{path}: {len(bad)} prompt(s) hold a lone surrogate escape (\\ud800-\\udfff, half "
+                              f"of a UTF-16 pair), which is not text: {where} {shown}; fix or remove them")
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _prompt_of(row, where: str) -> str:
@@ -89,33 +112,29 @@ def _prompt_of(row, where: str) -> str:
 
 # ---------------------------------------------------------------- answering
 
-def answer_batch(model, tokenizer, prompts: list[str], config: GenerateConfig, *, adapter: str | None = None,
+def answer_batch(models: Models, prompts: list[str], config: GenerateConfig, *, model: str | None = None,
                  on_rows: Callable[[list[dict]], None] | None = None, progress: bool = True,
                  label: str = "generate") -> list[dict]:
-    """Answer single-turn prompts: ``[{prompt, response, new_tokens, finish_reason, seconds}]``.
+    """Answer single-turn prompts with ``model`` (None: the default one):
+    ``[{prompt, response, new_tokens, finish_reason, seconds}]``.
 
     ``seconds`` is the answer's share of the wall time of the generate call that made it, so the
     seconds of all rows add up to the time spent generating.
-    ``adapter`` picks the adapter of a multi-adapter model (None: its active one).
     """
-    from tqdm.auto import tqdm
-
-    context = context_length(model, config)
+    model = models.resolve(model)
+    context = context_length(models.model, config)
     rows: list[dict] = []
-    size = max(config.batch_size, 1)
-    repeats = max(config.num_return_sequences, 1)
-    adapters = None if adapter is None else [adapter if adapter != "__base__" else None]
+    repeats = config.num_return_sequences
     with tqdm(total=len(prompts), desc=label, unit="prompt", disable=not progress) as bar:
-        for start in range(0, len(prompts), size):
-            chunk = prompts[start:start + size]
-            rendered = []
+        for start in range(0, len(prompts), config.batch_size):
+            chunk = prompts[start:start + config.batch_size]
+            requests = []
             for n, message in enumerate(chunk, start + 1):
-                prompt = build_prompt(tokenizer, [], message, config, context)
+                prompt = build_prompt(models.tokenizer, [], message, config, context)
                 if prompt.warning():
                     warnings.warn(f"prompt {n}: {prompt.warning()}", stacklevel=2)
-                rendered.append(prompt.text)
-            answers = generate_answers(model, tokenizer, rendered, config,
-                                       adapters=None if adapters is None else adapters * len(rendered))
+                requests.append(Request(prompt.text, model))
+            answers = generate_answers(models, requests, config)
             new = [dict(prompt=chunk[i // repeats], response=a.text, new_tokens=a.new_tokens,
                         finish_reason=a.finish_reason, seconds=round(a.seconds / len(answers), 4))
                    for i, a in enumerate(answers)]
@@ -135,10 +154,8 @@ def progress_path(output: Path) -> Path:
 def run_identity(config: GenerateConfig) -> dict:
     """What made the answers: models (adapters by path and content hash), prompt type, generation settings."""
     models = {}
-    for name, path in parse_lora_weights(config.lora_weights) or [("base", None)]:
+    for name, path in parse_lora_weights(config.lora_weights) or [(BASE, None)]:
         if path:
-            from sftkit.generation.engine import resolve_adapter
-
             resolved = resolve_adapter(path)
             models[name] = {"path": str(Path(resolved).resolve()), "sha256": adapter_fingerprint(resolved)}
         else:
@@ -185,6 +202,19 @@ def read_progress(progress: Path, prompts_by_model: list[tuple[str, str]], ident
     return rows
 
 
+def _check_writable(output: Path) -> None:
+    """Fail before anything loads when the answers, progress file and report cannot be written there."""
+    if not output.parent.is_dir():
+        raise GenerationError(f"--eval_output_file={output}: directory {output.parent} does not exist")
+    probe = atomic.temp_path(output)
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise GenerationError(f"--eval_output_file={output}: cannot write in {output.parent} ({exc.strerror}); "
+                              f"choose a writable place") from None
+
+
 def run_batch(config: GenerateConfig, models: Models | None = None) -> list[dict]:
     """Batch mode: answer every prompt with every model of --lora_weights into eval_output_file, then
     write the report next to it. Resumes an interrupted run made with the same settings."""
@@ -194,12 +224,11 @@ def run_batch(config: GenerateConfig, models: Models | None = None) -> list[dict
     if output.exists() and not config.overwrite:
         raise GenerationError(f"--eval_output_file={output} exists; pass --overwrite=True to replace it or "
                               f"choose another file")
-    if not output.parent.is_dir():
-        raise GenerationError(f"--eval_output_file={output}: directory {output.parent} does not exist")
+    _check_writable(output)
     atomic.clean_stale(output.parent)
-    prompts = read_prompts(config.eval_prompts_file, config.eval_sample, config.seed)
-    names = [name for name, _ in parse_lora_weights(config.lora_weights)] or ["base"]
-    repeats = max(config.num_return_sequences, 1)
+    prompts = read_prompts(config.eval_prompts_file, config.eval_sample, config.seed or 0)
+    names = [name for name, _ in parse_lora_weights(config.lora_weights)] or [BASE]
+    repeats = config.num_return_sequences
     expected = [(name, p) for name in names for p in prompts for _ in range(repeats)]
     identity = run_identity(config)
     progress = progress_path(output)
@@ -223,16 +252,12 @@ def run_batch(config: GenerateConfig, models: Models | None = None) -> list[dict
                 fh.flush()
                 os.fsync(fh.fileno())
 
-            adapter = models.adapter(name)
-            new = answer_batch(models.model, models.tokenizer, prompts[finished:], config,
-                               adapter="__base__" if adapter is None else adapter, on_rows=save, label=name)
+            new = answer_batch(models, prompts[finished:], config, model=name, on_rows=save, label=name)
             rows += [{"model": name, **row} for row in new]
     if scorer is not None:
         add_scores(rows, scorer)
     answers = [{key: value for key, value in row.items() if key != "seconds"} for row in rows]
     atomic.write_json(output, answers)
-    from sftkit.generation.report import write_report
-
     report = write_report(rows, output, config)
     progress.unlink()
     seconds = sum(r["seconds"] for r in rows)

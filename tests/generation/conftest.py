@@ -2,7 +2,7 @@
 import torch
 import pytest
 
-from sftkit.generation import GenerateConfig, load_for_generation
+from sftkit.generation import GenerateConfig, load_models
 
 
 def tiny_config(model_dir, **overrides) -> GenerateConfig:
@@ -13,8 +13,7 @@ def tiny_config(model_dir, **overrides) -> GenerateConfig:
 @pytest.fixture(scope="session")
 def llama(tiny_llama):
     config = tiny_config(tiny_llama)
-    model, tokenizer = load_for_generation(config)
-    return config, model, tokenizer
+    return config, load_models(config)
 
 
 def make_adapter(base_dir, out_dir, target_modules, seed: int = 1) -> str:
@@ -28,8 +27,6 @@ def make_adapter(base_dir, out_dir, target_modules, seed: int = 1) -> str:
                                                  init_lora_weights=False))
     peft_model.save_pretrained(out_dir)
     return str(out_dir)
-
-
 
 
 @pytest.fixture(scope="session")

@@ -5,16 +5,15 @@ from dataclasses import replace
 import pytest
 import torch
 
-from sftkit.generation import (AnswerStream, GenerationError, StopTextFilter, build_prompt, context_length,
-                               generate_answers, load_for_generation)
+from sftkit.generation import (AnswerStream, GenerationError, Models, Request, StopTextFilter, build_prompt,
+                               context_length, generate_answers, load_models)
 from sftkit.models import ModelError
 from tests.generation.conftest import make_adapter, tiny_config
 
 
-
-def answer(model, tokenizer, config, message, history=()):
-    prompt = build_prompt(tokenizer, list(history), message, config, context_length(model, config))
-    return generate_answers(model, tokenizer, [prompt.text], config)[0]
+def answer(models, config, message, history=()):
+    prompt = build_prompt(models.tokenizer, list(history), message, config, context_length(models.model, config))
+    return generate_answers(models, [prompt.text], config)[0]
 
 
 # ---------------------------------------------------------------- stop strings, scripted
@@ -82,7 +81,7 @@ def test_scripted_stream_stops_at_a_stop_string_split_across_tokens(tiny_llama):
     prompt = build_prompt(tokenizer, [], "Capital of France?", config, 512).text
 
     model = ScriptedModel(ids, tokenizer.eos_token_id)
-    stream = AnswerStream(model, tokenizer, prompt, config)
+    stream = AnswerStream(Models.around(model, tokenizer), prompt, config)
     shown = list(stream)
     assert "".join(shown) == "The capital is Paris."
     assert all("<" not in piece for piece in shown)
@@ -91,7 +90,7 @@ def test_scripted_stream_stops_at_a_stop_string_split_across_tokens(tiny_llama):
     assert model.emitted <= stop_tokens  # generation itself stopped, not just the display
 
     model = ScriptedModel(ids, tokenizer.eos_token_id)
-    (batch_answer,) = generate_answers(model, tokenizer, [prompt], config)
+    (batch_answer,) = generate_answers(Models.around(model, tokenizer), [prompt], config)
     assert batch_answer.text == "The capital is Paris."
     assert batch_answer.finish_reason == "stop_string" and batch_answer.new_tokens == stop_tokens
 
@@ -102,7 +101,8 @@ def test_scripted_stream_stops_at_eos_and_counts_tokens(tiny_llama):
     tokenizer = load_tokenizer(tiny_llama, padding_side="left")
     ids = script(tokenizer, [" Hello", " there."]) + [tokenizer.eos_token_id] + script(tokenizer, [" never"])
     config = tiny_config(tiny_llama)
-    stream = AnswerStream(ScriptedModel(ids, tokenizer.eos_token_id), tokenizer, "<human>: hi\n<bot>:", config)
+    stream = AnswerStream(Models.around(ScriptedModel(ids, tokenizer.eos_token_id), tokenizer), "<human>: hi\n<bot>:",
+                          config)
     assert "".join(stream) == "Hello there."
     assert stream.answer.finish_reason == "eos"
     assert stream.answer.new_tokens == ids.index(tokenizer.eos_token_id) + 1
@@ -111,12 +111,13 @@ def test_scripted_stream_stops_at_eos_and_counts_tokens(tiny_llama):
 # ---------------------------------------------------------------- tiny model: greedy, adapters, stopping
 
 def test_greedy_is_deterministic_and_streaming_matches_non_streaming(llama):
-    config, model, tokenizer = llama
-    first = answer(model, tokenizer, config, "What is the capital of France?")
-    second = answer(model, tokenizer, config, "What is the capital of France?")
+    config, models = llama
+    model, tokenizer = models.model, models.tokenizer
+    first = answer(models, config, "What is the capital of France?")
+    second = answer(models, config, "What is the capital of France?")
     assert first.text == second.text and first.new_tokens > 0
     prompt = build_prompt(tokenizer, [], "What is the capital of France?", config, 512).text
-    stream = AnswerStream(model, tokenizer, prompt, config)
+    stream = AnswerStream(models, prompt, config)
     pieces = list(stream)
     assert "".join(pieces) == stream.answer.text == first.text
     assert stream.answer.new_tokens == first.new_tokens
@@ -125,29 +126,31 @@ def test_greedy_is_deterministic_and_streaming_matches_non_streaming(llama):
 
 def test_a_batch_is_left_padded_whatever_the_tokenizers_padding_side(llama):
     """Training validation hands the engine its training tokenizer, which pads on the right."""
-    config, model, tokenizer = llama
+    config, models = llama
+    model, tokenizer = models.model, models.tokenizer
     prompts = [build_prompt(tokenizer, [], message, config, 512).text
                for message in ("Hi", "What is the capital of France, and why is it there?")]
-    alone = [generate_answers(model, tokenizer, [p], config)[0].text for p in prompts]
+    alone = [generate_answers(models, [p], config)[0].text for p in prompts]
     side = tokenizer.padding_side
     tokenizer.padding_side = "right"
     try:
-        together = [a.text for a in generate_answers(model, tokenizer, prompts, config)]
+        together = [a.text for a in generate_answers(models, prompts, config)]
     finally:
         tokenizer.padding_side = side
     assert together == alone
 
 
 def test_adapter_changes_greedy_output(tiny_llama, llama, tmp_path):
-    config, model, tokenizer = llama
-    base = answer(model, tokenizer, config, "Who are you?")
+    config, models = llama
+    model, tokenizer = models.model, models.tokenizer
+    base = answer(models, config, "Who are you?")
     adapter = make_adapter(tiny_llama, tmp_path / "lora_out", ["q_proj", "v_proj", "down_proj"])
     adapted_config = replace(config, lora_weights=adapter)
-    adapted_model, _ = load_for_generation(adapted_config)
+    adapted_models = load_models(adapted_config)
     from peft import PeftModel
 
-    assert isinstance(adapted_model, PeftModel)
-    adapted = answer(adapted_model, tokenizer, adapted_config, "Who are you?")
+    assert isinstance(adapted_models.model, PeftModel)
+    adapted = answer(adapted_models, adapted_config, "Who are you?")
     assert adapted.text != base.text
 
 
@@ -164,22 +167,23 @@ def test_newest_checkpoint_is_used_when_the_adapter_dir_has_only_checkpoints(tin
 
 def test_missing_adapter_dir_is_a_clear_error(tiny_llama, tmp_path):
     with pytest.raises(ModelError, match="no such directory"):
-        load_for_generation(tiny_config(tiny_llama, lora_weights=str(tmp_path / "nope")))
+        load_models(tiny_config(tiny_llama, lora_weights=str(tmp_path / "nope")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="no adapter_config.json"):
-        load_for_generation(tiny_config(tiny_llama, lora_weights=str(tmp_path / "empty")))
+        load_models(tiny_config(tiny_llama, lora_weights=str(tmp_path / "empty")))
 
 
 def test_adapter_for_another_base_model_names_both(tiny_llama, tiny_neox, tmp_path):
     adapter = make_adapter(tiny_neox, tmp_path / "neox_lora", ["query_key_value"])
     with pytest.raises(ModelError) as err:
-        load_for_generation(tiny_config(tiny_llama, lora_weights=adapter))
+        load_models(tiny_config(tiny_llama, lora_weights=adapter))
     assert tiny_neox in str(err.value) and tiny_llama in str(err.value)
 
 
 def test_tiny_model_stops_at_a_stop_string_spanning_tokens(llama):
-    config, model, tokenizer = llama
-    free = answer(model, tokenizer, replace(config, max_new_tokens=30), "Hello")
+    config, models = llama
+    model, tokenizer = models.model, models.tokenizer
+    free = answer(models, replace(config, max_new_tokens=30), "Hello")
     prompt = build_prompt(tokenizer, [], "Hello", config, 512).text
     out = model.generate(**tokenizer([prompt], return_tensors="pt"), max_new_tokens=30, do_sample=False,
                          eos_token_id=None, pad_token_id=tokenizer.pad_token_id)[0, -30:].tolist()
@@ -190,8 +194,8 @@ def test_tiny_model_stops_at_a_stop_string_spanning_tokens(llama):
     expected = tokenizer.decode(out, skip_special_tokens=True).split(stop)[0].strip()
 
     stopped_config = replace(config, max_new_tokens=30, stop=[stop])
-    batch = answer(model, tokenizer, stopped_config, "Hello")
-    stream = AnswerStream(model, tokenizer, prompt, stopped_config)
+    batch = answer(models, stopped_config, "Hello")
+    stream = AnswerStream(models, prompt, stopped_config)
     shown = "".join(stream)
     assert batch.text == shown == expected
     assert stop not in shown
@@ -200,11 +204,12 @@ def test_tiny_model_stops_at_a_stop_string_spanning_tokens(llama):
 
 
 def test_closing_a_stream_early_stops_the_generation_thread(llama):
-    config, model, tokenizer = llama
+    config, models = llama
+    model, tokenizer = models.model, models.tokenizer
     config = replace(config, max_new_tokens=400, max_context_tokens=512)
     prompt = build_prompt(tokenizer, [], "Tell me a long story", config, 512).text
     before = {t for t in threading.enumerate() if t.name == "sftkit-generate"}
-    stream = AnswerStream(model, tokenizer, prompt, config)
+    stream = AnswerStream(models, prompt, config)
     pieces = iter(stream)
     next(pieces)
     pieces.close()
@@ -213,11 +218,12 @@ def test_closing_a_stream_early_stops_the_generation_thread(llama):
 
 
 def test_cancel_event_ends_the_answer_as_cancelled(llama):
-    config, model, tokenizer = llama
+    config, models = llama
+    model, tokenizer = models.model, models.tokenizer
     config = replace(config, max_new_tokens=400, max_context_tokens=512)
     prompt = build_prompt(tokenizer, [], "Tell me a long story", config, 512).text
     cancel = threading.Event()
-    stream = AnswerStream(model, tokenizer, prompt, config, cancel=cancel)
+    stream = AnswerStream(models, prompt, config, cancel=cancel)
     for n, _ in enumerate(stream):
         if n == 1:
             cancel.set()
@@ -228,14 +234,16 @@ def test_cancel_event_ends_the_answer_as_cancelled(llama):
 # ---------------------------------------------------------------- prompting and trimming
 
 def test_prompt_uses_the_training_format(llama):
-    config, _, tokenizer = llama
+    config, models = llama
+    tokenizer = models.tokenizer
     prompt = build_prompt(tokenizer, [("Hi", "Hello!")], "How are you?", config, 512)
     assert prompt.text == "<human>: Hi\n<bot>: Hello!\n<human>: How are you?\n<bot>:"
     assert prompt.warning() is None
 
 
 def test_history_is_trimmed_from_the_oldest_turn(llama):
-    config, model, tokenizer = llama
+    config, models = llama
+    model, tokenizer = models.model, models.tokenizer
     history = [(f"question {i} " + "word " * 3, f"answer {i} " + "word " * 3) for i in range(10)]
     config = replace(config, max_context_tokens=200, max_new_tokens=40)
     prompt = build_prompt(tokenizer, history, "last question", config, context_length(model, config))
@@ -249,7 +257,8 @@ def test_history_is_trimmed_from_the_oldest_turn(llama):
 
 
 def test_too_long_message_keeps_its_end_and_warns(llama):
-    config, model, tokenizer = llama
+    config, models = llama
+    model, tokenizer = models.model, models.tokenizer
     config = replace(config, max_context_tokens=128, max_new_tokens=32)
     message = "start " + "filler " * 300 + "the real question?"
     prompt = build_prompt(tokenizer, [("old", "turn")], message, config, context_length(model, config))
@@ -259,12 +268,13 @@ def test_too_long_message_keeps_its_end_and_warns(llama):
     with pytest.warns(UserWarning, match="prompt 1: prompt too long"):
         from sftkit.generation.batch import answer_batch
 
-        rows = answer_batch(model, tokenizer, [message], config, progress=False)
+        rows = answer_batch(models, [message], config, progress=False)
     assert rows[0]["new_tokens"] > 0
 
 
 def test_empty_message_and_impossible_budget_are_rejected(llama):
-    config, _, tokenizer = llama
+    config, models = llama
+    tokenizer = models.tokenizer
     with pytest.raises(GenerationError, match="empty message"):
         build_prompt(tokenizer, [], "   ", config, 512)
     with pytest.raises(GenerationError, match="max_new_tokens=600"):
@@ -278,10 +288,10 @@ def test_quantized_loading_generates(tiny_llama, bits):
     import bitsandbytes as bnb
 
     config = tiny_config(tiny_llama, **{bits: True})
-    model, tokenizer = load_for_generation(config)
+    models = load_models(config)
     layer = bnb.nn.Linear8bitLt if bits == "load_8bit" else bnb.nn.Linear4bit
-    assert any(isinstance(m, layer) for m in model.modules())
-    result = answer(model, tokenizer, config, "What is the capital of France?")
+    assert any(isinstance(m, layer) for m in models.model.modules())
+    result = answer(models, config, "What is the capital of France?")
     assert result.new_tokens > 0 and result.finish_reason in ("eos", "stop_string", "max_new_tokens")
 
 
@@ -290,7 +300,7 @@ def test_quantized_loading_generates(tiny_llama, bits):
 # ---------------------------------------------------------------- several adapters on one base
 
 def test_lora_weights_names_several_adapters(tmp_path):
-    from sftkit.generation.engine import parse_lora_weights
+    from sftkit.generation.loading import parse_lora_weights
 
     assert parse_lora_weights(None) == []
     assert parse_lora_weights("base=,tuned=lora_out") == [("base", None), ("tuned", "lora_out")]
@@ -313,31 +323,28 @@ def test_one_load_serves_every_adapter_and_a_mixed_batch_matches_each_alone(tiny
     spec = f"tuned={two_adapters['tuned']},other={two_adapters['other']}"
     models = load_models(tiny_config(tiny_llama, lora_weights=spec))
     assert isinstance(models.model, PeftModel)
-    assert models.names == ["base", "tuned", "other"] and models.default == "tuned"
-    assert models.adapter("base") is None and models.adapter(None) == "tuned"
+    assert models.names == ["base", "tuned", "other"] and models.default == "tuned" and models.base == "base"
+    assert models.resolve(None) == "tuned" and models.peft_adapter("base") == "__base__"
     with pytest.raises(GenerationError, match="unknown model 'nope'; this server has base, tuned, other"):
-        models.adapter("nope")
+        models.resolve("nope")
     config = tiny_config(tiny_llama)
     prompt = build_prompt(models.tokenizer, [], "Who are you?", config, 512).text
-    alone = {name: generate_answers(models.model, models.tokenizer, [prompt], config,
-                                    adapters=[models.adapter(name)])[0].text for name in models.names}
+    alone = {name: generate_answers(models, [Request(prompt, name)], config)[0].text for name in models.names}
     assert len(set(alone.values())) == 3, "each adapter answers differently"
-    base_model, tokenizer = load_for_generation(config)
-    assert alone["base"] == answer(base_model, tokenizer, config, "Who are you?").text
-    mixed = generate_answers(models.model, models.tokenizer, [prompt] * 3, config,
-                             adapters=[models.adapter(name) for name in models.names])
+    assert alone["base"] == answer(load_models(config), config, "Who are you?").text
+    mixed = generate_answers(models, [Request(prompt, name) for name in models.names], config)
     assert [a.text for a in mixed] == [alone[name] for name in models.names]
     # the default (first named) adapter answers when none is named, as a single adapter always did
-    assert generate_answers(models.model, models.tokenizer, [prompt], config)[0].text == alone["tuned"]
+    assert generate_answers(models, [prompt], config)[0].text == alone["tuned"]
 
 
 def test_batch_stream_streams_two_adapters_together(tiny_llama, two_adapters):
-    from sftkit.generation import BatchStream, Request, load_models
+    from sftkit.generation import BatchStream
 
     models = load_models(tiny_config(tiny_llama, lora_weights=f"base=,tuned={two_adapters['tuned']}"))
     config = tiny_config(tiny_llama)
     prompt = build_prompt(models.tokenizer, [], "Hello there", config, 512).text
-    stream = BatchStream(models.model, models.tokenizer, [Request(prompt, None), Request(prompt, "tuned")], config)
+    stream = BatchStream(models, [Request(prompt, "base"), Request(prompt, "tuned")], config)
     texts = ["", ""]
     order = []
     for row, piece in stream:
@@ -345,5 +352,5 @@ def test_batch_stream_streams_two_adapters_together(tiny_llama, two_adapters):
         order.append(row)
     assert texts == [a.text for a in stream.answers]
     assert {0, 1} <= set(order[:4]), "both answers advance together"
-    alone = generate_answers(models.model, models.tokenizer, [prompt, prompt], config, adapters=[None, "tuned"])
+    alone = generate_answers(models, [Request(prompt, "base"), Request(prompt, "tuned")], config)
     assert texts == [a.text for a in alone]

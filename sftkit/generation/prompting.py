@@ -1,0 +1,89 @@
+"""Prompting: a chat (history + new message) rendered exactly as training rendered it, cut to fit.
+
+The text comes from :func:`sftkit.prompts.render_prompt` and is counted with
+:func:`sftkit.prompts.encode`, the one place that decides a prompt type's special tokens. When the
+prompt and room for the answer exceed the context, the oldest exchanges go first, then the start
+of the message (its end is nearest the answer).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sftkit.errors import GenerationError
+from sftkit.generation.config import GenerateConfig
+from sftkit.prompts import Turn, encode, render_prompt
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """The rendered text to generate from, and what had to be cut to fit the context."""
+
+    text: str
+    tokens: int
+    dropped_turns: int = 0
+    truncated_tokens: int = 0
+
+    def warning(self) -> str | None:
+        parts = []
+        if self.dropped_turns:
+            parts.append(f"dropped the {self.dropped_turns} oldest exchange(s) of the history")
+        if self.truncated_tokens:
+            parts.append(f"cut the first {self.truncated_tokens} tokens of the message")
+        if not parts:
+            return None
+        return "prompt too long for the context: " + " and ".join(parts)
+
+
+def context_length(model, config: GenerateConfig) -> int:
+    """Tokens the model can attend to (prompt plus answer)."""
+    if config.max_context_tokens > 0:
+        return config.max_context_tokens
+    model_config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(model_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def count_tokens(tokenizer, text: str, prompt_type: str) -> int:
+    """Tokens of a prompt as the engine will feed it."""
+    return len(encode(tokenizer, text, prompt_type)["input_ids"])
+
+
+def build_prompt(tokenizer, history: list[tuple[str, str]], message: str, config: GenerateConfig,
+                 context: int) -> Prompt:
+    """Render history + message; drop the oldest exchanges, then the start of the message, to fit.
+
+    ``history`` is a list of (human, bot) exchanges. Room for ``max_new_tokens`` is always kept.
+    """
+    message = message.strip()
+    if not message:
+        raise GenerationError("empty message: type something to ask")
+    budget = context - config.max_new_tokens
+    if budget < 8:
+        raise GenerationError(f"--max_new_tokens={config.max_new_tokens} leaves no room for a prompt in a "
+                              f"context of {context} tokens; lower it (or raise --max_context_tokens)")
+    system = config.system_prompt or None
+
+    def render(exchanges, text):
+        turns: list[Turn] = [turn for human, bot in exchanges for turn in (("human", human), ("bot", bot))]
+        return render_prompt(turns, text, config.prompt_type, tokenizer=tokenizer, system=system)
+
+    history = list(history)
+    for dropped in range(len(history) + 1):
+        text = render(history[dropped:], message)
+        tokens = count_tokens(tokenizer, text, config.prompt_type)
+        if tokens <= budget:
+            return Prompt(text, tokens, dropped_turns=dropped)
+    # Even alone the message is too long: keep its end, which is nearest the answer.
+    overhead = count_tokens(tokenizer, render([], ""), config.prompt_type)
+    ids = tokenizer(message, add_special_tokens=False)["input_ids"]
+    keep = max(budget - overhead - 2, 1)
+    while keep > 0:
+        text = render([], tokenizer.decode(ids[len(ids) - keep:]).strip() or ".")
+        tokens = count_tokens(tokenizer, text, config.prompt_type)
+        if tokens <= budget:
+            return Prompt(text, tokens, dropped_turns=len(history), truncated_tokens=len(ids) - keep)
+        keep -= max(tokens - budget, 1)
+    raise GenerationError(f"the prompt format alone needs more than {budget} tokens; shorten --system_prompt")
