@@ -61,7 +61,7 @@ def read_prompts(path: str | os.PathLike, sample: int = 0, seed: int = 0) -> lis
     except json.JSONDecodeError as exc:
         raise GenerationError(f"{path}: not valid JSON{'L' if path.suffix == '.jsonl' else ''} ({exc})") from None
     prompts = [_prompt_of(row, f"{path} {where} {n}") for n, row in rows]
-    _check_unicode(prompts, path, where)
+    _check_unicode(prompts, [n for n, _ in rows], path, where)
     if not prompts:
         raise GenerationError(f"{path}: holds no prompts")
     if sample < 0:
@@ -72,9 +72,9 @@ def read_prompts(path: str | os.PathLike, sample: int = 0, seed: int = 0) -> lis
     return prompts
 
 
-def _check_unicode(prompts: list[str], path: Path, where: str) -> None:
+def _check_unicode(prompts: list[str], numbers: list[int], path: Path, where: str) -> None:
     """Prompts must be text a tokenizer can take: a JSON escape of half a surrogate pair (\\ud800) is not."""
-    bad = [n for n, text in enumerate(prompts, 1) if not _is_unicode(text)]
+    bad = [n for n, text in zip(numbers, prompts) if not _is_unicode(text)]
     if bad:
         shown = ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else "")
         raise GenerationError(f"{path}: {len(bad)} prompt(s) hold a lone surrogate escape (\\ud800-\\udfff, half "
