@@ -151,6 +151,17 @@ def plain(text: str) -> str:
     return "".join("".join(parser.parts).split())
 
 
+def test_messages_are_shown_as_the_characters_typed():
+    """What the chat is given for a message shows its HTML-looking text as typed (no browser needed)."""
+    from sftkit.generation.ui import shown
+
+    typed = 'if a < b && c > "d": print(\'<div onclick="x()">&amp;</div>\')'
+    assert plain(typed) == "".join(typed.split())
+    assert "<div" not in shown(typed) and "&lt;div" in shown(typed)
+    assert plain("**bold** and `a<b`") == "boldanda<b"  # Markdown is still rendered
+    assert "<img" not in shown("![x](http://example.com/a.png)")
+
+
 @pytest.mark.slow
 def test_parameter_panel_shows_the_flag_defaults(ui):
     page = open_page(ui, [])
@@ -183,7 +194,9 @@ def test_chat_streams_the_engines_answer_with_its_score_then_regenerate_undo_and
     seen = [text for chat, _, text in page.evaluate("window.snapshots") if chat == "chat"]
     distinct = list(dict.fromkeys(shown_answer(t) for t in seen if t.strip()))
     assert len(distinct) >= 3, f"the answer should arrive in pieces, saw {distinct}"
-    assert all(b.startswith(a) for a, b in zip(distinct, distinct[1:]))
+    growing = [plain(want.text[:end]) for end in range(len(want.text) + 1)]  # every prefix, as the chat shows it
+    assert all(snapshot in growing for snapshot in distinct), "each snapshot shows a prefix of the answer"
+    assert [growing.index(snapshot) for snapshot in distinct] == sorted(growing.index(s) for s in distinct)
 
     page.click("#regenerate")
     wait_finished(page, 2)
