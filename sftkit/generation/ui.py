@@ -55,13 +55,14 @@ def _image_as_link(renderer, tokens, index, options, env) -> str:
     return f'<a href="{html.escape(source)}">{html.escape(label)}</a>'
 
 
-_MARKDOWN = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable(["table", "strikethrough"])
+# Markdown without raw HTML, and without entity references: "&amp;" typed is shown as typed.
+_MARKDOWN = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable(["table", "strikethrough"]).disable("entity")
 _MARKDOWN.add_render_rule("image", _image_as_link)
 
 
 def shown(text: str) -> str:
-    """A message as the chat shows it: Markdown rendered to HTML, any HTML in the text escaped (shown as
-    the characters typed), images as links, unsafe link targets (``javascript:``) left as text."""
+    """A message as the chat shows it: Markdown rendered to HTML, any HTML or entity in the text escaped
+    (shown as the characters typed), images as links, unsafe link targets (``javascript:``) left as text."""
     return _MARKDOWN.render(text)
 
 
