@@ -56,7 +56,8 @@ def _image_as_link(renderer, tokens, index, options, env) -> str:
 
 
 # Markdown without raw HTML, and without entity references: "&amp;" typed is shown as typed.
-_MARKDOWN = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable(["table", "strikethrough"]).disable("entity")
+_MARKDOWN = MarkdownIt("commonmark", {"html": False, "breaks": True})
+_MARKDOWN.enable(["table", "strikethrough"]).disable("entity")
 _MARKDOWN.add_render_rule("image", _image_as_link)
 
 

@@ -125,7 +125,8 @@ HOSTILE = [
     ("empty prompt", "completions", json.dumps({"prompt": ""}).encode(), 400, "prompt"),
     ("no prompts", "completions", json.dumps({"prompt": []}).encode(), 400, "prompt"),
     ("token-id prompt", "completions", json.dumps({"prompt": [1, 2, 3]}).encode(), 400, "prompt.0"),
-    ("a surrogate as a key", "chat/completions", b'{' + SURROGATE + b': 1, "messages": []}', 400, "\\ud800 half a pair"),
+    ("a surrogate as a key", "chat/completions", b"{" + SURROGATE + b': 1, "messages": []}', 400,
+     "\\ud800 half a pair"),
 ]
 
 
@@ -317,11 +318,12 @@ def test_soak_valid_and_hostile_traffic_no_5xx_flat_memory_answers_as_alone(tiny
     server = psutil.Process(proc.pid)
     try:
         def ask(client, question, tokens, stream):
-            kwargs = dict(model="base", max_tokens=tokens, temperature=0, messages=[{"role": "user", "content": question}])
+            kwargs = dict(model="base", max_tokens=tokens, temperature=0,
+                          messages=[{"role": "user", "content": question}])
             if not stream:
                 return client.chat.completions.create(**kwargs).choices[0].message.content
-            return "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kwargs)
-                           if c.choices)
+            chunks = client.chat.completions.create(stream=True, **kwargs)
+            return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
         alone_client = openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=300)
         alone = {(q, t): ask(alone_client, q, t, False) for q, t in VALID}
@@ -357,6 +359,8 @@ def test_soak_valid_and_hostile_traffic_no_5xx_flat_memory_answers_as_alone(tiny
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+    print(f"soak: {counts['valid']} valid and {counts['hostile']} hostile requests from 6 clients; server RSS "
+          f"{warm_rss / 2 ** 20:.0f} MiB after warm-up, {end_rss / 2 ** 20:.0f} MiB at the end")
     assert not failures, failures[:10]
     assert counts["valid"] >= 20 and counts["hostile"] >= 20, counts
     assert end_rss < warm_rss * 1.15 + 30 * 2 ** 20, f"server RSS grew from {warm_rss >> 20} to {end_rss >> 20} MiB"

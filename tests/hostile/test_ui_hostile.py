@@ -48,8 +48,8 @@ def test_imported_html_and_images_are_shown_as_text_and_fetch_nothing(ui, tmp_pa
     human = f"Look at this {OVERLAY} and {SCRIPT}"
     bot = f"Sure: {FORM}\n\n{IMAGE}\n\n{MARKDOWN_IMAGE}"
     saved = tmp_path / "hostile.json"
-    saved.write_text(json.dumps({"format": "sftkit-chat/1", "model": "base",
-                                 "messages": [{"human": human, "bot": bot}, {"human": "second", "bot": "<b>bold?</b>"}]}))
+    messages = [{"human": human, "bot": bot}, {"human": "second", "bot": "<b>bold?</b>"}]
+    saved.write_text(json.dumps({"format": "sftkit-chat/1", "model": "base", "messages": messages}))
     import_conversation(page, saved)
     page.wait_for_timeout(500)  # give any image the page would load time to be requested
 
