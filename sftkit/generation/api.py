@@ -35,8 +35,7 @@ from sftkit.errors import GenerationError
 from sftkit.generation.config import GenerateConfig
 from sftkit.generation.engine import Answer
 from sftkit.generation.loading import Models
-from sftkit.generation.prompting import context_length
-from sftkit.generation.protocol import ApiError, Chunks, Prepared, prepare, response
+from sftkit.generation.protocol import ApiError, Chunks, Limits, Prepared, prepare, response
 from sftkit.generation.scheduler import Job, Scheduler
 
 RETRY_AFTER_SECONDS = 1
@@ -55,13 +54,13 @@ class Api:
     config: GenerateConfig
     scheduler: Scheduler
     checking: Models
-    context: int
+    limits: Limits
     created: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
     def start(cls, models: Models, config: GenerateConfig) -> "Api":
         checking = replace(models, tokenizer=copy.deepcopy(models.tokenizer))
-        return cls(models, config, Scheduler(models, config), checking, context_length(models.model, config))
+        return cls(models, config, Scheduler(models, config), checking, Limits.of(models, config))
 
 
 # ---------------------------------------------------------------- reading and checking a request
@@ -183,7 +182,7 @@ async def completions(api: Api, request: HttpRequest, kind: str):
     """``POST /v1/chat/completions`` (``kind`` "chat") and ``POST /v1/completions`` ("completion")."""
     authorize(api, request)
     raw = await read_body(request, api.config.api_max_body_mb)
-    prepared = await asyncio.to_thread(prepare, api.checking, api.config, api.context, kind, raw)
+    prepared = await asyncio.to_thread(prepare, api.checking, api.config, api.limits, kind, raw)
     job, events = await submit(api, prepared)
     if prepared.stream:
         return stream(api, prepared, job, events)

@@ -61,7 +61,7 @@ class GenerateConfig:
     api_key: str | None = flag(None, "API mode: every request needs 'Authorization: Bearer <api_key>'.",
                                env="SFTKIT_API_KEY")
     api_queue_size: int = flag(64, "API mode: requests waiting beyond this many get 429 with Retry-After.")
-    api_max_body_mb: float = flag(4.0, "API mode: request bodies larger than this many megabytes get 413, refused "
+    api_max_body_mb: float = flag(1.0, "API mode: request bodies larger than this many megabytes get 413, refused "
                                        "before they are read whole.")
     api_batch_size: int = flag(8, "API mode: requests arriving together are generated as one padded batch of up "
                                   "to this many answers (1: one at a time).")

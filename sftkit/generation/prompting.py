@@ -46,6 +46,16 @@ def context_length(model, config: GenerateConfig) -> int:
     return 2048
 
 
+def most_chars_per_token(tokenizer) -> int | None:
+    """The most characters of text one token stands for: its longest vocabulary entry (a byte-level or
+    piece vocabulary spells each entry with at least one character per character it covers). None
+    when the tokenizer normalizes text first, which can shrink it: then no such bound holds."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.normalizer is not None:
+        return None
+    return max(map(len, tokenizer.get_vocab()), default=None)
+
+
 def count_tokens(tokenizer, text: str, prompt_type: str) -> int:
     """Tokens of a prompt as the engine will feed it."""
     return len(encode(tokenizer, text, prompt_type)["input_ids"])

@@ -23,7 +23,7 @@ from sftkit.errors import GenerationError
 from sftkit.generation.config import SEED_RANGE, GenerateConfig
 from sftkit.generation.engine import Answer, Request
 from sftkit.generation.loading import Models
-from sftkit.generation.prompting import count_tokens
+from sftkit.generation.prompting import context_length, count_tokens, most_chars_per_token
 from sftkit.prompts import render_prompt
 
 MAX_STOPS = 4  # OpenAI's own limit
@@ -204,6 +204,20 @@ def chat_prompt(messages: list[Message], config: GenerateConfig, tokenizer) -> s
     return render_prompt(turns[:-1], turns[-1][1], config.prompt_type, tokenizer=tokenizer, system=system or None)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What a request must fit: the model's context (prompt plus answer, in tokens) and the most
+    characters one token stands for (None: unknown), which refuses a prompt far too long for the
+    context without the cost of tokenizing it."""
+
+    context: int
+    chars_per_token: int | None
+
+    @classmethod
+    def of(cls, models: Models, config: GenerateConfig) -> "Limits":
+        return cls(context_length(models.model, config), most_chars_per_token(models.tokenizer))
+
+
 @dataclass
 class Prepared:
     """A checked request: the model that answers, the engine's requests (``n`` per prompt), its settings."""
@@ -231,7 +245,22 @@ def _settings(body: _Body, config: GenerateConfig) -> GenerateConfig:
     return settings
 
 
-def prepare(models: Models, config: GenerateConfig, context: int, kind: str, raw: bytes) -> Prepared:
+def _prompt_tokens(models: Models, config: GenerateConfig, limits: Limits, prompt: str, param: str) -> int:
+    """Tokens of ``prompt``; a 413 when it leaves no room for an answer (known from its length alone when
+    it is longer than the context could be in characters)."""
+    context = limits.context
+    if limits.chars_per_token and len(prompt) > context * limits.chars_per_token:
+        raise ApiError(413, f"the prompt is {len(prompt)} characters, more than {context} tokens of this model can "
+                            f"hold (its context, prompt plus answer): shorten it", code="context_length_exceeded",
+                       param=param)
+    tokens = count_tokens(models.tokenizer, prompt, config.prompt_type)
+    if tokens >= context:
+        raise ApiError(413, f"the prompt is {tokens} tokens; this model's context is {context} tokens "
+                            f"(prompt plus answer): shorten it", code="context_length_exceeded", param=param)
+    return tokens
+
+
+def prepare(models: Models, config: GenerateConfig, limits: Limits, kind: str, raw: bytes) -> Prepared:
     """Check a ``chat`` or ``completion`` request body and turn it into the engine's requests."""
     data = read_json(raw)
     _refuse_unimplemented(data, kind)
@@ -258,11 +287,8 @@ def prepare(models: Models, config: GenerateConfig, context: int, kind: str, raw
         raise ApiError(400, str(exc)) from None
     requests = []
     for prompt in prompts:
-        tokens = count_tokens(models.tokenizer, prompt, config.prompt_type)
-        if tokens >= context:
-            raise ApiError(413, f"the prompt is {tokens} tokens; this model's context is {context} tokens "
-                                f"(prompt plus answer): shorten it", code="context_length_exceeded", param=param)
-        limit = min(asked or config.max_new_tokens, context - tokens)
+        tokens = _prompt_tokens(models, config, limits, prompt, param)
+        limit = min(asked or config.max_new_tokens, limits.context - tokens)
         requests += [Request(prompt, name, limit, stops) for _ in range(body.n)]
     options = body.stream_options or _StreamOptions()
     return Prepared(kind, name, prompts, requests, settings, body.n, body.stream, options.include_usage)

@@ -205,8 +205,27 @@ def test_a_chunked_body_past_the_limit_is_413(api):
     assert_still_serves(api)
 
 
-def test_a_large_prompt_is_tokenized_off_the_event_loop(api):
+def test_a_prompt_longer_than_the_context_could_hold_is_refused_without_tokenizing(api):
+    response = post(api, "chat/completions", chat(messages=[{"role": "user", "content": "word " * 20_000}]))
+    assert_openai_error(response, 413, "messages")
+    assert "characters, more than 512 tokens" in response.json()["error"]["message"]
+    assert_still_serves(api)
+
+
+@pytest.fixture(scope="module")
+def wide_context(tiny_llama):
+    """A server that believes in a context that a megabyte of text could fit in characters (not in
+    tokens), so it must tokenize it to tell."""
+    config = tiny_config(tiny_llama, max_new_tokens=16, api=True, server_port=free_port(), max_context_tokens=200_000,
+                         api_max_body_mb=BODY_LIMIT_MB)
+    server = Server(load_models(config), config).start()
+    yield server
+    server.close()
+
+
+def test_a_large_prompt_is_tokenized_off_the_event_loop(wide_context):
     """While a body just under the limit is parsed and tokenized, the server keeps answering."""
+    api = wide_context
     text = " ".join(f"w{n}" for n in range(150_000))[: BODY_LIMIT_MB * 1024 * 1024 - 200]
     done = threading.Event()
     result = {}
@@ -222,7 +241,7 @@ def test_a_large_prompt_is_tokenized_off_the_event_loop(api):
         if httpx.get(f"{api.url}/models", timeout=120).status_code == 200 and not done.is_set():
             answered_meanwhile += 1
     thread.join()
-    assert_openai_error(result["response"], 413)  # far longer than the tiny model's 512-token context
+    assert_openai_error(result["response"], 413)  # about a million tokens: tokenized, then refused
     assert answered_meanwhile >= 3, "the event loop stalled while the large prompt was tokenized"
 
 
