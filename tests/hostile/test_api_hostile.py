@@ -26,26 +26,12 @@ import pytest
 from sftkit.generation import Request, build_prompt, generate_answers, load_models
 from sftkit.generation.api import Server
 from tests.generation.conftest import tiny_config
+from tests.generation.test_api import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = {"model": "base", "max_tokens": 4, "temperature": 0, "messages": [{"role": "user", "content": "Hi"}]}
 LONG_STORY = "Tell me everything"  # the tiny model talks past 400 tokens here (checked below)
 BODY_LIMIT_MB = 1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(condition, timeout=120.0, what="condition"):
-    """Poll ``condition`` until true (the timeout only guards against a hang, it measures nothing)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen")
-        time.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
