@@ -2,12 +2,18 @@
 import torch
 import pytest
 
-from sftkit.generation import GenerateConfig, load_models
+from sftkit.generation import GenerateConfig, build_prompt, context_length, generate_answers, load_models
 
 
 def tiny_config(model_dir, **overrides) -> GenerateConfig:
     settings = dict(base_model=model_dir, local_files_only=True, max_new_tokens=24, repetition_penalty=1.0)
     return GenerateConfig(**{**settings, **overrides})
+
+
+def answer(models, config, message, history=()):
+    """The engine's greedy answer to ``message`` after ``history``, rendered as every front end does."""
+    prompt = build_prompt(models.tokenizer, list(history), message, config, context_length(models.model, config))
+    return generate_answers(models, [prompt.text], config)[0]
 
 
 @pytest.fixture(scope="session")

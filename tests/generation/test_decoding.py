@@ -11,6 +11,24 @@ from sftkit.generation.decoding import cut_at_stop
 from tests.generation.conftest import tiny_config
 
 
+def test_stop_filter_holds_back_a_stop_string_split_across_pieces():
+    shown = StopTextFilter(["<human>:", "<bot>:"])
+    pieces = [" Paris", " is", " nice.", "\n<hu", "man", ">: and more"]
+    outputs = [shown.feed(p) for p in pieces]
+    assert outputs == ["Paris", " is", " nice.", "", "", ""]
+    assert shown.stopped and shown.flush() == ""
+    assert shown.shown == "Paris is nice."
+
+
+def test_stop_filter_releases_text_that_only_looked_like_a_stop_string():
+    shown = StopTextFilter(["<human>:"])
+    assert shown.feed("a <hu") == "a"
+    assert shown.feed("go> b") == " <hugo> b"
+    assert shown.feed(" <") == ""
+    assert shown.flush() == " <"
+    assert not shown.stopped and shown.shown == "a <hugo> b <"
+
+
 def naive_cut(text, stops):
     found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
     return (text[:min(found)], True) if found else (text, False)

@@ -1,39 +1,11 @@
-"""Generation engine: stopping, streaming, prompting, adapters, quantized loading and batch mode."""
+"""Generation engine: stopping, streaming, cancelling, batches of several adapters."""
 import threading
 from dataclasses import replace
 
-import pytest
 import torch
 
-from sftkit.generation import (AnswerStream, GenerationError, Models, Request, StopTextFilter, build_prompt,
-                               context_length, generate_answers, load_models)
-from sftkit.models import ModelError
-from tests.generation.conftest import make_adapter, tiny_config
-
-
-def answer(models, config, message, history=()):
-    prompt = build_prompt(models.tokenizer, list(history), message, config, context_length(models.model, config))
-    return generate_answers(models, [prompt.text], config)[0]
-
-
-# ---------------------------------------------------------------- stop strings, scripted
-
-def test_stop_filter_holds_back_a_stop_string_split_across_pieces():
-    shown = StopTextFilter(["<human>:", "<bot>:"])
-    pieces = [" Paris", " is", " nice.", "\n<hu", "man", ">: and more"]
-    outputs = [shown.feed(p) for p in pieces]
-    assert outputs == ["Paris", " is", " nice.", "", "", ""]
-    assert shown.stopped and shown.flush() == ""
-    assert shown.shown == "Paris is nice."
-
-
-def test_stop_filter_releases_text_that_only_looked_like_a_stop_string():
-    shown = StopTextFilter(["<human>:"])
-    assert shown.feed("a <hu") == "a"
-    assert shown.feed("go> b") == " <hugo> b"
-    assert shown.feed(" <") == ""
-    assert shown.flush() == " <"
-    assert not shown.stopped and shown.shown == "a <hugo> b <"
+from sftkit.generation import AnswerStream, Models, Request, build_prompt, generate_answers, load_models
+from tests.generation.conftest import answer, tiny_config
 
 
 class ScriptedModel:
@@ -112,7 +84,7 @@ def test_scripted_stream_stops_at_eos_and_counts_tokens(tiny_llama):
 
 def test_greedy_is_deterministic_and_streaming_matches_non_streaming(llama):
     config, models = llama
-    model, tokenizer = models.model, models.tokenizer
+    tokenizer = models.tokenizer
     first = answer(models, config, "What is the capital of France?")
     second = answer(models, config, "What is the capital of France?")
     assert first.text == second.text and first.new_tokens > 0
@@ -127,7 +99,7 @@ def test_greedy_is_deterministic_and_streaming_matches_non_streaming(llama):
 def test_a_batch_is_left_padded_whatever_the_tokenizers_padding_side(llama):
     """Training validation hands the engine its training tokenizer, which pads on the right."""
     config, models = llama
-    model, tokenizer = models.model, models.tokenizer
+    tokenizer = models.tokenizer
     prompts = [build_prompt(tokenizer, [], message, config, 512).text
                for message in ("Hi", "What is the capital of France, and why is it there?")]
     alone = [generate_answers(models, [p], config)[0].text for p in prompts]
@@ -138,46 +110,6 @@ def test_a_batch_is_left_padded_whatever_the_tokenizers_padding_side(llama):
     finally:
         tokenizer.padding_side = side
     assert together == alone
-
-
-def test_adapter_changes_greedy_output(tiny_llama, llama, tmp_path):
-    config, models = llama
-    model, tokenizer = models.model, models.tokenizer
-    base = answer(models, config, "Who are you?")
-    adapter = make_adapter(tiny_llama, tmp_path / "lora_out", ["q_proj", "v_proj", "down_proj"])
-    adapted_config = replace(config, lora_weights=adapter)
-    adapted_models = load_models(adapted_config)
-    from peft import PeftModel
-
-    assert isinstance(adapted_models.model, PeftModel)
-    adapted = answer(adapted_models, adapted_config, "Who are you?")
-    assert adapted.text != base.text
-
-
-def test_newest_checkpoint_is_used_when_the_adapter_dir_has_only_checkpoints(tiny_llama, tmp_path, capsys):
-    from sftkit.generation import resolve_adapter
-
-    out = tmp_path / "lora_out"
-    make_adapter(tiny_llama, out / "checkpoint-5", ["q_proj"])
-    make_adapter(tiny_llama, out / "checkpoint-20", ["q_proj"])
-    make_adapter(tiny_llama, out / "checkpoint-3", ["q_proj"])
-    assert resolve_adapter(str(out)) == str(out / "checkpoint-20")
-    assert "checkpoint-20" in capsys.readouterr().err
-
-
-def test_missing_adapter_dir_is_a_clear_error(tiny_llama, tmp_path):
-    with pytest.raises(ModelError, match="no such directory"):
-        load_models(tiny_config(tiny_llama, lora_weights=str(tmp_path / "nope")))
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelError, match="no adapter_config.json"):
-        load_models(tiny_config(tiny_llama, lora_weights=str(tmp_path / "empty")))
-
-
-def test_adapter_for_another_base_model_names_both(tiny_llama, tiny_neox, tmp_path):
-    adapter = make_adapter(tiny_neox, tmp_path / "neox_lora", ["query_key_value"])
-    with pytest.raises(ModelError) as err:
-        load_models(tiny_config(tiny_llama, lora_weights=adapter))
-    assert tiny_neox in str(err.value) and tiny_llama in str(err.value)
 
 
 def test_tiny_model_stops_at_a_stop_string_spanning_tokens(llama):
@@ -205,7 +137,7 @@ def test_tiny_model_stops_at_a_stop_string_spanning_tokens(llama):
 
 def test_closing_a_stream_early_stops_the_generation_thread(llama):
     config, models = llama
-    model, tokenizer = models.model, models.tokenizer
+    tokenizer = models.tokenizer
     config = replace(config, max_new_tokens=400, max_context_tokens=512)
     prompt = build_prompt(tokenizer, [], "Tell me a long story", config, 512).text
     before = {t for t in threading.enumerate() if t.name == "sftkit-generate"}
@@ -219,7 +151,7 @@ def test_closing_a_stream_early_stops_the_generation_thread(llama):
 
 def test_cancel_event_ends_the_answer_as_cancelled(llama):
     config, models = llama
-    model, tokenizer = models.model, models.tokenizer
+    tokenizer = models.tokenizer
     config = replace(config, max_new_tokens=400, max_context_tokens=512)
     prompt = build_prompt(tokenizer, [], "Tell me a long story", config, 512).text
     cancel = threading.Event()
@@ -229,113 +161,6 @@ def test_cancel_event_ends_the_answer_as_cancelled(llama):
             cancel.set()
     assert stream.answer.finish_reason == "cancelled"
     assert stream.answer.new_tokens < 400
-
-
-# ---------------------------------------------------------------- prompting and trimming
-
-def test_prompt_uses_the_training_format(llama):
-    config, models = llama
-    tokenizer = models.tokenizer
-    prompt = build_prompt(tokenizer, [("Hi", "Hello!")], "How are you?", config, 512)
-    assert prompt.text == "<human>: Hi\n<bot>: Hello!\n<human>: How are you?\n<bot>:"
-    assert prompt.warning() is None
-
-
-def test_history_is_trimmed_from_the_oldest_turn(llama):
-    config, models = llama
-    model, tokenizer = models.model, models.tokenizer
-    history = [(f"question {i} " + "word " * 3, f"answer {i} " + "word " * 3) for i in range(10)]
-    config = replace(config, max_context_tokens=200, max_new_tokens=40)
-    prompt = build_prompt(tokenizer, history, "last question", config, context_length(model, config))
-    assert 0 < prompt.dropped_turns < 10
-    assert prompt.tokens <= 160
-    assert "question 9" in prompt.text and "question 0" not in prompt.text
-    assert f"question {prompt.dropped_turns - 1} " not in prompt.text
-    assert f"question {prompt.dropped_turns} " in prompt.text
-    assert prompt.text.endswith("<human>: last question\n<bot>:")
-    assert "dropped the" in prompt.warning()
-
-
-def test_too_long_message_keeps_its_end_and_warns(llama):
-    config, models = llama
-    model, tokenizer = models.model, models.tokenizer
-    config = replace(config, max_context_tokens=128, max_new_tokens=32)
-    message = "start " + "filler " * 300 + "the real question?"
-    prompt = build_prompt(tokenizer, [("old", "turn")], message, config, context_length(model, config))
-    assert prompt.tokens <= 96 and prompt.truncated_tokens > 0 and prompt.dropped_turns == 1
-    assert prompt.text.endswith("the real question?\n<bot>:") and "start" not in prompt.text
-    assert "cut the first" in prompt.warning()
-    with pytest.warns(UserWarning, match="prompt 1: prompt too long"):
-        from sftkit.generation.batch import answer_batch
-
-        rows = answer_batch(models, [message], config, progress=False)
-    assert rows[0]["new_tokens"] > 0
-
-
-def test_empty_message_and_impossible_budget_are_rejected(llama):
-    config, models = llama
-    tokenizer = models.tokenizer
-    with pytest.raises(GenerationError, match="empty message"):
-        build_prompt(tokenizer, [], "   ", config, 512)
-    with pytest.raises(GenerationError, match="max_new_tokens=600"):
-        build_prompt(tokenizer, [], "hi", replace(config, max_new_tokens=600), 512)
-
-
-# ---------------------------------------------------------------- quantized loading
-
-@pytest.mark.parametrize("bits", ["load_8bit", "load_4bit"])
-def test_quantized_loading_generates(tiny_llama, bits):
-    import bitsandbytes as bnb
-
-    config = tiny_config(tiny_llama, **{bits: True})
-    models = load_models(config)
-    layer = bnb.nn.Linear8bitLt if bits == "load_8bit" else bnb.nn.Linear4bit
-    assert any(isinstance(m, layer) for m in models.model.modules())
-    result = answer(models, config, "What is the capital of France?")
-    assert result.new_tokens > 0 and result.finish_reason in ("eos", "stop_string", "max_new_tokens")
-
-
-
-
-# ---------------------------------------------------------------- several adapters on one base
-
-def test_lora_weights_names_several_adapters(tmp_path):
-    from sftkit.generation.loading import parse_lora_weights
-
-    assert parse_lora_weights(None) == []
-    assert parse_lora_weights("base=,tuned=lora_out") == [("base", None), ("tuned", "lora_out")]
-    (tmp_path / "my lora").mkdir()
-    assert parse_lora_weights(str(tmp_path / "my lora")) == [("my_lora", str(tmp_path / "my lora"))]
-    assert parse_lora_weights("runs/lora_out") == [("lora_out", "runs/lora_out")]
-    with pytest.raises(GenerationError, match="given twice"):
-        parse_lora_weights("a=x,a=y")
-    with pytest.raises(GenerationError, match="is not name=path"):
-        parse_lora_weights("a=x,y")
-    with pytest.raises(GenerationError, match="at most once"):
-        parse_lora_weights("a=,b=")
-
-
-def test_one_load_serves_every_adapter_and_a_mixed_batch_matches_each_alone(tiny_llama, two_adapters):
-    from peft import PeftModel
-
-    from sftkit.generation import load_models
-
-    spec = f"tuned={two_adapters['tuned']},other={two_adapters['other']}"
-    models = load_models(tiny_config(tiny_llama, lora_weights=spec))
-    assert isinstance(models.model, PeftModel)
-    assert models.names == ["base", "tuned", "other"] and models.default == "tuned" and models.base == "base"
-    assert models.resolve(None) == "tuned" and models.peft_adapter("base") == "__base__"
-    with pytest.raises(GenerationError, match="unknown model 'nope'; this server has base, tuned, other"):
-        models.resolve("nope")
-    config = tiny_config(tiny_llama)
-    prompt = build_prompt(models.tokenizer, [], "Who are you?", config, 512).text
-    alone = {name: generate_answers(models, [Request(prompt, name)], config)[0].text for name in models.names}
-    assert len(set(alone.values())) == 3, "each adapter answers differently"
-    assert alone["base"] == answer(load_models(config), config, "Who are you?").text
-    mixed = generate_answers(models, [Request(prompt, name) for name in models.names], config)
-    assert [a.text for a in mixed] == [alone[name] for name in models.names]
-    # the default (first named) adapter answers when none is named, as a single adapter always did
-    assert generate_answers(models, [prompt], config)[0].text == alone["tuned"]
 
 
 def test_batch_stream_streams_two_adapters_together(tiny_llama, two_adapters):
