@@ -19,7 +19,7 @@ import sys
 
 from sftkit import cli, flags
 from sftkit.data.config import DataConfig
-from sftkit.data.pipeline import run
+from sftkit.data.pipeline import add_open_assistant, run
 
 
 def _stage_from_env(stage: str) -> None:
@@ -43,9 +43,7 @@ def test_grade():
 
 
 def test_add_open_assistant():
-    from sftkit.data import oasst_import
-
-    oasst_import.run(flags.parse(DataConfig))
+    add_open_assistant(flags.parse(DataConfig))
 
 
 def test_finalize_to_json():

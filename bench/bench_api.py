@@ -13,11 +13,13 @@ same process, against:
 Reported: completion tokens/s over the wall time of the whole load, and p50/p95 request latency.
 
 Hostile traffic (``--hostile_clients``, batching on): the p95 latency of the same well-formed load
-alone (the baseline) and again while other clients send hostile requests as fast as they can: bodies
-that are not UTF-8 or nest JSON 10,000 deep, out-of-range and unsupported fields, lone surrogates,
-too many or too long stop strings, bodies past --api_max_body_mb (declared and streamed), bodies
-just under it (parsed and tokenized, then refused as longer than the context), and clients that
-start a long answer and disconnect. The limit is 1.5x.
+alone (the baseline) and again while other clients (processes of their own, lowest CPU priority)
+send hostile requests, paced (``--hostile_rate``) and as fast as the server answers: bodies that are
+not UTF-8 or nest JSON 10,000 deep, out-of-range and unsupported fields, lone surrogates, too many
+or too long stop strings, bodies declared past --api_max_body_mb, bodies just under it (refused as
+longer than the context), and clients that start a long answer and disconnect. The limit is 1.5x.
+A control run floods the server as fast with valid ``GET /v1/models`` requests: what any flood
+costs, whatever the requests hold.
 
 Waiting behind a long answer (static batching): the latency of a 3-token request alone (baseline),
 and sent while a 500-token answer is being generated.
@@ -49,6 +51,8 @@ class BenchConfig:
     threads: int = flags.flag(0, "torch CPU threads (0: torch's default).")
     port: int = flags.flag(8765, "Port of the benchmark server on 127.0.0.1.")
     hostile_clients: int = flags.flag(4, "Clients sending hostile requests in the hostile-traffic run (0: skip it).")
+    hostile_rate: float = flags.flag(10.0, "Requests per second of each hostile client in the paced run (0: skip "
+                                           "the paced run).")
     wait_behind_tokens: int = flags.flag(500, "Tokens of the long answer a 3-token request waits behind (0: skip).")
     body_mb: float = flags.flag(1.0, "--api_max_body_mb of the server in the hostile-traffic run.")
 
@@ -113,21 +117,31 @@ def _hostile_bodies(limit_mb: float) -> list[tuple[str, bytes]]:
             chat(messages=[{"role": "user", "content": near_limit}])]
 
 
-def _hostile_client(url: str, stop, limit_mb: float, results):
-    """Send hostile requests until ``stop``: refused bodies, over-limit bodies, and long answers dropped.
-    Runs in a process of its own, so its work never holds the server's interpreter lock."""
+def _hostile_client(url: str, stop, limit_mb: float, results, rate: float, valid: bool):
+    """Send hostile requests until ``stop``: refused bodies, over-limit bodies, and long answers dropped;
+    ``rate`` per second (0: each as soon as the last is answered); ``valid``: the control, the same
+    flood of ``GET /v1/models`` instead. Runs in a process of its own at the lowest CPU priority, so
+    what is measured is the server's cost of answering, not this client's cost of asking on the
+    same cores."""
+    import os
+
     import httpx
 
+    os.nice(19)
     counts: dict[str, int] = {}
     host, port = url.split("//")[1].split("/")[0].split(":")
     bodies = _hostile_bodies(limit_mb)
     long_answer = {"model": "base", "stream": True, "max_tokens": 400, "temperature": 0,
                    "messages": [{"role": "user", "content": "Count from one to one thousand."}]}
-    n = 0
+    n, started = 0, time.monotonic()
     with httpx.Client(timeout=600) as http:
         while not stop.is_set():
             n += 1
-            if n % 5 == 0:  # a body declared past the limit, of which only the start is sent
+            if rate:
+                time.sleep(max(started + n / rate - time.monotonic(), 0))
+            if valid:
+                status = [str(http.get(f"{url}/models").status_code).encode()]
+            elif n % 5 == 0:  # a body declared past the limit, of which only the start is sent
                 with socket.create_connection((host, int(port)), timeout=60) as sock:
                     sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
                                  b"\r\nContent-Length: 104857600\r\n\r\n{\"messages\": [")
@@ -145,19 +159,17 @@ def _hostile_client(url: str, stop, limit_mb: float, results):
     results.put(counts)
 
 
-def under_hostile_traffic(server_url: str, bench: BenchConfig) -> dict:
-    """The well-formed load's latencies alone, then with hostile clients running alongside."""
-    clients = max(bench.clients)
-    alone = load(server_url, clients, bench.requests_per_client, bench.max_tokens)
+def _alongside(server_url: str, bench: BenchConfig, rate: float, valid: bool) -> tuple[dict, dict]:
+    """The well-formed load's latencies while hostile clients run, and what they sent."""
     processes = multiprocessing.get_context("spawn")
     stop, results = processes.Event(), processes.Queue()
-    attackers = [processes.Process(target=_hostile_client, args=(server_url, stop, bench.body_mb, results))
-                 for _ in range(bench.hostile_clients)]
+    attackers = [processes.Process(target=_hostile_client, args=(server_url, stop, bench.body_mb, results, rate,
+                                                                   valid)) for _ in range(bench.hostile_clients)]
     for process in attackers:
         process.start()
     time.sleep(5.0)  # the attack is under way before the measured load starts
     try:
-        attacked = load(server_url, clients, bench.requests_per_client, bench.max_tokens)
+        measured = load(server_url, max(bench.clients), bench.requests_per_client, bench.max_tokens)
     finally:
         stop.set()
         counts: dict[str, int] = {}
@@ -166,7 +178,21 @@ def under_hostile_traffic(server_url: str, bench: BenchConfig) -> dict:
                 counts[key] = counts.get(key, 0) + value
         for process in attackers:
             process.join()
-    return dict(alone=alone, attacked=attacked, counts=counts)
+    return measured, counts
+
+
+def under_hostile_traffic(server_url: str, bench: BenchConfig) -> list[tuple[str, dict, dict]]:
+    """(label, latencies, requests sent) of the well-formed load: alone (the baseline), with paced hostile
+    clients, with hostile clients as fast as the server answers, and with the same flood of valid
+    ``GET /v1/models`` (the control: what any flood costs)."""
+    alone = load(server_url, max(bench.clients), bench.requests_per_client, bench.max_tokens)
+    plans = [(f"hostile, {bench.hostile_rate:g} requests/s per client", bench.hostile_rate, False),
+             ("hostile, as fast as answered", 0.0, False),
+             ("control: GET /v1/models as fast as answered", 0.0, True)]
+    if not bench.hostile_rate:
+        plans = plans[1:]
+    return [("well-formed alone (baseline)", alone, {})] + [
+        (label, *_alongside(server_url, bench, rate, valid)) for label, rate, valid in plans]
 
 
 def wait_behind(server_url: str, long_tokens: int) -> dict:
@@ -254,14 +280,14 @@ def run(bench: BenchConfig):
             print(f"| {clients} | {label} | {r['tokens_per_second']:.1f} | {r['p50']:.2f} | {r['p95']:.2f} | "
                   f"x{r['tokens_per_second'] / base:.2f} |")
     if hostile:
-        alone, attacked = hostile["alone"], hostile["attacked"]
-        print(f"\nWell-formed requests ({widest} clients, batching on) with {bench.hostile_clients} hostile clients "
-              f"alongside (sent: {dict(sorted(hostile['counts'].items()))})\n")
-        print("| traffic | p50 latency (s) | p95 latency (s) | p95 vs alone (limit 1.5x) |")
-        print("|---|---|---|---|")
-        print(f"| well-formed alone (baseline) | {alone['p50']:.2f} | {alone['p95']:.2f} | x1.00 |")
-        print(f"| with hostile traffic | {attacked['p50']:.2f} | {attacked['p95']:.2f} | "
-              f"x{attacked['p95'] / alone['p95']:.2f} |")
+        print(f"\nWell-formed requests ({widest} clients, batching on) with {bench.hostile_clients} other clients "
+              f"alongside\n")
+        print("| traffic alongside | p50 latency (s) | p95 latency (s) | p95 vs alone (limit 1.5x) | requests sent |")
+        print("|---|---|---|---|---|")
+        alone = hostile[0][1]
+        for label, r, counts in hostile:
+            sent = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "-"
+            print(f"| {label} | {r['p50']:.2f} | {r['p95']:.2f} | x{r['p95'] / alone['p95']:.2f} | {sent} |")
     if waited:
         print(f"\nA 3-token request alone and behind a {bench.wait_behind_tokens}-token answer "
               f"(static batching; the long answer ended by {waited['long_finish']})\n")

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 def build_input(path: Path, rows: int) -> None:
     """``rows`` conversations cycled from the sample, each question made unique."""
-    from sftkit.data.oig import parse_line
+    from sftkit.data.inputs.oig import parse_line
 
     base = []
     for sample in sorted((ROOT / "data" / "sample").glob("*.jsonl.gz")):
@@ -87,8 +87,8 @@ def naive_baseline(path: Path, rows: int) -> dict:
     from better_profanity import profanity
     from profanity_check import predict_prob
 
-    from sftkit.data.readability import ensure_cmudict
-    from sftkit.data.splitting import split_conversation
+    from sftkit.data.algorithms.readability import ensure_cmudict
+    from sftkit.data.algorithms.splitting import split_conversation
     from sftkit.prompts import split_turns
 
     ensure_cmudict()
@@ -129,8 +129,8 @@ def naive_baseline(path: Path, rows: int) -> dict:
 
 def sentence_splitting() -> list[tuple[str, float]]:
     """Characters per second of pysbd against a naive regex split, on the sample's answers."""
-    from sftkit.data.oig import parse_line
-    from sftkit.data.splitting import split_sentences
+    from sftkit.data.inputs.oig import parse_line
+    from sftkit.data.algorithms.splitting import split_sentences
 
     answers = []
     for sample in sorted((ROOT / "data" / "sample").glob("*.jsonl.gz")):

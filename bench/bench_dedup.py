@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_dedup.py [--rows=2000000] [--batch_rows=2048]
 
 Ids are random 64-bit numbers, one in five a repeat of an earlier one, fed in batches as detox
-feeds a shard. OURS: sftkit.data.hashing.SeenIds (sorted runs merged like a binary counter).
+feeds a shard. OURS: sftkit.data.algorithms.hashing.SeenIds (sorted runs merged like a binary counter).
 BASELINE (labelled): one sorted array re-made with ``np.union1d`` after every batch (what SeenIds
 did before), on the same ids; and a Python ``set`` for reference (fastest, about 9x the memory).
 All three must mark the same rows; the last column is the memory each holds per distinct id.
@@ -72,7 +72,7 @@ def measure(factory, parts) -> tuple[float, int, int]:
 
 
 def main(argv: list[str]) -> None:
-    from sftkit.data.hashing import SeenIds
+    from sftkit.data.algorithms.hashing import SeenIds
 
     args = dict(a.lstrip("-").split("=", 1) for a in argv if "=" in a)
     rows, batch_rows = int(args.get("rows", 2_000_000)), int(args.get("batch_rows", 2048))

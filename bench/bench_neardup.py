@@ -6,7 +6,7 @@ Rows are synthetic chat answers of 60 to 120 words over a 20,000-word vocabulary
 is an earlier row with two words changed (a planted near duplicate). Each measurement runs in a
 fresh process that generates its rows lazily, so its peak RSS is the method's own memory.
 
-OURS: sftkit.data.neardup.near_duplicate_ids as finalize calls it (datasketch MinHash, LSH band keys
+OURS: sftkit.data.algorithms.neardup.near_duplicate_ids as finalize calls it (datasketch MinHash, LSH band keys
 grouped by two external sorts on disk, clusters in row-id order), on ``rows/4`` and ``rows``.
 BASELINE (labelled): datasketch's own MinHashLSH index, the textbook use (query each row, insert it
 when nothing matches: it keeps every kept row's band hashes as Python bytes objects in dicts), on
@@ -47,7 +47,7 @@ def rows(n: int, seed: int = 0):
 
 
 def ours(n: int) -> int:
-    from sftkit.data.neardup import near_duplicate_ids
+    from sftkit.data.algorithms.neardup import near_duplicate_ids
 
     return len(near_duplicate_ids(rows(n), THRESHOLD, SHINGLE_WORDS, NUM_PERM, 2048))
 
@@ -55,7 +55,7 @@ def ours(n: int) -> int:
 def baseline(n: int) -> int:
     from datasketch import MinHash, MinHashLSH
 
-    from sftkit.data.neardup import shingles
+    from sftkit.data.algorithms.neardup import shingles
 
     lsh = MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM)
     dropped = 0

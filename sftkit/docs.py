@@ -11,13 +11,16 @@ import sys
 from pathlib import Path
 
 from sftkit import atomic, flags
+from sftkit.prompts import PROMPT_TYPES, example_rendering, stop_strings
 
 # NAME in the README marker -> the dataclass that owns those flags.
 SETTINGS = {
     "create_data": "sftkit.data.config:DataConfig",
     "finetune": "sftkit.train.config:TrainConfig",
+    "rlhf": "sftkit.train.config:RLHFConfig",
     "generate": "sftkit.generation.config:GenerateConfig",
     "demo": "sftkit.demo:DemoConfig",
+    "demo_align": "sftkit.demo_align:AlignDemoConfig",
 }
 
 _BLOCK = re.compile(r"(<!-- BEGIN flags:(\w+) -->\n).*?(<!-- END flags:\2 -->)", re.DOTALL)
@@ -26,8 +29,6 @@ _PROMPT_TYPES = re.compile(r"(<!-- BEGIN prompt-types -->\n).*?(<!-- END prompt-
 
 def prompt_types_table() -> str:
     """Every prompt type of sftkit.prompts with its code, stops and the training text of one exchange."""
-    from sftkit.prompts import PROMPT_TYPES, example_rendering, stop_strings
-
     def code(text: str) -> str:
         return "`" + text.replace("\n", "\\n").replace("|", "\\|") + "`" if text else ""
 

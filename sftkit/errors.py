@@ -56,6 +56,10 @@ class LockError(SftkitError):
     """Another run holds the output directory."""
 
 
+class OutputError(SftkitError):
+    """An output location that cannot be created or written (read-only filesystem, no permission)."""
+
+
 def report(prog: str, run: Callable[[], T], debug: bool = False) -> T:
     """Call ``run()``; turn an :class:`SftkitError` into ``prog: error: …`` and exit status 2."""
     try:

@@ -2,7 +2,9 @@
 
 :func:`hold` takes an exclusive ``fcntl`` lock on ``<dir>/.sftkit.lock`` for a run's lifetime;
 a second run on the same directory fails at once naming the process that holds it. The
-kernel drops the lock when the holder dies, so a killed run never leaves a stale lock.
+kernel drops the lock when the holder dies, so a killed run never leaves a stale lock. Taking it
+is a run's first write into the directory, so an unwritable one (read-only filesystem, no
+permission, a file in the way) is refused there, before any model is loaded.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from sftkit.errors import LockError
+from sftkit.errors import LockError, OutputError
 
 LOCK_NAME = ".sftkit.lock"
 
@@ -24,9 +26,13 @@ LOCK_NAME = ".sftkit.lock"
 def hold(directory: str | os.PathLike, what: str) -> Iterator[Path]:
     """Hold ``directory``'s lock while the block runs; ``what`` names the run in the error."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:  # the first write into the directory: an unwritable one fails here, before any work
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise OutputError(f"{what}={directory}: cannot write there ({exc.strerror or exc}); choose a writable "
+                          "directory (it is created if missing)") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -24,8 +24,8 @@ whitespace only), so h2oGPT's rows ending ``…<bot>: answer\\n<human>:`` teach 
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
+from datetime import datetime
 
 from sftkit.errors import PromptError
 
@@ -236,8 +236,11 @@ def _exchanges(turns: list[Turn]) -> tuple[str, list[_Exchange]]:
 
 
 def _stamp() -> tuple[str, str]:
-    """Date and time for ``dated`` prompt types (a function, so tests can fix the clock)."""
-    return time.strftime("%Y-%m-%d"), time.strftime("%H:%M:%S %p %Z")
+    """Date and time for ``dated`` prompt types, in h2oGPT's format from the clock transformers gives
+    chat templates (``strftime_now``: local time without a zone, so ``%Z`` is empty), so a saved
+    model's template writes the same lines (a function, so tests can fix the clock)."""
+    now = datetime.now()
+    return now.strftime("%Y-%m-%d"), now.strftime("%H:%M:%S %p %Z")
 
 
 def _opening(spec: PromptType, ex: _Exchange, *, history: bool, context: str) -> str:

@@ -24,3 +24,19 @@ def tiny_neox(tmp_path_factory):
     from tests.tiny_models import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny_neox"), "gpt_neox"))
+
+
+@pytest.fixture(scope="session")
+def toy_policy(tiny_llama, tmp_path_factory) -> str:
+    """The tiny Llama fine-tuned to answer France/two words and stop at <human>: (tests/train/toy_rollouts.py),
+    the policy of the online-stage tests."""
+    import torch
+
+    from tests.train.toy_rollouts import build_policy
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model on a shared machine: more threads only wait on each other
+    try:
+        return build_policy(tiny_llama, tmp_path_factory.mktemp("toy_policy"))
+    finally:
+        torch.set_num_threads(threads)

@@ -143,7 +143,7 @@ def removed_oasst_texts(path: Path) -> list[str]:
 @pytest.mark.slow
 def test_every_format_in_one_run_and_in_h2ogpt_stage_order(tmp_path):
     from sftkit.data.config import DEFAULT_OTHER_ASSISTANTS, DEFAULT_OTHER_MAKERS
-    from sftkit.data.identity import compile_identity
+    from sftkit.data.algorithms.identity import compile_identity
 
     files = ["oasst_sample_trees.jsonl.gz", "sharegpt_sample.jsonl.gz", "alpaca_sample.jsonl.gz"]
     work = tmp_path / "all"

@@ -2,6 +2,8 @@
 
 The venv sees the project venv's packages (through a ``.pth`` line), so nothing is downloaded;
 the wheel is built from a copy of the tracked files, so no build output lands in the repository.
+Because that install borrows the packages, a separate test resolves the wheel's own declared
+requirements against the package index (metadata only, nothing installed).
 """
 import json
 import os
@@ -13,6 +15,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = ("sftkit-data", "sftkit-finetune", "sftkit-generate")
@@ -80,3 +85,26 @@ def test_installed_finetune_without_data_path_says_what_to_give(installed, tmp_p
     done = subprocess.run([installed / "sftkit-finetune", "--output_dir=out"], cwd=tmp_path, env=clean_env(),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--data_path" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_the_declared_requirements_resolve_from_the_index(installed, tmp_path):
+    """The wheel's requirements, as a user's ``pip install`` sees them, resolve together from the package
+    index with torch pinned to the version this suite runs: a pin that was never released, or two pins
+    that conflict, fail here (the --no-deps install above cannot see them). Needs the index, not a hub."""
+    (wheel,) = (installed.parents[1] / "dist").glob("sftkit-*.whl")
+    archive = zipfile.ZipFile(wheel)
+    metadata = archive.read(next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    declared = [Requirement(line.split(":", 1)[1].strip()) for line in metadata.splitlines()
+                if line.startswith("Requires-Dist:")]
+    assert {r.name for r in declared} >= {"torch", "transformers", "peft", "datasets", "pyarrow"}
+    torch_version = Version(torch.__version__).base_version  # 2.13.0+cpu -> 2.13.0: the index's build of it
+    report = tmp_path / "report.json"
+    run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report", report,
+         wheel, f"torch=={torch_version}"])
+    resolved = {item["metadata"]["name"].lower().replace("_", "-"): Version(item["metadata"]["version"])
+                for item in json.loads(report.read_text())["install"]}
+    for requirement in declared:
+        name = requirement.name.lower().replace("_", "-")
+        assert name in resolved, f"{requirement} was not resolved"
+        assert requirement.specifier.contains(resolved[name], prereleases=True), f"{requirement}: got {resolved[name]}"
+    assert resolved["torch"].base_version == torch_version

@@ -97,6 +97,14 @@ def run_make(sb: Sandbox, args: list[str]) -> None:
                       "--max_new_tokens=4", f"--out_root={sb.dir / 'demo_out'}"])
         assert re.search(r"identity score on 5 held-out questions: base \d/5, fine-tuned \d/5", out.stdout)
         assert "generate.py" in out.stdout.split("4/4 chat with it")[1]
+    if target == "demo-align":  # the whole code path: rlhf pipeline, DPO, batch evaluation, KL, the table
+        out = sb.run([PYTHON, "-m", "sftkit.demo_align", f"--base_model={sb.tiny_model}", "--sft_steps=1",
+                      "--rm_steps=1", "--rl_steps=1", "--dpo_steps=1", "--max_new_tokens=4",
+                      f"--out_root={sb.dir / 'demo_out'}"])
+        for model in ("base", "sft", "dpo", "grpo"):
+            assert re.search(rf"^{model} +\d\.\d{{3}} \[[\d., ]+\] +\d\.\d\d \[[\d., ]+\] +\d+\.\d +\d+/45 +"
+                             rf"-?\d+\.\d\d$", out.stdout, re.MULTILINE), out.stdout[-3000:]
+        assert "KL to SFT" in out.stdout and "finetune.py rlhf" in out.stdout
 
 
 def run_export(sb: Sandbox, args: list[str]) -> None:
@@ -137,6 +145,16 @@ def launcher(runner: str, launcher_args: list[str]) -> list[str]:
 
 
 def run_finetune(sb: Sandbox, runner: list[str], args: list[str]) -> None:
+    if args[:1] == ["rlhf"]:
+        small = {"max_steps": 2, "cutoff_len": 128, "micro_batch_size": 4, "batch_size": 8, "report_to": "none"}
+        args = set_flag(set_flag(tiny_model_args(sb, args[1:]), "train_flags", json.dumps(small)), "rl_flags",
+                        json.dumps({"max_new_tokens": 8}))
+        sb.run([*runner, "finetune.py", "rlhf", *args])
+        output_dir = sb.dir / dict(a[2:].split("=", 1) for a in args)["output_dir"]
+        rl = dict(a[2:].split("=", 1) for a in args).get("rl", "ppo")
+        for step, weights in (("sft", "adapter_model"), ("rm", "model"), (rl, "adapter_model")):
+            assert (output_dir / step / f"{weights}.safetensors").exists(), step
+        return
     if args[:1] == ["export"]:
         sb.run([*runner, "finetune.py", "export", *tiny_model_args(sb, args[1:])])
         output_dir = sb.dir / dict(a[2:].split("=", 1) for a in args[1:])["output_dir"]
@@ -147,7 +165,11 @@ def run_finetune(sb: Sandbox, runner: list[str], args: list[str]) -> None:
     output_dir = sb.dir / dict(a[2:].split("=", 1) for a in args)["output_dir"]
     whole_model = "--stage=rm" in args or "--lora_r=0" in args or "--finetune_method=full" in args
     assert (output_dir / ("model.safetensors" if whole_model else "adapter_model.safetensors")).exists()
-    assert json.loads((output_dir / "metrics.json").read_text())["train_loss"] > 0
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    if "--stage=ppo" in args or "--stage=grpo" in args:  # a policy loss may be negative; the rollouts are logged
+        assert all("reward" in h and "kl" in h for h in metrics["history"])
+    else:
+        assert metrics["train_loss"] > 0
 
 
 def run_generate(sb: Sandbox, runner: list[str], args: list[str]) -> None:
@@ -192,6 +214,8 @@ BENCH_TINY = {
     "bench_train.py": lambda sb: [f"--base_model={sb.tiny_model}", "--rows=8", "--cutoff_len=64"],
     "bench_generate.py": lambda sb: [f"--base_model={sb.tiny_model}", "--prompt_type=human_bot",
                                      "--max_new_tokens=8", "--repeats=1", "--max_overhead=100"],
+    "bench_rl.py": lambda sb: [f"--base_model={sb.tiny_model}", "--steps=2", "--batch=8", "--micro=4",
+                               "--max_new_tokens=8", "--cutoff_len=64"],
     "bench_api.py": lambda sb: [f"--base_model={sb.tiny_model}", "--prompt_type=human_bot", "--clients=1,2",
                                 "--requests_per_client=1", "--max_tokens=4", f"--port={free_port()}"],
 }

@@ -43,16 +43,22 @@ DEFAULT_CENSOR_WORDS = [
 # ---- More input formats, OpenAssistant trees, identity, near-duplicates, personality (issue #10) ----
 INPUT_FORMATS = ["auto", "oig", "oasst_trees", "oasst_messages", "sharegpt", "alpaca", "messages", "h2ogpt"]
 # Other assistants' names as written in public chat data, misspellings included (matched case-insensitively,
-# a space or hyphen between words optional): an answer calling itself one of these gets --bot_name.
+# a space or hyphen between words optional): an answer calling itself one of these gets --bot_name. Besides
+# OpenAssistant's and OpenAI's, the assistants of the public identity sets and of the models whose answers
+# fill distilled SFT sets: FastChat's identity conversations (Vicuna), Qwen, DeepSeek, ChatGLM, StableLM.
+# Names that are also common words (Koala, Alpaca, Dolly, Claude, Gemini, Falcon) are left out: a row
+# mentioning one would be dropped; add them with --other_assistants for data that needs it.
 DEFAULT_OTHER_ASSISTANTS = [
     "Open Assistant", "Open Assistent", "Open Asistant", "Open Assitant", "Open Assisstant", "Open Assistand",
     "Open Assitent", "Open Assistiant", "Open Assitiant", "Open Assiant", "ChatGPT", "Chat GPT", "GPT-3",
-    "GPT-3.5", "GPT-4", "Vicuna", "h2oGPT",
+    "GPT-3.5", "GPT-4", "Vicuna", "h2oGPT", "Qwen", "Tongyi Qianwen", "DeepSeek", "DeepSeek-R1", "DeepSeek-V3",
+    "ChatGLM", "StableLM",
 ]
-# Their makers: "made by LAION" in a self-description becomes "made by --bot_maker".
+# Their makers: "made by LAION" in a self-description becomes "made by --bot_maker". A long name with its
+# short form in brackets ("Large Model Systems Organization (LMSYS)") is recognised when either is listed.
 DEFAULT_OTHER_MAKERS = [
-    "LAION-AI", "LAION AI", "LAION.ai", "LAION", "LMSYS", "OpenAI", "Open AI", "Anthropic", "H2O.ai", "Databricks",
-    "Stability AI",
+    "LAION-AI", "LAION AI", "LAION.ai", "LAION", "LMSYS", "LMSYS Org", "Large Model Systems Organization", "OpenAI",
+    "Open AI", "Anthropic", "H2O.ai", "Databricks", "Stability AI", "Alibaba Cloud", "DeepSeek", "Zhipu AI",
 ]
 
 DEFAULT_UNHELPFUL_PHRASES = [
@@ -88,7 +94,7 @@ class DataConfig:
     workers: int = flag(0, "Processes for the CPU-heavy filters and scorers; 0 = one per CPU core")
     batch_rows: int = flag(2048, "Rows per streamed Arrow record batch (bounds memory)")
 
-    # Where the shards run (sftkit.data.runner; the stages' results do not depend on these)
+    # Where the shards run (sftkit.data.run.runner; the stages' results do not depend on these)
     executor: str = flag("local", "Where shards run: local (this process, --workers processes per shard) or "
                          "ray (one Ray task per shard; pip install -r reqs_optional/requirements_optional_ray.txt)")
     ray_address: str | None = flag(None, "ray: cluster to join (auto, host:port or ray://host:port); default: "
@@ -174,3 +180,9 @@ class DataConfig:
     personality: bool = flag(True, "finalize: add generated rows in which the assistant gives its name and "
                              "maker (--bot_name, --bot_maker)")
     personality_repeat: int = flag(10, "finalize: how many times each personality row is repeated")
+
+
+# Settings that say where and how a run executes, never what it produces (left out of data cards).
+EXECUTION_SETTINGS = ("work_dir", "config", "shard_index", "num_shards", "workers", "batch_rows", "executor",
+                      "ray_address", "max_retries", "grade_actors", "num_gpus_per_worker", "allow_empty",
+                      "debug")

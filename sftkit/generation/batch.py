@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from sftkit import atomic
 from sftkit.errors import GenerationError
 from sftkit.generation.config import GenerateConfig
+from sftkit.generation.correctness import accepted_answers, add_correctness
 from sftkit.generation.engine import Request, generate_answers
 from sftkit.generation.loading import (BASE, Models, adapter_fingerprint, load_models, parse_lora_weights,
                                        resolve_adapter)
@@ -256,6 +257,7 @@ def run_batch(config: GenerateConfig, models: Models | None = None) -> list[dict
             rows += [{"model": name, **row} for row in new]
     if scorer is not None:
         add_scores(rows, scorer)
+    add_correctness(rows, accepted_answers(config.eval_prompts_file))
     answers = [{key: value for key, value in row.items() if key != "seconds"} for row in rows]
     atomic.write_json(output, answers)
     report = write_report(rows, output, config)
@@ -263,6 +265,8 @@ def run_batch(config: GenerateConfig, models: Models | None = None) -> list[dict
     seconds = sum(r["seconds"] for r in rows)
     tokens = sum(r["new_tokens"] for r in rows)
     score = f", mean score {sum(r['score'] for r in rows) / len(rows):.3f}" if scorer is not None else ""
+    checked = [r["correct"] for r in rows if "correct" in r]
+    score += f", {sum(checked)}/{len(checked)} correct" if checked else ""
     print(f"generate: {len(rows)} answers from {len(names)} model(s), {tokens} new tokens in {seconds:.1f} s of "
           f"generation{score} -> {output}\nreport: {report}", file=sys.stderr)
     return answers

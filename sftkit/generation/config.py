@@ -67,10 +67,11 @@ class GenerateConfig:
                                   "to this many answers (1: one at a time).")
     eval_prompts_file: str | None = flag(None, "Batch mode: a JSON or JSONL list of prompts (strings, rows with "
                                                "'prompt' or 'instruction'/'input', or ShareGPT conversations: their "
-                                               "first human turn).")
+                                               "first human turn); 'prompt' rows with 'answers' (accepted short "
+                                               "answers) are checked for correctness.")
     eval_output_file: str | None = flag(None, "Batch mode: where to write the JSON list of {model, prompt, response, "
-                                              "seconds, new_tokens[, score]}; a report (Markdown + PNG plots) is "
-                                              "written next to it.")
+                                              "seconds, new_tokens[, score][, correct]}; a report (Markdown + PNG "
+                                              "plots) is written next to it.")
     eval_sample: int = flag(0, "Batch mode: answer a random sample of this many prompts (drawn with --seed, "
                                "None counting as 0); 0: all.")
     overwrite: bool = flag(False, "Batch mode: replace an existing eval_output_file.")

@@ -20,12 +20,17 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteria
 
 from sftkit.generation.config import GenerateConfig
+from sftkit.models import resolve_base_model
+from sftkit.prompt_format import read_prompt_format
 from sftkit.prompts import stop_strings
 
 
 def answer_stop_strings(config: GenerateConfig, tokenizer) -> list[str]:
-    """The prompt type's stop strings (``<human>:`` and ``<bot>:`` for human_bot) and ``--stop``."""
-    return [s for s in [*stop_strings(config.prompt_type, tokenizer), *config.stop] if s]
+    """The prompt type's stop strings (``<human>:`` and ``<bot>:`` for human_bot), ``--stop``, and those
+    an exported model recorded in its ``sftkit_prompt.json`` (the ones it learned to end answers with)."""
+    recorded = read_prompt_format(resolve_base_model(config.base_model)) or {}
+    stops = [*stop_strings(config.prompt_type, tokenizer), *config.stop, *recorded.get("stop", [])]
+    return list(dict.fromkeys(s for s in stops if s))
 
 
 # ---------------------------------------------------------------- finding stop strings

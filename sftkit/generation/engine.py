@@ -37,6 +37,7 @@ class Answer:
     first_token_seconds: float | None
     finish_reason: str  # "eos", "stop_string", "max_new_tokens" or "cancelled"
     prompt_tokens: int = 0
+    token_ids: list[int] = field(default_factory=list)  # the new tokens as generated, stop string included
 
 
 @dataclass
@@ -113,7 +114,7 @@ def _answers(batch: _Batch, output, tokenizer, seconds: float, cancel: threading
         else:
             reason = "max_new_tokens"
         answers.append(Answer(text.strip(), count, seconds, follower.first_text.get(row), reason,
-                              int(batch.prompt_tokens[source])))
+                              int(batch.prompt_tokens[source]), ids[:count]))
     return answers
 
 

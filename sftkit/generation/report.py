@@ -1,7 +1,7 @@
 """The evaluation report of a batch run: which model answers better, by how much, and how fast.
 
 Per model: the reward-score histogram, mean and median score with bootstrap 95% intervals, answer
-length and tokens/s; for every pair of models the win rate by score on the same prompts; and a
+length and tokens/s, and, for prompts with known answers, the share answered correctly; for every pair of models the win rate by score on the same prompts; and a
 few answers side by side. Markdown plus PNG plots (matplotlib, Agg backend: no display needed),
 written as one directory next to the answers file.
 """
@@ -57,6 +57,10 @@ def summarize(rows: list[dict]) -> dict[str, dict]:
                      mean_words=sum(len(r["response"].split()) for r in answers) / len(answers),
                      tokens_per_second=tokens / seconds if seconds else None,
                      stopped=sum(r.get("finish_reason") in ("eos", "stop_string") for r in answers))
+        if all("correct" in r for r in answers):  # questions with known answers (sftkit/generation/correctness.py)
+            correct = [float(r["correct"]) for r in answers]
+            stats.update(correct=correct, correct_share=float(np.mean(correct)),
+                         correct_ci=bootstrap_interval(correct, np.mean))
         if all("score" in r for r in answers):
             scores = [r["score"] for r in answers]
             stats.update(scores=scores, mean_score=float(np.mean(scores)), median_score=float(np.median(scores)),
@@ -118,6 +122,7 @@ def render_markdown(summary: dict[str, dict], rows: list[dict], config: Generate
         speed = f"{s['tokens_per_second']:.1f}" if s["tokens_per_second"] else "–"
         lines.append(f"| {name} | {s['answers']} | {mean} | {median} | {s['mean_tokens']:.1f} | "
                      f"{s['mean_words']:.1f} | {s['stopped']}/{s['answers']} | {speed} |")
+    lines += _correctness_section(summary)
     scored = [n for n in names if "scores" in summary[n]]
     if len(scored) > 1:
         lines += ["", "## Win rate by score", "",
@@ -141,6 +146,26 @@ def render_markdown(summary: dict[str, dict], rows: list[dict], config: Generate
                 lines.append(f"| {name} | {_cell(row['response'])} | {score} |")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _correctness_section(summary: dict[str, dict]) -> list[str]:
+    """Correct answers beside score, length and stopping: a model that games the reward model shows it here."""
+    checked = [n for n, s in summary.items() if "correct" in s]
+    if not checked:
+        return []
+    lines = ["", "## Correctness on questions with known answers", "",
+             "An answer is correct when it contains an accepted answer (sftkit/generation/correctness.py). A higher "
+             "reward score with fewer correct answers, longer answers or fewer that stop by themselves is the "
+             "policy gaming the reward model.", "",
+             "| model | correct | share correct [95% CI] | mean score | tokens/answer | stopped by itself |",
+             "|---|---|---|---|---|---|"]
+    for name in checked:
+        s = summary[name]
+        score = f"{s['mean_score']:.3f}" if "scores" in s else "–"
+        lines.append(f"| {name} | {int(sum(s['correct']))}/{len(s['correct'])} | {s['correct_share']:.2f} "
+                     f"[{s['correct_ci'][0]:.2f}, {s['correct_ci'][1]:.2f}] | {score} | {s['mean_tokens']:.1f} | "
+                     f"{s['stopped']}/{s['answers']} |")
+    return lines
 
 
 def _cell(text: str, width: int = 400) -> str:

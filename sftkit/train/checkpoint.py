@@ -2,7 +2,8 @@
 
 Layout of ``checkpoint-N/``: ``adapter_model.safetensors`` + ``adapter_config.json`` (usable as
 ``--lora_weights``), ``optimizer.pt`` (tensors only, loaded with ``weights_only=True``),
-``scheduler.json``, ``rng_state_<rank>.safetensors``, ``run_settings.json`` (the settings that
+``scheduler.json``, ``rng_state_<rank>.safetensors``, what the recipe adds (online stages: the rollout
+batch, ``rollouts.safetensors``, and PPO's ``value_head.safetensors``), ``run_settings.json`` (the settings that
 trained it, checked on resume: sftkit/train/run_record.py) and ``trainer_state.json`` in the shape
 Hugging Face's ``TrainerState.save_to_json`` writes (``global_step``, ``epoch``, ``log_history``…),
 so tools made for Trainer checkpoints read it. Under DeepSpeed the optimizer lives in DeepSpeed's
@@ -24,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from sftkit import atomic
 from sftkit.errors import TrainError
 from sftkit.train.distributed import all_gather_strings, barrier
+from sftkit.train.modeling import load_full_weights
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -105,11 +107,13 @@ def _rng_state(device: str) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(output_dir: str, step: int, *, world, save_adapter, optimizer, scheduler, engine,
-                    trainer_state: dict, save_total_limit: int, settings: dict | None = None) -> Path:
+                    trainer_state: dict, save_total_limit: int, settings: dict | None = None,
+                    save_state=None) -> Path:
     """Write ``checkpoint-<step>`` (all ranks call this; each writes its own RNG state).
 
     ``trainer_state`` is sftkit's ``{"step", "epoch", "history", …}``; ``settings`` the run's
-    settings (run_record.settings_of), stored for the resume check.
+    settings (run_record.settings_of), stored for the resume check; ``save_state(folder)`` writes
+    what the recipe needs besides (online stages: their rollouts).
     """
     final = Path(output_dir) / f"checkpoint-{step}"
     # Every rank writes into one temporary folder, named by the main process's PID (it does the
@@ -121,6 +125,8 @@ def save_checkpoint(output_dir: str, step: int, *, world, save_adapter, optimize
             staging.mkdir()
         barrier()
         save_adapter(staging)  # collective under ZeRO-3; only the main process writes
+        if save_state is not None:
+            save_state(staging)
         if engine is not None:
             engine.save_checkpoint(str(staging / "ds"), tag="state", exclude_frozen_parameters=True)
         elif world.is_main:
@@ -154,7 +160,6 @@ def load_checkpoint(path: Path, *, world, model, optimizer, scheduler, engine) -
         if (path / "adapter_model.safetensors").is_file():
             set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors"), device=world.device))
         else:  # full fine-tuning saves the whole model
-            from sftkit.train.modeling import load_full_weights
             load_full_weights(model, path, world.device)
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=world.device, weights_only=True))
     scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))

@@ -19,6 +19,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sftkit import json_records
 from sftkit.errors import DataError
 from sftkit.prompts import (DEFAULT_PROMPT_TYPE, PromptError, Turn, check_turns, get_prompt_type, has_markers,
                             split_turns)
@@ -127,10 +128,12 @@ def _read_json_file(path: Path) -> list:
         except UnicodeDecodeError as exc:
             rows.append(InvalidLine(f"invalid UTF-8; line {number}: byte {exc.start} is not UTF-8"))
             continue
-        try:
-            rows.append(json.loads(text))
-        except json.JSONDecodeError as exc:
-            rows.append(InvalidLine(f"invalid JSON; line {number} is not valid JSON ({exc.msg})"))
+        record, reason = json_records.parse_record(text)
+        if reason:
+            words, explanation = json_records.EXPLAINED[reason]
+            rows.append(InvalidLine(f"{words}; line {number} {explanation}"))
+        else:
+            rows.append(record)
     return rows
 
 
@@ -138,10 +141,7 @@ def _parse_whole_object(raw: bytes) -> dict | None:
     """The file as one JSON object when it is one spread over several lines (pretty-printed), else None."""
     if len(raw.strip().splitlines()) < 2:
         return None
-    try:
-        value = json.loads(raw.decode("utf-8", errors="replace"))
-    except json.JSONDecodeError:
-        return None
+    value, _ = json_records.parse_record(raw.decode("utf-8", errors="replace"))
     return value if isinstance(value, dict) else None
 
 
@@ -150,8 +150,13 @@ def _read_json_array(path: Path, raw: bytes) -> list:
         text, repaired = raw.decode("utf-8"), False
     except UnicodeDecodeError:
         text, repaired = raw.decode("utf-8", errors="replace"), True
+    rows = []
     try:
-        rows = json.loads(text)
+        for number, (record, reason, _) in enumerate(json_records.list_records(text), 1):
+            if reason:
+                words, explanation = json_records.EXPLAINED[reason]
+                record = InvalidLine(f"{words}; item {number} {explanation}")
+            rows.append(record)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
     if repaired:

@@ -1,7 +1,8 @@
 """The training run, top to bottom, for every objective: recipe → model → data → optimizer and
 wrapping → resume → steps (accumulate, clip, step, log, evaluate, save) → final outputs.
 
-What differs between SFT, reward-model and DPO training lives in a recipe (sftkit/train/recipes/);
+What differs between SFT, reward-model, DPO, PPO and GRPO training lives in a recipe (sftkit/train/recipes/;
+the online ones make their rows by rollouts as steps come, through their own plan);
 one process, torchrun DDP (gloo on the CPU, nccl on GPUs) or DeepSpeed ZeRO share this code and
 differ only in how the model is wrapped and how a step is taken.
 """
@@ -21,12 +22,13 @@ from sftkit import atomic, models
 from sftkit.errors import TrainError
 from sftkit.flags import FlagError
 from sftkit.lock import LOCK_NAME
-from sftkit.train import checkpoint, distributed, run_record
+from sftkit.train import checkpoint, distributed, model_card, run_record, tracking
 from sftkit.train.batching import epoch_plan
 from sftkit.train.config import TrainConfig
 from sftkit.train.data import DataError
 from sftkit.train.modeling import trainable_parameters, weights_saver
-from sftkit.train.recipes import Data, Recipe, get_recipe
+from sftkit.train.recipes import Data, Recipe
+from sftkit.train.recipes.registry import get_recipe
 from sftkit.train.recipes.sft import shard
 
 
@@ -319,7 +321,9 @@ def run(config: TrainConfig, world) -> dict:
     # 2. data, and the plan of steps
     data: Data = recipe.read_data(tokenizer, progress=log.enabled)
     recipe.prepare(model, data, world, precision.autocast)
-    plan = Plan(data.train, config, world, grad_accum)
+    # Online recipes (ppo, grpo) make their rows as they go: their plan runs the rollouts.
+    plan = recipe.rollout_plan(data, world, grad_accum) if recipe.online else Plan(data.train, config, world,
+                                                                                   grad_accum)
     log(data.summary)
     log(f"plan: {plan.total_steps} steps ({plan.steps_per_epoch}/epoch), batch {settings['effective_batch_size']} = micro "
         f"{config.micro_batch_size} x {world.size} processes x {grad_accum} accumulation")
@@ -332,12 +336,10 @@ def run(config: TrainConfig, world) -> dict:
         state = checkpoint.load_checkpoint(resume_from, world=world, model=model, optimizer=trainer.optimizer,
                                            scheduler=trainer.scheduler, engine=trainer.engine)
         step, history = state["step"], state["history"]
+        recipe.load_state(resume_from, world)
         log(f"resumed from {resume_from} at step {step}")
-    writer = None
-    if world.is_main and config.report_to == "tensorboard":
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(output_dir / "logs"))
+    trackers = tracking.Trackers(tracking.parse_report_to(config.report_to) if world.is_main else [], output_dir,
+                                 config.run_id, settings)
     if world.is_main:  # appends a resume, never rewrites what trained the adapter
         run_record.record_start(output_dir, settings, resume_from, step)
     run_info = {"stage": config.stage, "world_size": world.size, "gradient_accumulation": grad_accum,
@@ -363,7 +365,7 @@ def run(config: TrainConfig, world) -> dict:
         bar.update(1)
         evaluating = step % plan.eval_every == 0 or step == plan.total_steps
         if step % config.logging_steps == 0 or step == plan.total_steps:
-            record = {"step": step, "epoch": plan.epoch_of(step), **window.means(),
+            record = {"step": step, "epoch": plan.epoch_of(step), **window.means(), **recipe.window_metrics(window),
                       "lr": trainer.scheduler.get_last_lr()[0],
                       "tokens_per_s": window.tokens / max(window.seconds, 1e-9),
                       "peak_memory_gib": peak_memory_gib(world.device)}
@@ -373,10 +375,7 @@ def run(config: TrainConfig, world) -> dict:
             history.append(record)
             log(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                            for k, v in record.items() if k != "eval_sample"))
-            if writer:
-                for key, value in record.items():
-                    if isinstance(value, (int, float)) and key != "step":
-                        writer.add_scalar(f"{'eval' if key.startswith('eval_') else 'train'}/{key}", value, step)
+            trackers.log(record, step)
         elif step % plan.eval_every == 0:
             history.append({"step": step, **evaluate(trainer, recipe, tokenizer, data.valid, config, world,
                                                      precision)})
@@ -391,7 +390,8 @@ def run(config: TrainConfig, world) -> dict:
                                                       "num_train_epochs": math.ceil(plan.total_steps
                                                                                     / plan.steps_per_epoch),
                                                       "train_batch_size": config.micro_batch_size},
-                                       settings=settings)
+                                       settings=settings,
+                                       save_state=lambda folder: recipe.save_state(folder, world, trainer.zero3))
             if world.is_main:
                 atomic.write_json(output_dir / "metrics.json", summary())
     bar.close()
@@ -411,8 +411,8 @@ def run(config: TrainConfig, world) -> dict:
                   **{k: v for k, v in last_eval.items() if k.startswith("eval_")}})
     if world.is_main:
         atomic.write_json(output_dir / "metrics.json", final)
-        if writer:
-            writer.close()
+        trackers.finish([output_dir / "metrics.json", output_dir / run_record.RUN_CONFIG,
+                         *model_card.data_card_files(settings.get("data_path", ""))])
         extra = "".join(f", eval {k[5:]} {final[k]:.4f}" for k in ("eval_loss", "eval_accuracy", "eval_margin")
                         if isinstance(final.get(k), float))
         log(f"done: {config.stage}, {step} steps, train loss {final['train_loss']:.4f}{extra}, "

@@ -20,8 +20,11 @@ from typing import Iterator
 
 import yaml
 
+import sftkit
 from sftkit import atomic, lock
-from sftkit.errors import TrainError
+from sftkit.errors import FlagError, TrainError
+from sftkit.train.data import data_files
+from sftkit.train.rewards import functions_fingerprint
 
 SETTINGS_FILE = "run_settings.json"
 RUN_CONFIG = "run_config.yaml"
@@ -43,8 +46,6 @@ DATA_FLAGS = ("data_path", "valid_path", "data_mix_in_path")
 
 def data_fingerprint(path: str) -> str:
     """sha256 over the names and bytes of the data files at ``path`` (a hub id hashes as its name)."""
-    from sftkit.train.data import data_files
-
     if not path:
         return ""
     digest = hashlib.sha256()
@@ -59,8 +60,25 @@ def data_fingerprint(path: str) -> str:
     return digest.hexdigest()
 
 
+def model_fingerprint(path: str) -> str:
+    """sha256 over the config and weight files of a model directory (a hub id hashes as its name)."""
+    folder = Path(path)
+    digest = hashlib.sha256()
+    if not folder.is_dir():
+        digest.update(f"hub:{path}".encode())
+        return digest.hexdigest()
+    for file in sorted(p for p in folder.iterdir() if p.is_file() and (
+            p.name.endswith(".json") or p.suffix in (".safetensors", ".bin"))):
+        digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def settings_of(config, world_size: int) -> dict:
-    """Every flag plus what the flags alone don't say: processes, effective batch, data hashes."""
+    """Every flag plus what the flags alone don't say: processes, effective batch, data hashes, and for
+    the online stages the content of the reward model and reward functions (retrained in place: refused)."""
     settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     settings["data_path"] = config.resolved_data_path()
     for name in SECRET:
@@ -71,6 +89,10 @@ def settings_of(config, world_size: int) -> dict:
     settings["gradient_accumulation"] = config.gradient_accumulation(world_size)
     for name in DATA_FLAGS:
         settings[f"{name}_sha256"] = data_fingerprint(settings.get(name) or "")
+    if getattr(config, "reward_model", ""):
+        settings["reward_model_sha256"] = model_fingerprint(config.reward_model)
+    if getattr(config, "reward_funcs", []):
+        settings["reward_funcs_sha256"] = functions_fingerprint(config.reward_funcs)
     return settings
 
 
@@ -123,8 +145,6 @@ def read_run_config(output_dir: Path) -> list[dict]:
 
 def save_code(output_dir: Path) -> Path:
     """Copy finetune.py (when run from a clone) and the sftkit package into ``output_dir/code``."""
-    import sftkit
-
     package = Path(sftkit.__file__).resolve().parent
     target = output_dir / CODE_DIR
     with atomic.replacing(target) as staging:
@@ -138,8 +158,6 @@ def save_code(output_dir: Path) -> Path:
 
 def begin(config, world, resume_from: Path | None, log) -> dict:
     """Checks and records at the start of a run; returns the settings saved with each checkpoint."""
-    from sftkit.errors import FlagError
-
     if config.llama_flash_attn and not world.device.startswith("cuda"):
         raise FlagError("--llama_flash_attn=True needs a CUDA GPU (flash-attn kernels); drop it on the CPU")
     settings = settings_of(config, world.size)

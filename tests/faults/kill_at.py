@@ -1,6 +1,6 @@
 """Fault injector: run create_data.py and ``kill -9`` this process at the N-th call of a function.
 
-    python tests/faults/kill_at.py sftkit.data.manifest:write_manifest 1 detox --work_dir=...
+    python tests/faults/kill_at.py sftkit.data.run.manifest:write_manifest 1 detox --work_dir=...
 
 The function is replaced by a wrapper that sends SIGKILL to its own process on call N (before the
 real function runs), so the run dies exactly there, the way a power cut or OOM kill would.

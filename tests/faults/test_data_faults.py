@@ -135,9 +135,9 @@ def test_download_of_a_file_changed_after_the_kill_starts_over(served, tmp_path)
     assert_same(tmp_path / "whole", tmp_path / "cut", ["1_download"])
 
 
-@pytest.mark.parametrize("kill_at", [("sftkit.data.detox:profanity_probs", 3),  # mid-batch
-                                     ("sftkit.data.manifest:write_manifest", 1),  # score renamed, no manifest
-                                     ("sftkit.data.manifest:write_manifest", 2)])  # filter renamed, no manifest
+@pytest.mark.parametrize("kill_at", [("sftkit.data.stages.detox:profanity_probs", 3),  # mid-batch
+                                     ("sftkit.data.run.manifest:write_manifest", 1),  # score renamed, no manifest
+                                     ("sftkit.data.run.manifest:write_manifest", 2)])  # filter renamed, no manifest
 def test_detox_killed_reruns_to_identical_bytes(reference, reward_args, tmp_path, kill_at):
     work = with_stages(reference, tmp_path, ["1_download"])
     assert killed(create_data("detox", f"--work_dir={work}", *reward_args, kill_at=kill_at))
@@ -147,7 +147,7 @@ def test_detox_killed_reruns_to_identical_bytes(reference, reward_args, tmp_path
 
 
 @pytest.mark.parametrize("kill_at", [("sftkit.reward:RewardModelScorer.score", 3),  # mid reward batch
-                                     ("sftkit.data.manifest:write_manifest", 2)])  # filter renamed, no manifest
+                                     ("sftkit.data.run.manifest:write_manifest", 2)])  # filter renamed, no manifest
 def test_grade_killed_reruns_to_identical_bytes(reference, reward_args, tmp_path, kill_at):
     work = with_stages(reference, tmp_path, ["1_download", "2_detox", "3_chop"])
     assert killed(create_data("grade", f"--work_dir={work}", *reward_args, kill_at=kill_at))
@@ -161,7 +161,7 @@ def test_grade_killed_reruns_to_identical_bytes(reference, reward_args, tmp_path
 def test_a_setting_changed_after_a_kill_gives_the_new_settings_result(reference, reward_args, tmp_path):
     work = with_stages(reference, tmp_path / "cut", ["1_download"])
     assert killed(create_data("detox", f"--work_dir={work}", *reward_args,
-                              kill_at=("sftkit.data.manifest:write_manifest", 2)))
+                              kill_at=("sftkit.data.run.manifest:write_manifest", 2)))
     changed = [*reward_args, "--profanity_threshold=0.6", "--max_row_chars=1500"]
     again = create_data("detox", f"--work_dir={work}", *changed)
     assert again.returncode == 0, again.stderr
@@ -183,7 +183,7 @@ def test_an_input_changed_after_a_kill_gives_the_new_inputs_result(reference, re
     work = tmp_path / "cut"
     assert create_data("download", f"--work_dir={work}", *args).returncode == 0
     assert killed(create_data("detox", f"--work_dir={work}", *args,
-                              kill_at=("sftkit.data.detox:profanity_probs", 3)))
+                              kill_at=("sftkit.data.stages.detox:profanity_probs", 3)))
     first = sorted(source.glob("*.gz"))[0]
     lines = gzip.decompress(first.read_bytes()).splitlines(keepends=True)
     first.write_bytes(gzip.compress(b"".join(lines[: len(lines) // 2]), mtime=0))  # the input changes

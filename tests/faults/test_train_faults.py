@@ -84,17 +84,22 @@ def resume(cmd: list[str]) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def test_kill_mid_step_then_resume_matches(tiny_llama, tmp_path, reference):
-    data, ref_out = reference
-    out = tmp_path / "out"
-    cmd = command(tiny_llama, data, out)
+def kill_mid_step_then_resume(cmd: list[str], out: Path, max_steps: int) -> subprocess.CompletedProcess:
+    """Start ``cmd``, kill -9 it after checkpoint-4 (before the end), resume it to the end."""
     run = start(cmd)
     wait_for(lambda: (out / "checkpoint-4").is_dir(), run, "checkpoint-4")
     run.send_signal(signal.SIGSTOP)  # somewhere after step 4: in a step, or writing the next checkpoint
-    assert not (out / f"checkpoint-{FLAGS['max_steps']}").exists()
+    assert not (out / f"checkpoint-{max_steps}").exists()
     kill(run)
     done = resume(cmd)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def test_kill_mid_step_then_resume_matches(tiny_llama, tmp_path, reference):
+    data, ref_out = reference
+    out = tmp_path / "out"
+    kill_mid_step_then_resume(command(tiny_llama, data, out), out, FLAGS["max_steps"])
     assert_same_run(out, ref_out)
 
 

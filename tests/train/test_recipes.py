@@ -18,7 +18,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--stage=ppo"], "--stage must be one of sft, rm, dpo"),
+    (["--stage=kto"], "--stage must be one of sft, rm, dpo, ppo, grpo"),
+    (["--stage=ppo"], "--stage=ppo needs a reward: --reward_model"),
+    (["--kl_coef=0.1"], "--kl_coef only applies to --stage=ppo or --stage=grpo"),
+    (["--stage=grpo", "--reward_funcs=m:f", "--vf_coef=0.5"], "--vf_coef only applies to --stage=ppo"),
+    (["--stage=grpo", "--reward_funcs=m:f", "--rollouts_per_prompt=1"], "at least 2 for grpo"),
+    (["--stage=ppo", "--reward_funcs=m:f", "--reward_weights=1,2"], "--reward_weights: 2 weights for 1 rewards"),
+    (["--stage=ppo", "--reward_funcs=m:f", "--val_set_size=10"], "--val_set_size does not apply to --stage=ppo"),
+    (["--stage=grpo", "--reward_funcs=m:f", "--pack=True"], "--pack does not apply to --stage=grpo"),
+    (["--stage=grpo", "--reward_funcs=m:f", "--lora_r=0"], "--stage=grpo trains a LoRA adapter"),
+    (["--stage=grpo", "--reward_funcs=m:f", "--max_new_tokens=600"], "--max_new_tokens must be at least 1 and below"),
     (["--beta=0.5"], "--beta only applies to --stage=dpo"),
     (["--stage=rm", "--dpo_loss=ipo"], "--dpo_loss only applies to --stage=dpo"),
     (["--stage=dpo", "--pack=True"], "--pack does not apply to --stage=dpo"),

@@ -4,7 +4,13 @@ the result:
 
 * ``sft``: next-token loss on answers (sft.py);
 * ``rm``: a reward model from preference pairs, pairwise loss −log σ(r_chosen − r_rejected) (rm.py);
-* ``dpo``: direct preference optimisation against a reference model (dpo.py).
+* ``dpo``: direct preference optimisation against a reference model (dpo.py);
+* ``ppo``, ``grpo``: online RLHF: the model's own answers, scored by a reward, with a KL penalty
+  to a reference model (online.py, ppo.py, grpo.py). They make their rows as they go: the loop
+  steps through their :class:`~sftkit.train.recipes.online.RolloutPlan` instead of its own Plan.
+
+This module holds what they share (``Recipe``, ``PairRecipe``, ``Data``); ``registry.py`` names them
+by ``--stage``.
 
 A recipe's ``loss`` returns the *sum* over a micro-batch of its per-unit losses (tokens for SFT,
 pairs for RM/DPO) and the sums of the metrics it reports; the loop divides by the global number of
@@ -17,7 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftkit import atomic
+from sftkit.errors import DataError
+from sftkit.prompt_format import write_prompt_format
+from sftkit.prompts import PromptError, get_prompt_type
+from sftkit.train.batching import collate_pairs
 from sftkit.train.config import TrainConfig
+from sftkit.train.data import split_validation
+from sftkit.train.modeling import is_peft
+from sftkit.train.preference import load_pairs, tokenize_pairs
 
 
 @dataclass
@@ -32,6 +45,7 @@ class Data:
 
 class Recipe:
     name = ""
+    online = False  # True: rows are made during training (rollout_plan), not read before it
     unit = "token"  # what the loss is a mean over
     metrics: tuple[str, ...] = ()  # per-unit means logged besides the loss
     pad_token_id = 0  # set by the loop once the tokenizer is loaded
@@ -61,29 +75,32 @@ class Recipe:
     def extra_eval(self, model, tokenizer, valid: list, world, synced: bool) -> dict:
         return {}
 
+    def window_metrics(self, window) -> dict:
+        """What the recipe measured itself over the steps of a log line (online recipes: their rollouts)."""
+        return {}
+
+    def save_state(self, folder: Path, world, zero3: bool) -> None:
+        """Recipe state a checkpoint needs for an exact resume, besides weights, optimizer and RNG."""
+
+    def load_state(self, folder: Path, world) -> None:
+        """Restore what :meth:`save_state` wrote."""
+
+    def trained_prompt_type(self) -> str:
+        """The prompt type the saved model's chat template renders."""
+        return self.config.fixed_prompt_type
+
     def save_final(self, model, tokenizer, output_dir: Path, save_weights, world, zero3: bool) -> None:
-        """Weights (adapter, or the whole model) and tokenizer at the top of output_dir, swapped in atomically."""
+        """Weights (adapter, or the whole model), tokenizer with the chat template and stop tokens
+        (sftkit/prompt_format.py) at the top of output_dir, swapped in atomically."""
         with atomic.replacing_entries(output_dir) if world.is_main else contextlib.nullcontext() as staging:
             save_weights(staging)  # collective under ZeRO-3; only the main process writes
             if world.is_main:
-                tokenizer.save_pretrained(staging)
-
-
-def get_recipe(config: TrainConfig) -> Recipe:
-    from sftkit.train.recipes.dpo import DPORecipe
-    from sftkit.train.recipes.rm import RewardModelRecipe
-    from sftkit.train.recipes.sft import SFTRecipe
-
-    return {"sft": SFTRecipe, "rm": RewardModelRecipe, "dpo": DPORecipe}[config.stage](config)
+                write_prompt_format(staging, tokenizer, self.trained_prompt_type(),
+                                    generation_config=None if is_peft(model) else model.generation_config)
 
 
 def read_pair_data(config: TrainConfig, tokenizer, progress: bool, *, add_eos_token: bool) -> Data:
     """Preference pairs for RM and DPO: read, split off validation, tokenize."""
-    from sftkit.errors import DataError
-    from sftkit.prompts import PromptError, get_prompt_type
-    from sftkit.train.data import split_validation
-    from sftkit.train.preference import load_pairs, tokenize_pairs
-
     if get_prompt_type(config.fixed_prompt_type).name == "chat" and not getattr(tokenizer, "chat_template", None):
         raise PromptError("--prompt_type=chat needs a tokenizer with a chat template; this one has none")
     path = config.resolved_data_path()
@@ -117,8 +134,6 @@ class PairRecipe(Recipe):
     unit = "pair"
 
     def collate(self, micro_batch, pad_token_id):
-        from sftkit.train.batching import collate_pairs
-
         return collate_pairs(micro_batch, pad_token_id)
 
     def units(self, batch):

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from sftkit import atomic
+from sftkit.prompt_format import write_prompt_format
 from sftkit.reward import PROMPT_TYPE_KEY
 from sftkit.train.modeling import build_reward_model, gathered_parameters, is_peft
 from sftkit.train.recipes import Data, PairRecipe, read_pair_data
@@ -55,4 +56,4 @@ class RewardModelRecipe(PairRecipe):
             plain.config.use_cache = True
             with atomic.replacing_entries(output_dir) as staging:
                 plain.save_pretrained(staging, safe_serialization=True)
-                tokenizer.save_pretrained(staging)
+                write_prompt_format(staging, tokenizer, self.config.fixed_prompt_type)

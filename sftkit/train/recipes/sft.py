@@ -45,6 +45,7 @@ class SFTRecipe(Recipe):
 
     block_mask = False
     mask_dtype = torch.float32
+    data_prompt_types: dict | None = None  # usable training rows per prompt type, once read
 
     def build_model(self, device, dtype, tokenizer):
         model = build_causal_lm(self.config, device, dtype)
@@ -61,6 +62,7 @@ class SFTRecipe(Recipe):
         # Each row keeps its own prompt_type column unless --prompt_type is given; the summary says which won.
         train_convs, read_stats = load_conversations(path, config.data_col_dict, config.prompt_type)
         check_prompt_types(read_stats.prompt_types, tokenizer)
+        self.data_prompt_types = dict(read_stats.prompt_types)
         stats: dict = {"data_path": path, "rows_read": read_stats.rows, "rows_skipped": read_stats.skipped,
                        "rows_repaired_utf8": read_stats.repaired_utf8,
                        "prompt_type": read_stats.prompt_type_summary()}
@@ -101,6 +103,11 @@ class SFTRecipe(Recipe):
         if read_stats.summary():
             summary += f"\ndata: {path}: {read_stats.summary()}"
         return Data(examples, val.examples, stats, summary)
+
+    def trained_prompt_type(self) -> str:
+        """--prompt_type, else the one most training rows were written in (their prompt_type column)."""
+        counts = self.data_prompt_types
+        return self.config.prompt_type or (max(counts, key=counts.get) if counts else super().trained_prompt_type())
 
     def collate(self, micro_batch, pad_token_id):
         return collate(micro_batch, pad_token_id, block_mask=self.block_mask, mask_dtype=self.mask_dtype)
