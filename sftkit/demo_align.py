@@ -57,11 +57,11 @@ def chosen_as_sft_rows(preferences: Path, target: Path) -> None:
     pairs, _ = load_pairs(str(preferences))
     rows, seen = [], set()
     for pair in pairs:
-        key = (tuple(pair.prompt), pair.chosen)
-        if key not in seen:
-            seen.add(key)
+        turns = tuple(pair.prompt + pair.chosen)
+        if turns not in seen:
+            seen.add(turns)
             rows.append({"messages": [{"role": {"human": "user", "bot": "assistant"}.get(r, r), "content": t}
-                                      for r, t in pair.prompt] + [{"role": "assistant", "content": pair.chosen}]})
+                                      for r, t in turns]})
     atomic.write_text(target, json.dumps(rows, indent=1) + "\n")
 
 

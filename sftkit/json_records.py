@@ -6,14 +6,14 @@ the caller's stack already is) and lone surrogates (a ``"\\ud800"`` escape gives
 no UTF-8 writer accepts: parquet, tokenizers and JSON files written with ``ensure_ascii=False`` all
 raise). So a record nested deeper than :data:`MAX_DEPTH` levels is ``nested_too_deep`` whatever the
 stack, and one holding a lone surrogate is ``lone_surrogate``; both are rejects with their reason,
-like a line that is not JSON (``bad_json``). A JSON list is read item by item, so one such item is
-rejected alone instead of taking the whole file with it. Every walk here is iterative.
+like a line that is not JSON (``bad_json``). :mod:`sftkit.rows` reads a JSON list item by item with
+these checks, so one such item is rejected alone instead of taking the whole file with it. Every
+walk here is iterative.
 """
 from __future__ import annotations
 
 import json
 import re
-from typing import Iterator
 
 MAX_DEPTH = 512  # far beyond any real record (an OpenAssistant export line nests two levels per message)
 BAD_JSON, TOO_DEEP, LONE_SURROGATE = "bad_json", "nested_too_deep", "lone_surrogate"
@@ -24,10 +24,6 @@ EXPLAINED = {BAD_JSON: ("invalid JSON", "is not valid JSON"),
                                                 "pair), which UTF-8 text cannot hold")}
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
-# A JSON string (escapes included) or a bracket: enough to find where a value too deep to parse ends.
-_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
-_decoder = json.JSONDecoder()
 
 
 def _problem(value) -> str | None:
@@ -55,6 +51,11 @@ def _needs_walk(text: str) -> bool:
             or _SURROGATE.search(text) is not None)
 
 
+def value_problem(text: str, value) -> str | None:
+    """TOO_DEEP or LONE_SURROGATE for a value parsed from ``text`` that has one, else None."""
+    return _problem(value) if _needs_walk(text) else None
+
+
 def parse_record(text: str) -> tuple[object, str | None]:
     """``(record, None)``, or ``(None, reason)`` with reason BAD_JSON, TOO_DEEP or LONE_SURROGATE."""
     try:
@@ -63,52 +64,5 @@ def parse_record(text: str) -> tuple[object, str | None]:
         return None, TOO_DEEP
     except ValueError:
         return None, BAD_JSON
-    problem = _problem(record) if _needs_walk(text) else None
+    problem = value_problem(text, record)
     return (None, problem) if problem else (record, None)
-
-
-def _value_end(text: str, start: int) -> int:
-    """Where the (well-bracketed) value starting at ``start`` ends, found without parsing it."""
-    depth = 0
-    for token in _TOKEN.finditer(text, start):
-        mark = token.group()
-        if mark in "[{":
-            depth += 1
-        elif mark in "]}":
-            depth -= 1
-            if depth == 0:
-                return token.end()
-    raise ValueError("unterminated array or object")
-
-
-def list_records(text: str) -> Iterator[tuple[object, str | None, str]]:
-    """``(record, reason, excerpt)`` for each item of the JSON array ``text``, each parsed on its own.
-
-    Raises ``ValueError`` (``json.JSONDecodeError``) when ``text`` is not one JSON array; the items
-    already yielded stay valid.
-    """
-    pos = _WHITESPACE.match(text, 0).end()
-    if not text.startswith("[", pos):
-        raise json.JSONDecodeError("expected a JSON array", text, pos)
-    pos = _WHITESPACE.match(text, pos + 1).end()
-    if text.startswith("]", pos):
-        pos += 1
-    else:
-        while True:
-            excerpt = text[pos:pos + 200]
-            try:
-                record, end = _decoder.raw_decode(text, pos)
-                problem = _problem(record) if _needs_walk(text[pos:end]) else None
-                yield (None, problem, excerpt) if problem else (record, None, excerpt)
-            except RecursionError:
-                end = _value_end(text, pos)
-                yield None, TOO_DEEP, excerpt
-            pos = _WHITESPACE.match(text, end).end()
-            if text.startswith("]", pos):
-                pos += 1
-                break
-            if not text.startswith(",", pos):
-                raise json.JSONDecodeError("expected ',' or ']' between the items of the array", text, pos)
-            pos = _WHITESPACE.match(text, pos + 1).end()
-    if _WHITESPACE.match(text, pos).end() != len(text):
-        raise json.JSONDecodeError("extra data after the array", text, pos)

@@ -5,8 +5,10 @@ h2oGPT's names and numeric codes (0-13, the order of h2oGPT's ``PromptType`` enu
 strings h2oGPT's prompter writes, plus sftkit's ``chat`` (the tokenizer's own chat template).
 
 A conversation is a list of turns ``(role, text)``: ``system``, ``context`` (h2oGPT's raw text
-before the prompt), ``human``, ``input`` (a human turn's extra input, alpaca's ``input`` column)
-and ``bot``. Every prompt type writes it in two ways that agree with each other:
+before the prompt), ``human``, ``input`` (a human turn's extra input, alpaca's ``input`` column),
+``bot``, ``tool_call`` (the assistant calls a tool; the text is ``{"name": …, "arguments": {…}}``,
+see :func:`tool_call_text`) and ``tool`` (a tool's result). A conversation may come with a tool
+list (OpenAI function tools). Every prompt type writes it in two ways that agree with each other:
 
 * :func:`render_conversation` for training: the full text plus the character spans to learn;
 * :func:`render_prompt` for generation: earlier exchanges, the new message, and the opening of
@@ -20,9 +22,18 @@ exactly as written, and those markers still say which parts are answers.
 Stops are learned: an answer's span runs on over a stop string that directly follows it (after
 whitespace only), so h2oGPT's rows ending ``…<bot>: answer\\n<human>:`` teach the model to write
 ``<human>:`` when it is done, and :func:`stop_strings` makes generation stop there.
+
+Tool calls are learned like answers, tool results are masked like questions. ``chat`` renders
+them through the tokenizer's chat template (``apply_chat_template(messages, tools=…)``, the calls
+as OpenAI ``tool_calls``, results as ``tool`` messages). The h2oGPT types write them in one way
+(:func:`tools_as_text`): the tool list after the system text as ``<tools>`` … ``</tools>`` (one
+JSON schema a line), each call inside the bot answer as ``<tool_call>`` … ``</tool_call>``, each
+result as a human turn ``<tool_response>`` … ``</tool_response>``. :func:`parse_tool_calls` reads
+calls back out of generated text.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,7 +42,8 @@ from sftkit.errors import PromptError
 
 HUMAN = "<human>:"
 BOT = "<bot>:"
-ROLES = ("system", "context", "human", "input", "bot")
+ROLES = ("system", "context", "human", "input", "bot", "tool_call", "tool")
+ANSWER_ROLES = ("bot", "tool_call")  # the turns a model learns to write
 DEFAULT_PROMPT_TYPE = "human_bot"
 
 Turn = tuple[str, str]
@@ -192,12 +204,89 @@ def has_markers(text: str) -> bool:
 
 
 def check_turns(turns: list[Turn]) -> None:
-    """Raise PromptError unless the turns have known roles and at least one bot answer."""
+    """Raise PromptError unless the turns have known roles and at least one answer (a bot turn or a
+    tool call)."""
     for role, _ in turns:
         if role not in ROLES:
             raise PromptError(f"unknown role {role!r}; expected one of {ROLES}")
-    if not any(role == "bot" for role, _ in turns):
+    if not any(role in ANSWER_ROLES for role, _ in turns):
         raise PromptError("conversation has no bot turn, so there is nothing to learn")
+
+
+# ---------------------------------------------------------------- tool calls
+
+TOOLS_OPEN, TOOLS_CLOSE = "<tools>", "</tools>"
+CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
+RESPONSE_OPEN, RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
+_CALL_BLOCK = re.compile(rf"{CALL_OPEN}\s*(.*?)\s*{CALL_CLOSE}", re.DOTALL)
+
+
+def tool_call_text(call) -> str | None:
+    """A tool call as a ``tool_call`` turn's text, ``{"name": …, "arguments": {…}}`` (None: not a call).
+
+    Takes OpenAI's ``{"type": "function", "function": {"name", "arguments": "<JSON text>"}}``, its
+    legacy ``function_call`` object, ShareGPT's ``{"name", "arguments"}`` (as JSON text or an
+    object) or Llama 3.1's ``{"name", "parameters"}``.
+    """
+    if isinstance(call, str):
+        try:
+            call = json.loads(call)
+        except (ValueError, RecursionError):
+            return None
+    if isinstance(call, dict) and isinstance(call.get("function"), dict):
+        call = call["function"]
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not call["name"].strip():
+        return None
+    arguments = call.get("arguments", call.get("parameters", {}))
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except (ValueError, RecursionError):
+            return None
+    if not isinstance(arguments, dict):
+        return None
+    return json.dumps({"name": call["name"].strip(), "arguments": arguments}, ensure_ascii=False)
+
+
+def tools_as_text(turns: list[Turn], tools: list[dict] | None = None) -> list[Turn]:
+    """A tool conversation in the five plain roles, as the h2oGPT prompt types write it (module docstring)."""
+    out: list[Turn] = []
+    for role, text in turns:
+        if role == "tool_call":
+            block = f"{CALL_OPEN}\n{text}\n{CALL_CLOSE}"
+            out.append(("bot", f"{out.pop()[1]}\n{block}" if out and out[-1][0] == "bot" else block))
+        elif role == "tool":
+            out.append(("human", f"{RESPONSE_OPEN}\n{text}\n{RESPONSE_CLOSE}"))
+        else:
+            out.append((role, text))
+    if tools:
+        listing = "\n".join(json.dumps(tool.get("function", tool), ensure_ascii=False) for tool in tools)
+        lead = next((i for i, (role, _) in enumerate(out) if role != "system"), len(out))
+        out.insert(lead, ("system", f"{TOOLS_OPEN}\n{listing}\n{TOOLS_CLOSE}"))
+    return out
+
+
+def parse_tool_calls(text: str, prompt_type: str | int) -> tuple[str, list[dict]]:
+    """(the text without its calls, the calls ``{"name", "arguments"}``) in a generated answer.
+
+    Calls are ``<tool_call>`` blocks (how the h2oGPT types write them, and most chat templates); under
+    ``chat`` an answer that is only a call as bare JSON (Llama 3.1's way) is one too. A block that is
+    not a call stays in the text.
+    """
+    calls, kept = [], []
+    last = 0
+    for block in _CALL_BLOCK.finditer(text):
+        call = tool_call_text(block.group(1))
+        if call is not None:
+            kept.append(text[last:block.start()])
+            last = block.end()
+            calls.append(json.loads(call))
+    kept.append(text[last:])
+    if not calls and get_prompt_type(prompt_type).name == "chat" and text.strip().startswith("{"):
+        call = tool_call_text(text.strip())
+        if call is not None:
+            return "", [json.loads(call)]
+    return "".join(kept).strip(), calls
 
 
 # ---------------------------------------------------------------- h2oGPT-style exchanges
@@ -335,23 +424,23 @@ def render_text(text: str, prompt_type: str | int) -> tuple[str, list[Span]]:
 
 
 def render_conversation(turns: list[Turn], prompt_type: str | int, tokenizer=None,
-                        text: str | None = None) -> tuple[str, list[Span]]:
+                        text: str | None = None, tools: list[dict] | None = None) -> tuple[str, list[Span]]:
     """The training text of a conversation and the ``[start, end)`` character spans to learn.
 
-    Spans cover each bot answer and a stop string directly after it. ``text``, when the row was
-    ``<human>:``/``<bot>:`` text, is kept as written by the types that write those markers
-    themselves (plain, human_bot, human_bot_orig); other types rewrite its turns, leaving out
-    human turns after the last answer (the answer's stop is then the EOS).
+    Spans cover each answer (bot turns and tool calls) and a stop string directly after it.
+    ``text``, when the row was ``<human>:``/``<bot>:`` text, is kept as written by the types that
+    write those markers themselves (plain, human_bot, human_bot_orig); other types rewrite its
+    turns, leaving out human turns after the last answer (the answer's stop is then the EOS).
     """
     spec = get_prompt_type(prompt_type)
     if text is not None and spec.as_written and (spec.name == "plain" or has_markers(text)):
         return render_text(text, spec.name)
     check_turns(turns)
-    last_answer = max(i for i, (role, _) in enumerate(turns) if role == "bot")
+    last_answer = max(i for i, (role, _) in enumerate(turns) if role in ANSWER_ROLES)
     turns = turns[:last_answer + 1]  # an unanswered question after it teaches nothing here
     if spec.name == "chat":
-        return _render_chat_template(turns, tokenizer)
-    rendered, spans, _ = _render_exchanges(spec, turns)
+        return _render_chat_template(turns, tokenizer, tools)
+    rendered, spans, _ = _render_exchanges(spec, tools_as_text(turns, tools))
     return rendered, [_with_stop(rendered, span, spec.stop) for span in spans]
 
 
@@ -363,15 +452,21 @@ def render_prompt(history: list[Turn], message: str, prompt_type: str | int, tok
     ``human_bot``: ``…<human>: message\\n<bot>:``). ``input`` is an alpaca-style input that goes
     with the message (``### Input:`` for instruct).
     """
-    spec = get_prompt_type(prompt_type)
     turns: list[Turn] = ([("system", system)] if system else []) + list(history) + [("human", message)]
     if input:
         turns.append(("input", input))
+    return render_open(turns, prompt_type, tokenizer)
+
+
+def render_open(turns: list[Turn], prompt_type: str | int, tokenizer=None, tools: list[dict] | None = None) -> str:
+    """The text of a conversation that awaits an answer (its last turn a question or a tool result),
+    up to where the answer starts: the training text of the answered conversation up to its answer."""
+    spec = get_prompt_type(prompt_type)
     if spec.name == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise PromptError("prompt_type 'chat' needs a tokenizer with a chat template")
-        return tokenizer.apply_chat_template(_messages(turns), tokenize=False, add_generation_prompt=True)
-    text, _, _ = _render_exchanges(spec, turns)
+        return tokenizer.apply_chat_template(_messages(turns), tools=tools, tokenize=False, add_generation_prompt=True)
+    text, _, _ = _render_exchanges(spec, tools_as_text(turns, tools))
     return text
 
 
@@ -400,30 +495,42 @@ def example_rendering(prompt_type: str | int) -> tuple[str, str]:
 
 # ---------------------------------------------------------------- the tokenizer's chat template
 
-def _messages(turns: list[Turn]) -> list[dict[str, str]]:
-    role_names = {"system": "system", "human": "user", "bot": "assistant"}
-    messages: list[dict[str, str]] = []
+def _messages(turns: list[Turn]) -> list[dict]:
+    """Turns as chat-template messages; an assistant's text and its tool calls are one message."""
+    role_names = {"system": "system", "context": "system", "human": "user", "bot": "assistant", "tool": "tool"}
+    messages: list[dict] = []
     for role, text in turns:
-        if role == "context":
-            role = "system"
         if role == "input":  # an exchange's input joins its instruction
             messages[-1] = {**messages[-1], "content": f"{messages[-1]['content']}\n\n{text}"}
-            continue
-        messages.append({"role": role_names[role], "content": text})
+        elif role == "tool_call":
+            call = json.loads(text)
+            if not (messages and messages[-1]["role"] == "assistant"):
+                messages.append({"role": "assistant", "content": ""})
+            messages[-1].setdefault("tool_calls", []).append({"type": "function", "function": call})
+        else:
+            messages.append({"role": role_names[role], "content": text})
     return messages
 
 
-def _render_chat_template(turns: list[Turn], tokenizer) -> tuple[str, list[Span]]:
+def _render_chat_template(turns: list[Turn], tokenizer, tools: list[dict] | None = None) -> tuple[str, list[Span]]:
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise PromptError("prompt_type 'chat' needs a tokenizer with a chat template")
     messages = _messages(turns)
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
+
+    def render(upto: list[dict], opening: bool = False) -> str:
+        return tokenizer.apply_chat_template(upto, tools=tools, tokenize=False, add_generation_prompt=opening)
+
+    full = render(messages)
+    calls = [m["function"]["name"] for message in messages for m in message.get("tool_calls", [])]
+    if any(name not in full for name in calls + [t.get("function", t)["name"] for t in tools or []]):
+        raise PromptError("the tokenizer's chat template leaves out this conversation's tools or tool calls; use a "
+                          "template that supports tools, or an h2oGPT prompt type (they write tools as text)")
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        before = render(messages[:i], opening=True)
+        through = render(messages[: i + 1])
         if not full.startswith(before) or not full.startswith(through):
             raise PromptError("the tokenizer's chat template does not render turns as prefixes; "
                               "use another prompt_type")

@@ -1,10 +1,11 @@
-"""Defensive JSON records: nesting and lone surrogates are reasons, the rest parses as json does."""
+"""Defensive JSON records: nesting and lone surrogates are reasons, the rest parses as json does (JSON lists
+item by item: tests/test_rows.py)."""
 import json
 
 import pytest
 
 from sftkit import json_records
-from sftkit.json_records import BAD_JSON, LONE_SURROGATE, MAX_DEPTH, TOO_DEEP, list_records, parse_record
+from sftkit.json_records import BAD_JSON, LONE_SURROGATE, MAX_DEPTH, TOO_DEEP, parse_record
 
 
 def nested(depth: int) -> str:
@@ -21,21 +22,6 @@ def test_reasons_for_a_record():
     assert parse_record('{"\\udc00": 1}') == (None, LONE_SURROGATE)
     # a surrogate pair is one character, and an escaped backslash before "u" is no escape at all
     assert parse_record('{"t": "\\ud83d\\ude00 \\\\ud800"}') == ({"t": "\U0001F600 \\ud800"}, None)
-
-
-def test_a_json_list_is_read_item_by_item():
-    text = '[{"a": 1},\n ' + nested(100_000) + ' , "\\udfff", {"b": "]"} ]  \n'
-    items = list(list_records(text))
-    assert [(record, reason) for record, reason, _ in items] == [({"a": 1}, None), (None, TOO_DEEP),
-                                                                 (None, LONE_SURROGATE), ({"b": "]"}, None)]
-    assert items[1][2].startswith("[[[") and len(items[1][2]) == 200
-    assert list(list_records(" [ ] ")) == []
-
-
-@pytest.mark.parametrize("text", ['{"a": 1}', '[{"a": 1}', '[{"a": 1} {"b": 2}]', '[{"a": 1}] x', '[{"a": 1,}]'])
-def test_what_is_not_one_json_list_is_an_error(text):
-    with pytest.raises(json.JSONDecodeError):
-        list(list_records(text))
 
 
 def test_depth_is_counted_without_recursion():

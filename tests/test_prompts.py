@@ -104,3 +104,77 @@ def test_every_type_has_a_description_and_an_example():
 
 def test_split_turns_reads_h2ogpt_rows_with_their_trailing_marker():
     assert split_turns("<human>: q\n<bot>: a\n<human>:") == [("human", "q"), ("bot", "a"), ("human", "")]
+
+
+# ---------------------------------------------------------------- tool calls
+
+CALL = prompts.tool_call_text({"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}})
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+TOOL_TURNS = [("human", "Weather in Oslo?"), ("tool_call", CALL), ("tool", '{"temp_c": 3}'), ("bot", "It is 3 °C in Oslo.")]
+
+
+def test_tool_calls_have_one_text_whatever_shape_they_came_in():
+    assert CALL == '{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+    assert prompts.tool_call_text('{"name": "get_weather", "arguments": {"city": "Oslo"}}') == CALL  # ShareGPT's text
+    assert prompts.tool_call_text({"name": "get_weather", "parameters": {"city": "Oslo"}}) == CALL  # Llama 3.1's
+    for bad in ("not json", {"arguments": {}}, {"name": "f", "arguments": "[1]"}, {"name": " "}):
+        assert prompts.tool_call_text(bad) is None
+
+
+def test_h2ogpt_types_write_tools_as_tagged_text_and_learn_the_calls():
+    text, spans = render_conversation(TOOL_TURNS, "human_bot", tools=TOOLS)
+    assert text == ('<tools>\n{"name": "get_weather", "description": "Weather in a city", "parameters": {"type": '
+                    '"object", "properties": {"city": {"type": "string"}}}}\n</tools>\n'
+                    '<human>: Weather in Oslo?\n<bot>: <tool_call>\n' + CALL + '\n</tool_call>\n'
+                    '<human>: <tool_response>\n{"temp_c": 3}\n</tool_response>\n<bot>:It is 3 °C in Oslo.')
+    assert [text[a:b] for a, b in spans] == [f"<tool_call>\n{CALL}\n</tool_call>\n<human>:", "It is 3 °C in Oslo."]
+    # The generation prompt after the tool's result is the training text up to the final answer.
+    assert prompts.render_open(TOOL_TURNS[:3], "human_bot", tools=TOOLS) == text[:spans[-1][0]]
+
+
+@pytest.mark.parametrize("name", H2OGPT_TYPES)
+def test_every_h2ogpt_type_learns_calls_and_answers_never_results(name):
+    text, spans = render_conversation(TOOL_TURNS, name, tools=TOOLS)
+    learned = "".join(text[a:b] for a, b in spans)
+    assert CALL in learned and "It is 3 °C in Oslo." in learned
+    assert '{"temp_c": 3}' not in learned and "Weather in Oslo?" not in learned and "<tools>" not in learned
+
+
+def test_generated_calls_are_parsed_back():
+    said, calls = prompts.parse_tool_calls(f"Let me look.\n<tool_call>\n{CALL}\n</tool_call>", "human_bot")
+    assert (said, calls) == ("Let me look.", [{"name": "get_weather", "arguments": {"city": "Oslo"}}])
+    assert prompts.parse_tool_calls("<tool_call>\nnot a call\n</tool_call>", "instruct")[1] == []
+    assert prompts.parse_tool_calls('{"name": "get_weather", "parameters": {"city": "Oslo"}}', "chat")[1] == [
+        {"name": "get_weather", "arguments": {"city": "Oslo"}}]
+    assert prompts.parse_tool_calls('{"name": "get_weather"}', "human_bot") == ('{"name": "get_weather"}', [])
+
+
+@pytest.fixture(scope="module")
+def tool_tokenizer(tmp_path_factory):
+    from tests.tiny_models import TOOL_CHAT_TEMPLATE, build_tokenizer
+
+    tokenizer = build_tokenizer(tmp_path_factory.mktemp("tool_tokenizer"))
+    tokenizer.chat_template = TOOL_CHAT_TEMPLATE
+    return tokenizer
+
+
+def test_chat_renders_tools_through_the_tokenizers_template(tool_tokenizer):
+    turns = [("system", "Be brief.")] + TOOL_TURNS
+    text, spans = render_conversation(turns, "chat", tool_tokenizer, tools=TOOLS)
+    messages = prompts._messages(turns)
+    assert messages[2] == {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]}
+    assert text == tool_tokenizer.apply_chat_template(messages, tools=TOOLS, tokenize=False)  # transformers renders it
+    assert '<tools>\n{"type": "function", "function": {"name": "get_weather"' in text
+    learned = [text[a:b] for a, b in spans]
+    assert learned == [f'<tool_call>\n{CALL}\n</tool_call><|im_end|>', "It is 3 °C in Oslo.<|im_end|>"]
+    assert prompts.render_open(turns[:4], "chat", tool_tokenizer, tools=TOOLS) == text[:spans[-1][0]]
+
+
+def test_a_template_without_tool_support_is_refused_not_trained_silently(tmp_path):
+    from tests.tiny_models import build_tokenizer
+
+    plain_template = build_tokenizer(tmp_path)  # its template writes role and content only
+    with pytest.raises(PromptError, match="chat template leaves out this conversation's tools or tool calls"):
+        render_conversation(TOOL_TURNS, "chat", plain_template, tools=TOOLS)

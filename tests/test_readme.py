@@ -214,6 +214,10 @@ BENCH_TINY = {
     "bench_train.py": lambda sb: [f"--base_model={sb.tiny_model}", "--rows=8", "--cutoff_len=64"],
     "bench_generate.py": lambda sb: [f"--base_model={sb.tiny_model}", "--prompt_type=human_bot",
                                      "--max_new_tokens=8", "--repeats=1", "--max_overhead=100"],
+    "bench_plan.py": lambda sb: ["--rows=2000", f"--base_model={sb.tiny_model}"],
+    "bench_loss_memory.py": lambda sb: [f"--base_model={sb.tiny_model}", "--micro_batch_size=2", "--cutoff_len=64",
+                                        "--method=lora", "--repeats=0"],
+    "bench_tokenize.py": lambda sb: [f"--base_model={sb.tiny_model}", "--rows=200", "--repeats=1"],
     "bench_rl.py": lambda sb: [f"--base_model={sb.tiny_model}", "--steps=2", "--batch=8", "--micro=4",
                                "--max_new_tokens=8", "--cutoff_len=64"],
     "bench_api.py": lambda sb: [f"--base_model={sb.tiny_model}", "--prompt_type=human_bot", "--clients=1,2",
@@ -227,7 +231,7 @@ def run_bench(sb: Sandbox, script: str, args: list[str]) -> None:
 
 
 def run_readme_command(sb: Sandbox, command: str) -> None:
-    words = shlex.split(command)
+    words = shlex.split(command, comments=True)
     head = words[0]
     if head == "make":
         return run_make(sb, words[1:])

@@ -58,3 +58,26 @@ def build_tiny_model(out_dir: str | Path, arch: str = "llama", seed: int = 0,
         raise ValueError(f"unknown tiny architecture {arch!r}")
     model.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
+
+# A chat template that renders tools the way Qwen2.5 / Hermes-style templates do: the tool list in the
+# system turn, each call as <tool_call>{"name", "arguments"}</tool_call> in the assistant turn, the
+# results of consecutive tool messages in one user turn as <tool_response> blocks.
+TOOL_CHAT_TEMPLATE = (
+    "{%- if tools -%}<|im_start|>system\n"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}\n{% endif %}"
+    "Functions you may call:\n<tools>\n{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}</tools><|im_end|>\n"
+    "{%- elif messages[0]['role'] == 'system' -%}<|im_start|>system\n{{ messages[0]['content'] }}<|im_end|>\n"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'tool' -%}"
+    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}\n<|im_start|>user{% endif %}\n"
+    "<tool_response>\n{{ message['content'] }}\n</tool_response>"
+    "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}<|im_end|>{% endif -%}"
+    "{%- elif message['role'] != 'system' -%}\n<|im_start|>{{ message['role'] }}\n{{ message['content'] or '' }}"
+    "{%- if message.tool_calls is defined %}{% for call in message.tool_calls %}\n<tool_call>\n"
+    "{\"name\": \"{{ call.function.name }}\", \"arguments\": {{ call.function.arguments | tojson }}}\n</tool_call>"
+    "{%- endfor %}{% endif %}<|im_end|>"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt %}\n<|im_start|>assistant\n{% endif -%}"
+)

@@ -12,22 +12,23 @@ import os
 import random
 import sys
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 from tqdm.auto import tqdm
 
-from sftkit import atomic
+from sftkit import atomic, rows
 from sftkit.errors import GenerationError
 from sftkit.generation.config import GenerateConfig
 from sftkit.generation.correctness import accepted_answers, add_correctness
 from sftkit.generation.engine import Request, generate_answers
 from sftkit.generation.loading import (BASE, Models, adapter_fingerprint, load_models, parse_lora_weights,
                                        resolve_adapter)
-from sftkit.generation.prompting import build_prompt, context_length
+from sftkit.generation.prompting import context_length, fit_prompt
 from sftkit.generation.report import write_report
 from sftkit.generation.scoring import add_scores, load_scorer
+from sftkit.prompts import Turn
 
 # Settings that change what an answer is; a resume must match every one of them.
 ANSWER_SETTINGS = ("base_model", "tokenizer_base_model", "prompt_type", "system_prompt", "stop", "load_8bit",
@@ -38,33 +39,53 @@ ANSWER_SETTINGS = ("base_model", "tokenizer_base_model", "prompt_type", "system_
 
 # ---------------------------------------------------------------- prompt files
 
-def read_prompts(path: str | os.PathLike, sample: int = 0, seed: int = 0) -> list[str]:
-    """Prompts from a JSON list or JSONL file: strings, rows with 'prompt' or 'instruction' (+ 'input'),
-    or ShareGPT conversations (their first human turn). ``sample`` > 0 draws that many, seeded."""
+@dataclass
+class EvalPrompt:
+    """A conversation of a prompts file that awaits an answer: earlier turns (history), then the question
+    (a human turn with its input, or a tool's result), written with the run's prompt type exactly as
+    training writes the same conversation up to its answer."""
+
+    turns: list[Turn]
+    tools: list[dict] | None = None
+
+    def _split(self) -> int:
+        at = len(self.turns)
+        while at and self.turns[at - 1][0] in ("human", "input", "tool"):
+            at -= 1
+        return at
+
+    @property
+    def text(self) -> str:
+        """The question, as the answers file and the report show it."""
+        return "\n\n".join(text for _, text in self.turns[self._split():])
+
+    @property
+    def history(self) -> list[Turn]:
+        return self.turns[:self._split()]
+
+
+def read_prompts(path: str | os.PathLike, sample: int = 0, seed: int = 0) -> list[EvalPrompt]:
+    """The prompts of a file in any format :mod:`sftkit.rows` reads (strings, ``{"prompt"}`` rows,
+    alpaca, ShareGPT, messages, markup, OpenAssistant, pairs): multi-turn rows keep their history. Rows
+    that give no prompt are counted by reason (said on stderr). ``sample`` > 0 draws that many, seeded."""
     path = Path(path)
     if not path.is_file():
         raise GenerationError(f"--eval_prompts_file={path}: no such file")
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise GenerationError(f"--eval_prompts_file={path}: not UTF-8 text (byte {exc.start} is "
-                              f"{exc.object[exc.start:exc.start + 1]!r}); save it as UTF-8") from None
-    try:
-        if path.suffix == ".jsonl":
-            rows = [(n, json.loads(line)) for n, line in enumerate(raw.splitlines(), 1) if line.strip()]
-            where = "line"
-        else:
-            data = json.loads(raw)
-            if not isinstance(data, list):
-                raise GenerationError(f"{path}: expected a JSON list of prompts, got a {type(data).__name__}")
-            rows = list(enumerate(data, 1))
-            where = "item"
-    except json.JSONDecodeError as exc:
-        raise GenerationError(f"{path}: not valid JSON{'L' if path.suffix == '.jsonl' else ''} ({exc})") from None
-    prompts = [_prompt_of(row, f"{path} {where} {n}") for n, row in rows]
-    _check_unicode(prompts, [n for n, _ in rows], path, where)
+    skipped = rows.Skipped()
+    prompts = []
+    for unit in rows.read(path, options=rows.ReadOptions(mode="prompts", oasst_langs=None)):
+        if unit.reason and not unit.conversations:
+            skipped.skip(unit.reason, unit.where)
+        for conversation in unit.conversations:
+            turns = rows.question_turns(conversation)
+            if turns is None:
+                skipped.skip("no_question", conversation.where)
+            else:
+                prompts.append(EvalPrompt(turns, conversation.tools))
     if not prompts:
-        raise GenerationError(f"{path}: holds no prompts")
+        raise GenerationError(f"{path}: holds no prompts" + (f"; {skipped.summary()}" if skipped.skipped else ""))
+    if skipped.skipped:
+        print(f"generate: {path}: {skipped.summary()}", file=sys.stderr)
     if sample < 0:
         raise GenerationError(f"--eval_sample={sample}: must be 0 (all prompts) or more")
     if 0 < sample < len(prompts):
@@ -73,51 +94,13 @@ def read_prompts(path: str | os.PathLike, sample: int = 0, seed: int = 0) -> lis
     return prompts
 
 
-def _check_unicode(prompts: list[str], numbers: list[int], path: Path, where: str) -> None:
-    """Prompts must be text a tokenizer can take: a JSON escape of half a surrogate pair (\\ud800) is not."""
-    bad = [n for n, text in zip(numbers, prompts) if not _is_unicode(text)]
-    if bad:
-        shown = ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else "")
-        raise GenerationError(f"{path}: {len(bad)} prompt(s) hold a lone surrogate escape (\\ud800-\\udfff, half "
-                              f"of a UTF-16 pair), which is not text: {where} {shown}; fix or remove them")
-
-
-def _is_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _prompt_of(row, where: str) -> str:
-    if isinstance(row, dict):
-        if "prompt" in row:
-            text = row["prompt"]
-        elif "instruction" in row:
-            text = "\n\n".join(str(part) for part in (row["instruction"], row.get("input")) if part)
-        elif isinstance(row.get("conversations"), list):  # ShareGPT
-            text = next((turn.get("value") for turn in row["conversations"]
-                         if isinstance(turn, dict) and turn.get("from") in ("human", "user")), None)
-            if text is None:
-                raise GenerationError(f"{where}: a ShareGPT conversation without a human turn")
-        else:
-            raise GenerationError(f"{where}: a row needs 'prompt', 'instruction' or 'conversations' (ShareGPT); "
-                                  f"it has {sorted(row)}")
-    else:
-        text = row
-    if not isinstance(text, str) or not text.strip():
-        raise GenerationError(f"{where}: empty or non-text prompt {text!r}")
-    return text
-
-
 # ---------------------------------------------------------------- answering
 
-def answer_batch(models: Models, prompts: list[str], config: GenerateConfig, *, model: str | None = None,
-                 on_rows: Callable[[list[dict]], None] | None = None, progress: bool = True,
-                 label: str = "generate") -> list[dict]:
-    """Answer single-turn prompts with ``model`` (None: the default one):
-    ``[{prompt, response, new_tokens, finish_reason, seconds}]``.
+def answer_batch(models: Models, prompts: list[EvalPrompt | str], config: GenerateConfig, *,
+                 model: str | None = None, on_rows: Callable[[list[dict]], None] | None = None,
+                 progress: bool = True, label: str = "generate") -> list[dict]:
+    """Answer prompts (a string is a single question) with ``model`` (None: the default one):
+    ``[{prompt[, history], response, new_tokens, finish_reason, seconds}]``.
 
     ``seconds`` is the answer's share of the wall time of the generate call that made it, so the
     seconds of all rows add up to the time spent generating.
@@ -126,18 +109,23 @@ def answer_batch(models: Models, prompts: list[str], config: GenerateConfig, *, 
     context = context_length(models.model, config)
     rows: list[dict] = []
     repeats = config.num_return_sequences
+    prompts = [EvalPrompt([("human", p)]) if isinstance(p, str) else p for p in prompts]
     with tqdm(total=len(prompts), desc=label, unit="prompt", disable=not progress) as bar:
         for start in range(0, len(prompts), config.batch_size):
             chunk = prompts[start:start + config.batch_size]
             requests = []
-            for n, message in enumerate(chunk, start + 1):
-                prompt = build_prompt(models.tokenizer, [], message, config, context)
+            for n, question in enumerate(chunk, start + 1):
+                if not question.text.strip():
+                    raise GenerationError(f"prompt {n}: empty message")
+                prompt = fit_prompt(models.tokenizer, question.turns, config, context, question.tools)
                 if prompt.warning():
                     warnings.warn(f"prompt {n}: {prompt.warning()}", stacklevel=2)
                 requests.append(Request(prompt.text, model))
             answers = generate_answers(models, requests, config)
-            new = [dict(prompt=chunk[i // repeats], response=a.text, new_tokens=a.new_tokens,
-                        finish_reason=a.finish_reason, seconds=round(a.seconds / len(answers), 4))
+            new = [dict(prompt=chunk[i // repeats].text,
+                        **({"history": chunk[i // repeats].history} if chunk[i // repeats].history else {}),
+                        response=a.text, new_tokens=a.new_tokens, finish_reason=a.finish_reason,
+                        seconds=round(a.seconds / len(answers), 4))
                    for i, a in enumerate(answers)]
             rows += new
             if on_rows:
@@ -230,7 +218,7 @@ def run_batch(config: GenerateConfig, models: Models | None = None) -> list[dict
     prompts = read_prompts(config.eval_prompts_file, config.eval_sample, config.seed or 0)
     names = [name for name, _ in parse_lora_weights(config.lora_weights)] or [BASE]
     repeats = config.num_return_sequences
-    expected = [(name, p) for name in names for p in prompts for _ in range(repeats)]
+    expected = [(name, p.text) for name in names for p in prompts for _ in range(repeats)]
     identity = run_identity(config)
     progress = progress_path(output)
     done = read_progress(progress, expected, identity)

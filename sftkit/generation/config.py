@@ -65,10 +65,11 @@ class GenerateConfig:
                                        "before they are read whole.")
     api_batch_size: int = flag(8, "API mode: requests arriving together are generated as one padded batch of up "
                                   "to this many answers (1: one at a time).")
-    eval_prompts_file: str | None = flag(None, "Batch mode: a JSON or JSONL list of prompts (strings, rows with "
-                                               "'prompt' or 'instruction'/'input', or ShareGPT conversations: their "
-                                               "first human turn); 'prompt' rows with 'answers' (accepted short "
-                                               "answers) are checked for correctness.")
+    eval_prompts_file: str | None = flag(None, "Batch mode: a file of prompts in any input format (strings, rows "
+                                               "with 'prompt', alpaca, ShareGPT, messages, …); a multi-turn row is "
+                                               "its history and final question, written as training writes it; "
+                                               "'prompt' rows with 'answers' (accepted short answers) are checked "
+                                               "for correctness.")
     eval_output_file: str | None = flag(None, "Batch mode: where to write the JSON list of {model, prompt, response, "
                                               "seconds, new_tokens[, score][, correct]}; a report (Markdown + PNG "
                                               "plots) is written next to it.")

@@ -1,9 +1,9 @@
-"""Prompting: a chat (history + new message) rendered exactly as training rendered it, cut to fit.
+"""Prompting: a conversation awaiting an answer rendered exactly as training rendered it, cut to fit.
 
-The text comes from :func:`sftkit.prompts.render_prompt` and is counted with
+The text comes from :func:`sftkit.prompts.render_open` and is counted with
 :func:`sftkit.prompts.encode`, the one place that decides a prompt type's special tokens. When the
 prompt and room for the answer exceed the context, the oldest exchanges go first, then the start
-of the message (its end is nearest the answer).
+of the last turn (its end is nearest the answer).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from sftkit.errors import GenerationError
 from sftkit.generation.config import GenerateConfig
-from sftkit.prompts import Turn, encode, render_prompt
+from sftkit.prompts import Turn, encode, render_open
 
 
 @dataclass(frozen=True)
@@ -63,37 +63,50 @@ def count_tokens(tokenizer, text: str, prompt_type: str) -> int:
 
 def build_prompt(tokenizer, history: list[tuple[str, str]], message: str, config: GenerateConfig,
                  context: int) -> Prompt:
-    """Render history + message; drop the oldest exchanges, then the start of the message, to fit.
-
-    ``history`` is a list of (human, bot) exchanges. Room for ``max_new_tokens`` is always kept.
-    """
+    """Render history + message (a list of (human, bot) exchanges, then the new message) to fit."""
     message = message.strip()
     if not message:
         raise GenerationError("empty message: type something to ask")
+    turns: list[Turn] = [turn for human, bot in history for turn in (("human", human), ("bot", bot))]
+    return fit_prompt(tokenizer, turns + [("human", message)], config, context)
+
+
+def fit_prompt(tokenizer, turns: list[Turn], config: GenerateConfig, context: int,
+               tools: list[dict] | None = None) -> Prompt:
+    """Render a conversation that awaits an answer (:func:`sftkit.prompts.render_open`); drop its oldest
+    exchanges, then the start of its last turn, to fit, always keeping room for ``max_new_tokens``. An
+    exchange starts at a human turn after an answer or a tool result; system turns stay
+    (``--system_prompt`` joins a conversation without one).
+    """
     budget = context - config.max_new_tokens
     if budget < 8:
         raise GenerationError(f"--max_new_tokens={config.max_new_tokens} leaves no room for a prompt in a "
                               f"context of {context} tokens; lower it (or raise --max_context_tokens)")
-    system = config.system_prompt or None
+    lead_end = next((i for i, (role, _) in enumerate(turns) if role not in ("system", "context")), len(turns))
+    lead, body = list(turns[:lead_end]), list(turns[lead_end:])
+    if config.system_prompt and not any(role == "system" for role, _ in lead):
+        lead.insert(0, ("system", config.system_prompt))
+    starts = [i for i, (role, _) in enumerate(body) if role == "human" and (i == 0 or body[i - 1][0] not in
+                                                                            ("human", "input"))]
 
-    def render(exchanges, text):
-        turns: list[Turn] = [turn for human, bot in exchanges for turn in (("human", human), ("bot", bot))]
-        return render_prompt(turns, text, config.prompt_type, tokenizer=tokenizer, system=system)
+    def render(kept: list[Turn]) -> str:
+        return render_open(lead + kept, config.prompt_type, tokenizer, tools)
 
-    history = list(history)
-    for dropped in range(len(history) + 1):
-        text = render(history[dropped:], message)
+    for dropped, start in enumerate(starts or [0]):
+        text = render(body[start:])
         tokens = count_tokens(tokenizer, text, config.prompt_type)
         if tokens <= budget:
             return Prompt(text, tokens, dropped_turns=dropped)
-    # Even alone the message is too long: keep its end, which is nearest the answer.
-    overhead = count_tokens(tokenizer, render([], ""), config.prompt_type)
+    # Even alone the last exchange is too long: keep the end of its last turn, which is nearest the answer.
+    final = body[starts[-1]:] if starts else body
+    (role, message), before = final[-1], final[:-1]
+    overhead = count_tokens(tokenizer, render(before + [(role, "")]), config.prompt_type)
     ids = tokenizer(message, add_special_tokens=False)["input_ids"]
     keep = max(budget - overhead - 2, 1)
     while keep > 0:
-        text = render([], tokenizer.decode(ids[len(ids) - keep:]).strip() or ".")
+        text = render(before + [(role, tokenizer.decode(ids[len(ids) - keep:]).strip() or ".")])
         tokens = count_tokens(tokenizer, text, config.prompt_type)
         if tokens <= budget:
-            return Prompt(text, tokens, dropped_turns=len(history), truncated_tokens=len(ids) - keep)
+            return Prompt(text, tokens, dropped_turns=max(len(starts) - 1, 0), truncated_tokens=len(ids) - keep)
         keep -= max(tokens - budget, 1)
     raise GenerationError(f"the prompt format alone needs more than {budget} tokens; shorten --system_prompt")

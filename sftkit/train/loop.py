@@ -23,7 +23,7 @@ from sftkit.errors import TrainError
 from sftkit.flags import FlagError
 from sftkit.lock import LOCK_NAME
 from sftkit.train import checkpoint, distributed, model_card, run_record, tracking
-from sftkit.train.batching import epoch_plan
+from sftkit.train.batching import EpochPlan, as_tokenized_set, epoch_plan
 from sftkit.train.config import TrainConfig
 from sftkit.train.data import DataError
 from sftkit.train.modeling import trainable_parameters, weights_saver
@@ -99,9 +99,13 @@ def check_output_dir(config: TrainConfig) -> None:
 # ---------------------------------------------------------------- the plan of steps
 @dataclass
 class Plan:
-    """Which micro-batches every step takes, rebuilt from (data, seed, epoch) so resume sees the same."""
+    """Which micro-batches every step takes, rebuilt from (lengths, seed, epoch) so resume sees the same.
 
-    items: list
+    ``items`` is a tokenized set (see sftkit/train/batching.py; a list is wrapped as one); the plan
+    holds index arrays only, and each rank fetches the rows of its own micro-batches.
+    """
+
+    items: object
     config: TrainConfig
     world: distributed.World
     grad_accum: int
@@ -109,30 +113,35 @@ class Plan:
     total_steps: int = 0
     eval_every: int = 0
     _epoch: int = -1
-    _batches: list = field(default_factory=list)
+    _plan: EpochPlan | None = None
 
     def __post_init__(self):
         c = self.config
+        self.items = as_tokenized_set(self.items)
         self.per_step = self.grad_accum * self.world.size
-        self.steps_per_epoch = len(self._epoch_batches(0)) // self.per_step
+        self.steps_per_epoch = len(self._epoch_plan(0)) // self.per_step
         if self.steps_per_epoch == 0:
             raise DataError(f"{len(self.items)} training rows make fewer micro-batches than one step needs "
                             f"({self.per_step} x {c.micro_batch_size}); lower --batch_size or add data")
         self.total_steps = c.max_steps if c.max_steps > 0 else math.ceil(c.num_epochs * self.steps_per_epoch)
         self.eval_every = c.eval_steps or max(1, round(c.eval_epochs * self.steps_per_epoch))
+        self.efficiency = self._plan.efficiency  # epoch 0's non-padding tokens over the batches' slots
 
-    def _epoch_batches(self, epoch: int) -> list:
-        c = self.config
-        return epoch_plan(self.items, c.micro_batch_size, seed=c.seed, epoch=epoch, pack=c.pack,
-                          group_by_length=c.group_by_length, cutoff_len=c.cutoff_len, world_size=self.world.size)
+    def _epoch_plan(self, epoch: int) -> EpochPlan:
+        if epoch != self._epoch:
+            c = self.config
+            self._epoch, self._plan = epoch, epoch_plan(
+                self.items.lengths, c.micro_batch_size, seed=c.seed, epoch=epoch, pack=c.pack,
+                group_by_length=c.group_by_length, cutoff_len=c.cutoff_len, world_size=self.world.size)
+        return self._plan
 
     def micro_batches(self, step: int) -> list:
-        """This rank's micro-batches of ``step`` (0-based)."""
-        epoch = step // self.steps_per_epoch
-        if epoch != self._epoch:
-            self._epoch, self._batches = epoch, self._epoch_batches(epoch)
-        at = step % self.steps_per_epoch
-        return self._batches[at * self.per_step:(at + 1) * self.per_step][self.world.rank::self.world.size]
+        """This rank's micro-batches of ``step`` (0-based): rows of items, fetched from the set."""
+        plan = self._epoch_plan(step // self.steps_per_epoch)
+        first = step % self.steps_per_epoch * self.per_step
+        # An epoch that packs into fewer rows than epoch 0 wraps around, so every rank steps alike.
+        return [[[self.items[i] for i in row] for row in plan.batch(b % len(plan))]
+                for b in range(first + self.world.rank, first + self.per_step, self.world.size)]
 
     def epoch_of(self, step: int) -> float:
         return round(step / self.steps_per_epoch, 4)
@@ -258,11 +267,11 @@ def evaluate(trainer: Trainer, recipe: Recipe, tokenizer, valid: list, config: T
     if not valid:
         return {}
     trainer.wrapped.eval()
-    chunks = [valid[i:i + config.micro_batch_size] for i in range(0, len(valid), config.micro_batch_size)]
-    mine, real = shard(chunks, world)
+    size = config.micro_batch_size
+    mine, real = shard([range(i, min(i + size, len(valid))) for i in range(0, len(valid), size)], world)
     local = Sums()
     for index, chunk in enumerate(mine):
-        batch = recipe.collate([[item] for item in chunk], tokenizer.pad_token_id)
+        batch = recipe.collate([[valid[i]] for i in chunk], tokenizer.pad_token_id)
         with precision.autocast():
             loss_sum, metrics = recipe.loss(trainer.wrapped, batch, world.device)
         if index < real:  # the others are repeats that only keep ranks in step
@@ -345,7 +354,9 @@ def run(config: TrainConfig, world) -> dict:
     run_info = {"stage": config.stage, "world_size": world.size, "gradient_accumulation": grad_accum,
                 "dtype": str(precision), "trainable_params": trainable, "total_params": total_params,
                 "full_finetune": config.full_finetune, "loss_unit": recipe.unit,
-                "packing_block_mask": getattr(recipe, "block_mask", False), "deepspeed": config.deepspeed or None}
+                "packing_block_mask": getattr(recipe, "block_mask", False), "deepspeed": config.deepspeed or None,
+                # non-padding tokens / slots of epoch 0's micro-batches (rows x longest row); per row for SFT only
+                "packing_efficiency": round(plan.efficiency, 4) if recipe.unit == "token" and not recipe.online else None}
 
     def summary() -> dict:
         return {"step": step, "total_steps": plan.total_steps, "history": history, "data": data.stats,
@@ -415,6 +426,8 @@ def run(config: TrainConfig, world) -> dict:
                          *model_card.data_card_files(settings.get("data_path", ""))])
         extra = "".join(f", eval {k[5:]} {final[k]:.4f}" for k in ("eval_loss", "eval_accuracy", "eval_margin")
                         if isinstance(final.get(k), float))
+        packing = run_info["packing_efficiency"]
+        extra += f", packing efficiency {packing:.1%}" if packing is not None else ""
         log(f"done: {config.stage}, {step} steps, train loss {final['train_loss']:.4f}{extra}, "
             f"{final['tokens_per_s']:.0f} tokens/s, peak {final['peak_memory_gib']:.2f} GiB -> {output_dir}")
     return final

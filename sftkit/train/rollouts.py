@@ -1,8 +1,9 @@
 """Rollouts of the online stages (ppo, grpo): the prompts of a training file, and the policy's answers to them.
 
-Prompts are the prompt part of any row training reads: SFT rows (every turn before the last answer),
-preference pairs (their prompt), and plain prompt lists (strings, or rows with ``prompt``), rendered
-with the run's prompt type by :func:`sftkit.prompts.render_prompt`, the function generate.py renders with.
+Prompts are the prompt part of any row training reads (:func:`sftkit.rows.question_turns`, as the
+evaluation mode reads them): SFT rows in every format (every turn before the last answer), preference
+pairs (their prompt), and plain prompt lists (strings, or rows with ``prompt``), rendered with the
+run's prompt type by :func:`sftkit.prompts.render_open`, the function generate.py renders with.
 
 Answers come from the generation engine (sftkit.generation), as generate.py makes them: the same stop
 strings and left padding, on the weights being trained (no reload), sampled. This module is the one
@@ -12,12 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sftkit import rows
 from sftkit.errors import DataError
 from sftkit.generation import GenerateConfig, Models, Request
 from sftkit.generation import generate_answers as engine_answers
-from sftkit.prompts import PromptError, Turn, encode, get_prompt_type, join_turns, render_prompt
-from sftkit.train.data import ReadStats, _messages_to_turns, read_rows, row_text, usable_rows
-from sftkit.train.preference import _turns, row_to_pair, text_to_turns
+from sftkit.prompts import PromptError, Turn, encode, get_prompt_type, join_turns, render_open
+from sftkit.train.data import ReadStats, read_units
 
 
 @dataclass(frozen=True)
@@ -39,44 +40,11 @@ class Completion:
 
 
 # ---------------------------------------------------------------- prompts
-def prompt_turns(row: dict) -> list[Turn]:
-    """The prompt part of one row: its turns up to the last human message (and that message's input)."""
-    if row.get("chosen") is not None or row.get("rejected") is not None:
-        return row_to_pair(row).prompt
-    if row.get("prompt") is not None:
-        turns = _turns(row["prompt"])
-    elif row.get("instruction") is not None:
-        turns = [("human", str(row["instruction"]).strip())]
-        if str(row.get("input") or "").strip():
-            turns.append(("input", str(row["input"]).strip()))
-    elif isinstance(row.get("messages", row.get("conversations")), list):
-        turns = _messages_to_turns(row.get("messages", row.get("conversations")))
-    elif row_text(row) is not None:
-        turns = text_to_turns(row_text(row))
-    else:
-        raise DataError(f"no prompt (found {sorted(row)[:8]}); expected a preference pair, 'prompt', 'instruction', "
-                        f"'messages' or 'input'/'text', or map yours with --data_col_dict")
-    if str(row.get("system") or "").strip():
-        turns.insert(0, ("system", str(row["system"]).strip()))
-    if isinstance(row.get("context"), str) and row["context"]:
-        turns.insert(0, ("context", row["context"]))
-    humans = [i for i, (role, text) in enumerate(turns) if role == "human" and text]
-    if not humans:
-        raise DataError("no human message to answer")
-    end = humans[-1] + 1
-    while end < len(turns) and turns[end][0] == "input":
-        end += 1
-    return turns[:end]
-
-
-def render(turns: list[Turn], prompt_type: str, tokenizer) -> RolloutPrompt:
+def render(turns: list[Turn], prompt_type: str, tokenizer, tools: list[dict] | None = None) -> RolloutPrompt:
     """The prompt text generation answers (as generate.py renders a conversation), with its ids."""
+    text = render_open(turns, prompt_type, tokenizer, tools)
     last = max(i for i, (role, _) in enumerate(turns) if role == "human")
-    system = "\n".join(text for role, text in turns[:last] if role == "system") or None
-    history = [turn for turn in turns[:last] if turn[0] != "system"]
-    extra = "\n".join(text for role, text in turns[last + 1:] if role == "input") or None
-    text = render_prompt(history, turns[last][1], prompt_type, tokenizer=tokenizer, system=system, input=extra)
-    earlier = [turn for turn in history if turn[0] in ("human", "bot")]
+    earlier = [turn for turn in turns[:last] if turn[0] in ("human", "bot")]
     question = turns[last][1] if not earlier else join_turns(earlier + [("human", turns[last][1])])
     return RolloutPrompt(text, tuple(encode(tokenizer, text, prompt_type)["input_ids"]), question)
 
@@ -86,23 +54,29 @@ def read_prompts(path: str, col_dict: dict, prompt_type: str, tokenizer, max_pro
     """Every distinct prompt of ``path`` that fits ``max_prompt_tokens``; the others counted by reason."""
     if get_prompt_type(prompt_type).name == "chat" and not getattr(tokenizer, "chat_template", None):
         raise PromptError("--prompt_type=chat needs a tokenizer with a chat template; this one has none")
-    rows = [(where, {"prompt": row} if isinstance(row, str) else row) for where, row in read_rows(path)]
-    if not rows:
-        raise DataError(f"{path}: the dataset is empty")
-    stats = ReadStats(rows=len(rows))
+    stats = ReadStats()
     prompts, seen = [], set()
-    for _, prompt in usable_rows(rows, col_dict, stats, lambda row, where: render(prompt_turns(row), prompt_type,
-                                                                                 tokenizer)):
-        if len(prompt.ids) > max_prompt_tokens:
-            stats.skip(f"prompt longer than cutoff_len - max_new_tokens = {max_prompt_tokens} tokens")
-        elif prompt.text in seen:
-            stats.skip("the same prompt again")
-        else:
-            seen.add(prompt.text)
-            prompts.append(prompt)
+    for unit in read_units(path, col_dict, mode="prompts"):
+        stats.rows += 1
+        if unit.reason and not unit.conversations:
+            stats.skip(unit.reason, unit.where)
+        for conversation in unit.conversations:
+            turns = rows.question_turns(conversation)
+            prompt = render(turns, prompt_type, tokenizer, conversation.tools) if turns else None
+            if prompt is None:
+                stats.skip("no_question", conversation.where)
+            elif len(prompt.ids) > max_prompt_tokens:
+                stats.skip("prompt_too_long", conversation.where)
+            elif prompt.text in seen:
+                stats.skip("repeated_prompt", conversation.where)
+            else:
+                seen.add(prompt.text)
+                prompts.append(prompt)
+    if not stats.rows:
+        raise DataError(f"{path}: the dataset is empty")
     if not prompts:
-        raise DataError(f"{path}: no usable prompts out of {len(rows)} rows ({stats.summary()}); first problem: "
-                        f"{stats.first_problem or 'every prompt was too long or repeated'}")
+        raise DataError(f"{path}: no usable prompts out of {stats.rows} rows ({stats.summary()}); the prompts must "
+                        f"fit cutoff_len - max_new_tokens = {max_prompt_tokens} tokens")
     return prompts, stats
 
 

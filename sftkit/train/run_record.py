@@ -23,7 +23,7 @@ import yaml
 import sftkit
 from sftkit import atomic, lock
 from sftkit.errors import FlagError, TrainError
-from sftkit.train.data import data_files
+from sftkit.rows import data_files
 from sftkit.train.rewards import functions_fingerprint
 
 SETTINGS_FILE = "run_settings.json"
@@ -87,6 +87,9 @@ def settings_of(config, world_size: int) -> dict:
     settings["processes"] = world_size
     settings["effective_batch_size"] = config.effective_batch_size(world_size)
     settings["gradient_accumulation"] = config.gradient_accumulation(world_size)
+    # How --pack fills rows decides which rows each step trains on; earlier releases packed greedily
+    # (no such key), so resuming their packed checkpoints is refused rather than silently replanned.
+    settings["packing"] = "best_fit_decreasing" if getattr(config, "pack", False) else None
     for name in DATA_FLAGS:
         settings[f"{name}_sha256"] = data_fingerprint(settings.get(name) or "")
     if getattr(config, "reward_model", ""):

@@ -1,19 +1,29 @@
-"""Conversations to token ids and labels: loss masking and truncation at cutoff_len.
+"""Conversations to token ids and labels, batched: loss masking, the learned EOS, truncation at cutoff_len.
 
-Masking follows the character spans :func:`sftkit.prompts.render_conversation` gives for bot
-answers and the stop string right after each, so every prompt type (and the tokenizer's chat
-template) masks the same way: a token is learned only if it overlaps an answer, unless
-``train_on_inputs``. The appended EOS is learned when the text ends with an answer (its stop
-included): h2oGPT's rows ending ``…<bot>: a\\n<human>:`` learn both the ``<human>:`` and the EOS.
+One tokenizer serves SFT and preference pairs: a pair is two conversations of which only the last
+answer is learned. A batch of conversations is rendered to (text, learned character spans) by
+:func:`sftkit.prompts.render_conversation`, encoded by the fast tokenizer in one call per batch
+(:func:`sftkit.prompts.encode`, with offsets), and the labels are placed with numpy: a token is
+learned when its character range overlaps a span (``np.searchsorted`` over the batch's span
+boundaries), or every token with ``train_on_inputs``. The appended EOS is learned when the text
+ends with an answer (its stop included): h2oGPT's rows ending ``…<bot>: a\\n<human>:`` learn both
+the ``<human>:`` and the EOS. ``labels[0]`` is never learned (no token predicts it).
+
+Each batch comes out as flat arrays (:class:`TokenBatch`: ids, labels, lengths and the source row
+of every sequence), the shape a table (Arrow, parquet) takes one batch at a time.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import itertools
+from dataclasses import dataclass, field, fields
+from typing import Iterator, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
-from sftkit.prompts import DEFAULT_PROMPT_TYPE, PromptError, get_prompt_type, render_conversation
-from sftkit.train.data import Conversation
+from sftkit.prompts import (ANSWER_ROLES, DEFAULT_PROMPT_TYPE, PromptError, Turn, adds_special_tokens, encode,
+                            get_prompt_type, render_conversation)
+from sftkit.rows import Conversation, Pair
 
 IGNORE = -100
 
@@ -24,24 +34,69 @@ class Example:
 
     input_ids: list[int]
     labels: list[int]
-    prompt: str  # the text up to the last bot answer, for generation-based validation
-    reference: str  # the last bot answer
+    prompt: str  # the text up to the last answer, for generation-based validation
+    reference: str  # the last answer
     prompt_type: str = "human_bot"  # how the row was written (for its stop strings)
 
 
 @dataclass
+class PairExample:
+    """A tokenized pair. ``ref_*`` are the reference model's answer log-probs (DPO fills them in)."""
+
+    chosen: Example
+    rejected: Example
+    ref_chosen: float = 0.0
+    ref_rejected: float = 0.0
+
+    @property
+    def input_ids(self) -> list[int]:
+        """Both rows' ids: what group_by_length sorts by and tokens/s counts."""
+        return self.chosen.input_ids + self.rejected.input_ids
+
+
+@dataclass
 class TokenizeStats:
+    """Counts over units (a conversation for SFT, a pair for preference data)."""
+
     rows: int = 0
     kept: int = 0
     truncated: int = 0
     dropped_truncations: int = 0
     skipped_no_answer_in_cutoff: int = 0
     skipped_render: int = 0
+    skipped_identical_after_truncation: int = 0  # pairs whose two rows are the same once cut
     tokens: int = 0
     learned_tokens: int = 0
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def add(self, other: "TokenizeStats") -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclass
+class TokenBatch:
+    """Tokenized sequences of one batch as flat arrays: sequence ``i`` is ``input_ids[offsets[i]:offsets[i+1]]``."""
+
+    input_ids: np.ndarray  # int64, every sequence one after the other
+    labels: np.ndarray  # int64, IGNORE where not learned
+    lengths: np.ndarray  # int64, one per sequence
+    rows: np.ndarray  # int64, the index of each sequence's unit (conversation or pair) in the input
+    prompts: list[str]  # per sequence: the text up to its last answer
+    references: list[str]  # per sequence: its last answer
+    prompt_types: list[str]
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.lengths)])
+
+    def examples(self) -> list[Example]:
+        bounds = self.offsets.tolist()
+        return [Example(self.input_ids[a:b].tolist(), self.labels[a:b].tolist(), prompt, reference, prompt_type)
+                for a, b, prompt, reference, prompt_type
+                in zip(bounds, bounds[1:], self.prompts, self.references, self.prompt_types)]
 
 
 @dataclass
@@ -50,38 +105,23 @@ class Tokenized:
     stats: TokenizeStats = field(default_factory=TokenizeStats)
 
 
-def tokenize_conversation(turns, tokenizer, prompt_type: str, *, train_on_inputs: bool = False,
-                          add_eos_token: bool = True, text: str | None = None) -> Example:
-    """Token ids and labels of a whole conversation, before truncation.
+@dataclass
+class TokenizedPairs:
+    examples: list[PairExample] = field(default_factory=list)
+    stats: TokenizeStats = field(default_factory=TokenizeStats)
 
-    ``text`` is the row's own ``<human>:``/``<bot>:`` text, which plain and human_bot train as written.
-    """
-    spec = get_prompt_type(prompt_type)
-    rendered, spans = render_conversation(turns, spec.name, tokenizer, text=text)
-    if not spans:
-        raise PromptError("nothing to learn in this row")
-    # A chat template writes its own special tokens; the other prompt types get the tokenizer's (e.g. BOS).
-    encoded = tokenizer(rendered, add_special_tokens=spec.name != "chat", return_offsets_mapping=True)
-    ids = list(encoded["input_ids"])
-    labels = []
-    for token_id, (start, end) in zip(ids, encoded["offset_mapping"]):
-        learned = train_on_inputs or (end > start and any(start < b and end > a for a, b in spans))
-        labels.append(token_id if learned else IGNORE)
-    ends_with_answer = spans[-1][1] >= len(rendered.rstrip())
-    eos = tokenizer.eos_token_id
-    if add_eos_token and eos is not None and (not ids or ids[-1] != eos):
-        ids.append(eos)
-        labels.append(eos if (train_on_inputs or ends_with_answer) else IGNORE)
-    elif ids and ids[-1] == eos and ends_with_answer:
-        labels[-1] = eos  # a template's own EOS after the last answer is part of answering
-    if labels:
-        labels[0] = IGNORE
-    start, end = spans[-1]
-    if start == 0:  # a text learned whole: its first token (never learned) is the prompt
-        start = next((stop for _, stop in encoded["offset_mapping"] if stop > 0), 0)
-    answers = [body for role, body in turns if role == "bot"]
-    return Example(ids, labels, prompt=rendered[:start].rstrip(" "),
-                   reference=answers[-1] if answers else rendered[start:end].strip(), prompt_type=spec.name)
+
+@dataclass(frozen=True)
+class Item:
+    """A conversation to tokenize: its turns, its own markup text (trained as written by the types
+    that write markers), its tools and prompt type; ``unit`` groups sequences that stand or fall
+    together (the two of a pair)."""
+
+    turns: list[Turn]
+    prompt_type: str
+    unit: int
+    text: str | None = None
+    tools: list[dict] | None = None
 
 
 def check_prompt_types(names, tokenizer) -> None:
@@ -91,38 +131,205 @@ def check_prompt_types(names, tokenizer) -> None:
                           "template; this one has none")
 
 
+# ---------------------------------------------------------------- one batch
+
+def _render(item: Item, tokenizer, last_only: bool):
+    """(text, learned spans, the last answer's span, its text when a bot turn) of one item, or None when
+    it cannot be rendered."""
+    try:
+        text, spans = render_conversation(item.turns, item.prompt_type, tokenizer, text=item.text, tools=item.tools)
+    except ValueError:  # PromptError: unknown role, nothing to learn, a template that cannot render it
+        return None
+    if not spans:
+        return None
+    answers = [(role, body) for role, body in item.turns if role in ANSWER_ROLES]
+    reference = answers[-1][1] if answers and answers[-1][0] == "bot" else None
+    return text, spans[-1:] if last_only else spans, spans[-1], reference
+
+
+def encode_batch(items: Sequence[Item], tokenizer, *, last_only: bool = False, train_on_inputs: bool = False,
+                 add_eos_token: bool = True) -> tuple[TokenBatch, np.ndarray]:
+    """Every renderable item of the batch tokenized and labelled, before truncation, and the mask of
+    the items that rendered. The batch goes through the tokenizer once per special-tokens rule."""
+    rendered = [_render(item, tokenizer, last_only) for item in items]
+    ok = np.array([r is not None for r in rendered], dtype=bool)
+    kept = [(item, r) for item, r in zip(items, rendered) if r is not None]
+    texts = [r[0] for _, r in kept]
+    ids: list = [None] * len(kept)
+    offsets: list = [None] * len(kept)
+    for special in (True, False):  # a chat template writes its own special tokens; other types get the tokenizer's
+        index = [i for i, (item, _) in enumerate(kept) if adds_special_tokens(item.prompt_type) == special]
+        if index:
+            encoded = encode(tokenizer, [texts[i] for i in index], kept[index[0]][0].prompt_type,
+                             return_offsets_mapping=True)
+            for i, token_ids, token_offsets in zip(index, encoded["input_ids"], encoded["offset_mapping"]):
+                ids[i], offsets[i] = token_ids, token_offsets
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    total = int(lengths.sum())
+    flat_ids = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=total)
+    flat_offsets = np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(offsets)),
+                               dtype=np.int64, count=2 * total).reshape(total, 2)
+    row_of_token = np.repeat(np.arange(len(kept)), lengths)
+    if train_on_inputs:
+        learned = np.ones(total, dtype=bool)
+    else:
+        # Every text placed one after the other: a token overlaps a span of its own text only.
+        text_base = np.concatenate([[0], np.cumsum([len(t) for t in texts])])[:-1]
+        spans = [(a + base, b + base) for (_, r), base in zip(kept, text_base.tolist()) for a, b in r[1]]
+        starts = np.fromiter((a for a, _ in spans), dtype=np.int64, count=len(spans))
+        ends = np.fromiter((b for _, b in spans), dtype=np.int64, count=len(spans))
+        token_start = flat_offsets[:, 0] + text_base[row_of_token]
+        token_end = flat_offsets[:, 1] + text_base[row_of_token]
+        first = np.searchsorted(ends, token_start, side="right")  # the first span ending after the token starts
+        hit = first < len(spans)
+        learned = hit & (token_end > token_start)
+        learned[hit] &= starts[first[hit]] < token_end[hit]
+    labels = np.where(learned, flat_ids, IGNORE)
+
+    # The EOS: appended when missing, learned when the text ends with an answer (a template's own EOS too).
+    ends_with_answer = np.array([r[1][-1][1] >= len(r[0].rstrip()) for _, r in kept], dtype=bool)
+    eos = tokenizer.eos_token_id
+    row_end = np.cumsum(lengths)
+    last_id = np.where(lengths > 0, flat_ids[np.maximum(row_end - 1, 0)] if total else -1, -1)
+    if eos is not None:
+        has_eos = (lengths > 0) & (last_id == eos)
+        relabel = row_end[has_eos & ends_with_answer] - 1
+        labels[relabel] = eos
+        append = ~has_eos if add_eos_token else np.zeros(len(kept), dtype=bool)
+        eos_label = np.where(train_on_inputs | ends_with_answer, eos, IGNORE)[append]
+        flat_ids = np.insert(flat_ids, row_end[append], eos)
+        labels = np.insert(labels, row_end[append], eos_label)
+        lengths = lengths + append
+    row_start = np.cumsum(lengths) - lengths
+    labels[row_start[lengths > 0]] = IGNORE
+
+    prompts, references = [], []
+    for (item, (text, _, (start, end), reference)), first_end in zip(kept, _first_token_ends(offsets)):
+        if start == 0:  # a text learned whole: its first token (never learned) is the prompt
+            start = first_end
+        prompts.append(text[:start].rstrip(" "))
+        references.append(reference if reference is not None else text[start:end].strip())
+    batch = TokenBatch(flat_ids, labels, lengths, np.array([item.unit for item, _ in kept], dtype=np.int64),
+                       prompts, references, [get_prompt_type(item.prompt_type).name for item, _ in kept])
+    return batch, ok
+
+
+def _first_token_ends(offsets) -> Iterator[int]:
+    for token_offsets in offsets:
+        yield next((end for _, end in token_offsets if end > 0), 0)
+
+
+def fit(batch: TokenBatch, cutoff_len: int, *, drop_truncations: bool = False,
+        stats: TokenizeStats | None = None) -> TokenBatch:
+    """Cut every sequence at ``cutoff_len`` (or drop its unit); drop units where a sequence has no
+    learned token left, and pairs whose two sequences became the same. ``stats`` counts each."""
+    stats = stats if stats is not None else TokenizeStats()
+    units, unit_index = np.unique(batch.rows, return_inverse=True)
+    over = np.bincount(unit_index, weights=batch.lengths > cutoff_len, minlength=len(units)) > 0
+    keep_unit = np.ones(len(units), dtype=bool)
+    if drop_truncations:
+        keep_unit &= ~over
+        stats.dropped_truncations += int(over.sum())
+    else:
+        stats.truncated += int(over.sum())
+    lengths = np.minimum(batch.lengths, cutoff_len)
+    position = np.arange(len(batch.input_ids)) - np.repeat(batch.offsets[:-1], batch.lengths)
+    token_kept = position < cutoff_len
+    ids, labels = batch.input_ids[token_kept], batch.labels[token_kept]
+    row_of_token = np.repeat(np.arange(len(lengths)), lengths)
+    learned = np.bincount(row_of_token, weights=labels != IGNORE, minlength=len(lengths)).astype(np.int64)
+    silent = np.bincount(unit_index, weights=learned == 0, minlength=len(units)) > 0
+    stats.skipped_no_answer_in_cutoff += int((silent & keep_unit).sum())
+    keep_unit &= ~silent
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    for unit in np.flatnonzero(keep_unit & over):  # only a cut pair can lose what told its answers apart
+        members = np.flatnonzero(unit_index == unit)
+        if len(members) == 2:
+            (a, b), (c, d) = [(offsets[m], offsets[m + 1]) for m in members]
+            if np.array_equal(ids[a:b], ids[c:d]):
+                keep_unit[unit] = False
+                stats.skipped_identical_after_truncation += 1
+    keep_row = keep_unit[unit_index]
+    keep_token = np.repeat(keep_row, lengths)
+    stats.kept += int(keep_unit.sum())
+    stats.tokens += int(lengths[keep_row].sum())
+    stats.learned_tokens += int(learned[keep_row].sum())
+    pick = np.flatnonzero(keep_row).tolist()
+    return TokenBatch(ids[keep_token], labels[keep_token], lengths[keep_row], batch.rows[keep_row],
+                      [batch.prompts[i] for i in pick], [batch.references[i] for i in pick],
+                      [batch.prompt_types[i] for i in pick])
+
+
+def tokenize_items(items: Sequence[Item], tokenizer, cutoff_len: int, stats: TokenizeStats, *, last_only: bool = False,
+                   train_on_inputs: bool = False, add_eos_token: bool = True, drop_truncations: bool = False,
+                   batch_rows: int = 512, desc: str = "tokenize", progress: bool = True) -> Iterator[TokenBatch]:
+    """Tokenized batches of ``items`` (see :func:`encode_batch` and :func:`fit`); ``stats`` counts units."""
+    with tqdm(total=len(items), desc=desc, disable=not progress, mininterval=2) as bar:
+        for start in range(0, len(items), batch_rows):
+            chunk = items[start:start + batch_rows]
+            batch, rendered = encode_batch(chunk, tokenizer, last_only=last_only, train_on_inputs=train_on_inputs,
+                                           add_eos_token=add_eos_token)
+            units = np.array([item.unit for item in chunk])
+            failed = np.unique(units[~rendered])
+            stats.rows += len(np.unique(units))
+            stats.skipped_render += len(failed)
+            if len(failed):  # a pair whose other answer rendered goes too
+                keep = ~np.isin(batch.rows, failed)
+                batch = fit(_select(batch, keep), cutoff_len, drop_truncations=drop_truncations, stats=stats)
+            else:
+                batch = fit(batch, cutoff_len, drop_truncations=drop_truncations, stats=stats)
+            bar.update(len(chunk))
+            yield batch
+
+
+def _select(batch: TokenBatch, keep: np.ndarray) -> TokenBatch:
+    pick = np.flatnonzero(keep).tolist()
+    return TokenBatch(batch.input_ids[np.repeat(keep, batch.lengths)], batch.labels[np.repeat(keep, batch.lengths)],
+                      batch.lengths[keep], batch.rows[keep], [batch.prompts[i] for i in pick],
+                      [batch.references[i] for i in pick], [batch.prompt_types[i] for i in pick])
+
+
+# ---------------------------------------------------------------- SFT and pairs
+
 def tokenize_all(conversations: list[Conversation], tokenizer, prompt_type: str, cutoff_len: int, *,
                  train_on_inputs: bool = False, add_eos_token: bool = True, drop_truncations: bool = False,
-                 desc: str = "tokenize", progress: bool = True) -> Tokenized:
+                 desc: str = "tokenize", progress: bool = True, batch_rows: int = 512) -> Tokenized:
     """Tokenize, mask and truncate every conversation, counting what was truncated, dropped or skipped.
 
     Each conversation is written in its own prompt type; ``prompt_type`` is for those without one.
-
     A row that still has no learned token after truncation (its prompt fills cutoff_len) is skipped.
     """
+    items = [Item(c.turns, c.prompt_type or prompt_type or DEFAULT_PROMPT_TYPE, i, c.text, c.tools)
+             for i, c in enumerate(conversations)]
     out = Tokenized()
-    out.stats.rows = len(conversations)
-    for conv in tqdm(conversations, desc=desc, disable=not progress, mininterval=2):
-        try:
-            example = tokenize_conversation(conv.turns, tokenizer, conv.prompt_type or prompt_type or DEFAULT_PROMPT_TYPE,
-                                            train_on_inputs=train_on_inputs, add_eos_token=add_eos_token,
-                                            text=conv.text)
-        except ValueError:
-            out.stats.skipped_render += 1
-            continue
-        if len(example.input_ids) > cutoff_len:
-            if drop_truncations:
-                out.stats.dropped_truncations += 1
-                continue
-            out.stats.truncated += 1
-            example.input_ids = example.input_ids[:cutoff_len]
-            example.labels = example.labels[:cutoff_len]
-        learned = sum(label != IGNORE for label in example.labels)
-        if learned == 0:
-            out.stats.skipped_no_answer_in_cutoff += 1
-            continue
-        out.examples.append(example)
-        out.stats.kept += 1
-        out.stats.tokens += len(example.input_ids)
-        out.stats.learned_tokens += learned
+    for batch in tokenize_items(items, tokenizer, cutoff_len, out.stats, train_on_inputs=train_on_inputs,
+                                add_eos_token=add_eos_token, drop_truncations=drop_truncations, desc=desc,
+                                progress=progress, batch_rows=batch_rows):
+        out.examples += batch.examples()
     return out
+
+
+def tokenize_pairs(pairs: list[Pair], tokenizer, prompt_type: str, cutoff_len: int, *, add_eos_token: bool,
+                   drop_truncations: bool = False, desc: str = "tokenize pairs", progress: bool = True,
+                   batch_rows: int = 256) -> TokenizedPairs:
+    """Both answers of every pair, learning only the last answer; a pair is cut, dropped or skipped whole."""
+    items = [Item(turns, prompt_type, i, tools=p.tools) for i, p in enumerate(pairs) for turns in p.conversations()]
+    out = TokenizedPairs()
+    for batch in tokenize_items(items, tokenizer, cutoff_len, out.stats, last_only=True, add_eos_token=add_eos_token,
+                                drop_truncations=drop_truncations, desc=desc, progress=progress,
+                                batch_rows=2 * batch_rows):
+        examples = batch.examples()
+        out.examples += [PairExample(chosen, rejected) for chosen, rejected in zip(examples[::2], examples[1::2])]
+    return out
+
+
+def tokenize_conversation(turns: list[Turn], tokenizer, prompt_type: str, *, train_on_inputs: bool = False,
+                          add_eos_token: bool = True, text: str | None = None,
+                          tools: list[dict] | None = None) -> Example:
+    """One conversation's ids and labels before truncation (PromptError when it cannot be rendered)."""
+    batch, rendered = encode_batch([Item(turns, prompt_type, 0, text, tools)], tokenizer,
+                                   train_on_inputs=train_on_inputs, add_eos_token=add_eos_token)
+    if not rendered[0]:
+        render_conversation(turns, prompt_type, tokenizer, text=text, tools=tools)  # raises the reason
+        raise PromptError("nothing to learn in this row")
+    return batch.examples()[0]

@@ -15,44 +15,48 @@ from tests.generation.conftest import tiny_config
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_read_prompts_accepts_strings_and_instruction_rows(tmp_path):
+def texts(prompts):
+    return [p.text for p in prompts]
+
+
+def test_read_prompts_accepts_strings_and_instruction_rows(tmp_path, capsys):
     path = tmp_path / "p.jsonl"
     path.write_text('"plain"\n{"prompt": "p"}\n\n{"instruction": "Add", "input": "2 and 2"}\n{"instruction": "x"}\n')
-    assert read_prompts(path) == ["plain", "p", "Add\n\n2 and 2", "x"]
+    prompts = read_prompts(path)
+    assert texts(prompts) == ["plain", "p", "Add\n\n2 and 2", "x"]
+    assert prompts[2].turns == [("human", "Add"), ("input", "2 and 2")]  # the input is its own turn, as in training
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps(["ok", {"question": "?"}]))
-    with pytest.raises(GenerationError, match=r"bad.json item 2: a row needs 'prompt', 'instruction'"):
-        read_prompts(bad)
-    bad.write_text(json.dumps(["ok", "  "]))
-    with pytest.raises(GenerationError, match="item 2: empty"):
-        read_prompts(bad)
+    bad.write_text(json.dumps(["ok", {"question": "?"}, "  "]))
+    assert texts(read_prompts(bad)) == ["ok"]
+    assert f"2 rows skipped (empty_text: 1, unknown_shape: 1; first: {bad}:2: no usable column" in capsys.readouterr().err
     bad.write_text("{not json")
-    with pytest.raises(GenerationError, match="not valid JSON"):
+    with pytest.raises(GenerationError, match=r"holds no prompts; 1 rows skipped \(bad_json: 1; first: .*invalid JSON"):
         read_prompts(bad)
 
 
-def test_sharegpt_files_give_their_first_human_turn_and_sample_with_a_seed(tmp_path):
+def test_multi_turn_files_keep_their_history_and_sample_with_a_seed(tmp_path):
     rows = [{"id": str(n), "conversations": [{"from": "system", "value": "be nice"},
                                              {"from": "human", "value": f"question {n}"},
                                              {"from": "gpt", "value": "answer"},
-                                             {"from": "human", "value": "follow-up"}]} for n in range(20)]
+                                             {"from": "human", "value": f"follow-up {n}"}]} for n in range(20)]
     path = tmp_path / "sharegpt.json"
     path.write_text(json.dumps(rows))
-    assert read_prompts(path) == [f"question {n}" for n in range(20)]
-    sample = read_prompts(path, sample=5, seed=7)
-    assert len(sample) == 5 and len(set(sample)) == 5 and set(sample) <= {f"question {n}" for n in range(20)}
-    assert read_prompts(path, sample=5, seed=7) == sample
-    assert read_prompts(path, sample=5, seed=8) != sample
+    prompts = read_prompts(path)
+    assert texts(prompts) == [f"follow-up {n}" for n in range(20)]
+    assert prompts[3].history == [("system", "be nice"), ("human", "question 3"), ("bot", "answer")]
+    sample = texts(read_prompts(path, sample=5, seed=7))
+    assert len(sample) == 5 and len(set(sample)) == 5 and set(sample) <= {f"follow-up {n}" for n in range(20)}
+    assert texts(read_prompts(path, sample=5, seed=7)) == sample
+    assert texts(read_prompts(path, sample=5, seed=8)) != sample
     rows[3]["conversations"] = [{"from": "gpt", "value": "no question"}]
     path.write_text(json.dumps(rows))
-    with pytest.raises(GenerationError, match="item 4: a ShareGPT conversation without a human turn"):
-        read_prompts(path)
+    assert len(read_prompts(path)) == 19
 
 
 def test_a_prompts_file_that_is_not_utf8_is_a_clear_error(tmp_path):
     path = tmp_path / "latin1.json"
     path.write_bytes('["caf\u00e9 au lait?"]'.encode("latin-1"))
-    with pytest.raises(GenerationError, match=r"latin1.json: not UTF-8 text \(byte 5 is b'\\xe9'\); save it as UTF-8"):
+    with pytest.raises(GenerationError, match=r"latin1.json: holds no prompts; .*latin1.json:1: not valid UTF-8"):
         read_prompts(path)
 
 

@@ -22,7 +22,7 @@ def test_matching_ignores_case_punctuation_and_spacing_but_wants_whole_words():
 def test_the_bundled_held_out_set_is_held_out_and_readable_as_prompts():
     path = REPO / "data" / "correctness_heldout.json"
     answers = accepted_answers(path)
-    prompts = read_prompts(path)
+    prompts = [p.text for p in read_prompts(path)]
     assert 30 <= len(answers) <= 60 and set(answers) == set(prompts)
     assert all(accepted and match == "contains" for accepted, match in answers.values())
     pairs = (REPO / "data" / "preference_sample.json").read_text().lower()

@@ -26,17 +26,15 @@ def nested(depth: int) -> str:
 
 # name -> (hostile JSONL line, the reason it is skipped for)
 BAD_ROWS = {
-    "deep_nesting": (nested(100_000), "nested too deep"),
+    "deep_nesting": (nested(100_000), "nested_too_deep"),
     "deep_nesting_inside_a_row": ('{"prompt": "Q", "chosen": "A", "rejected": "B", "meta": ' + nested(5_000) + "}",
-                                  "nested too deep"),
-    "lone_surrogate": ('{"prompt": "a\\ud800b", "chosen": "Yes.", "rejected": "No."}', "lone surrogate"),
-    "invalid_utf8": (b'{"prompt": "caf\xe9", "chosen": "Yes.", "rejected": "No."}', "invalid UTF-8"),
-    "nul_bytes": (b"\x00\x00\x00", "invalid JSON"),
-    "a_list_not_a_row": ("[1, 2]", "row is a list, not a JSON object"),
-    "answer_of_the_wrong_type": ('{"prompt": "Q", "chosen": 5, "rejected": "No."}',
-                                 "expected a non-empty list of messages, got int"),
-    "prompt_of_the_wrong_type": ('{"prompt": {"a": 1}, "chosen": "Yes.", "rejected": "No."}',
-                                 "expected a non-empty list of messages, got dict"),
+                                  "nested_too_deep"),
+    "lone_surrogate": ('{"prompt": "a\\ud800b", "chosen": "Yes.", "rejected": "No."}', "lone_surrogate"),
+    "invalid_utf8": (b'{"prompt": "caf\xe9", "chosen": "Yes.", "rejected": "No."}', "invalid_utf8"),
+    "nul_bytes": (b"\x00\x00\x00", "bad_json"),
+    "a_list_not_a_row": ("[1, 2]", "not_an_object"),
+    "answer_of_the_wrong_type": ('{"prompt": "Q", "chosen": 5, "rejected": "No."}', "no_turns"),
+    "prompt_of_the_wrong_type": ('{"prompt": {"a": 1}, "chosen": "Yes.", "rejected": "No."}', "bad_turn"),
 }
 # name -> (file name, content, what the one-line error says)
 BAD_FILES = {

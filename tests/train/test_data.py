@@ -4,27 +4,9 @@ import json
 import pytest
 
 from sftkit.prompts import PromptError
-from sftkit.train.data import DataError, load_conversations, mix_in, row_to_turns, split_validation
+from sftkit.train.data import DataError, load_conversations, mix_in, split_validation
 
 HB = "<human>: Hi there\n<bot>: Hello!\n<human>: Name?\n<bot>: Bot."
-
-
-def test_row_formats_become_the_same_turns():
-    expected = [("human", "Hi there"), ("bot", "Hello!"), ("human", "Name?"), ("bot", "Bot.")]
-    assert row_to_turns({"input": HB, "prompt_type": "human_bot", "source": "x", "id": 1}) == expected
-    assert row_to_turns({"text": HB, "metadata": {"source": "oig"}}) == expected
-    messages = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"},
-                {"role": "user", "content": "Name?"}, {"role": "assistant", "content": "Bot."}]
-    assert row_to_turns({"messages": messages}) == expected
-    sharegpt = [{"from": "human", "value": "Hi there"}, {"from": "gpt", "value": "Hello!"},
-                {"from": "human", "value": "Name?"}, {"from": "gpt", "value": "Bot."}]
-    assert row_to_turns({"messages": sharegpt}) == expected
-
-
-def test_alpaca_rows_keep_instruction_and_input_apart():
-    turns = row_to_turns({"instruction": "Translate", "input": "chat", "output": "cat"})
-    assert turns == [("human", "Translate"), ("input", "chat"), ("bot", "cat")]
-    assert row_to_turns({"instruction": "Say hi", "input": "", "output": "hi"}) == [("human", "Say hi"), ("bot", "hi")]
 
 
 def test_file_formats_directory_and_col_dict(tmp_path):
@@ -39,7 +21,7 @@ def test_file_formats_directory_and_col_dict(tmp_path):
     convs, stats = load_conversations(str(tmp_path / "d"), {"q": "instruction", "a": "output"})
     assert stats.rows == 4 and not stats.skipped
     assert sorted(c.turns[1][1] for c in convs) == ["b", "d", "f", "h"]
-    assert all(":" in c.source for c in convs)
+    assert sorted(c.where.rsplit("/", 1)[1] for c in convs) == ["one.json:1", "three.parquet:1", "two.jsonl.gz:1", "two.jsonl.gz:3"]
 
 
 def test_bad_rows_are_counted_and_bad_files_name_themselves(tmp_path):
@@ -47,14 +29,14 @@ def test_bad_rows_are_counted_and_bad_files_name_themselves(tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in [
         {"input": HB}, {"input": "<human>: no answer here"}, {"question": "x"}, {"input": "<human>: q\n<bot>: "}]))
     convs, stats = load_conversations(str(path))
-    assert len(convs) == 1 and sum(stats.skipped.values()) == 3
-    assert any("no bot turn" in reason for reason in stats.skipped)
+    assert len(convs) == 1 and stats.skipped == {"no_bot_turn": 1, "unknown_shape": 1, "empty_turn": 1}
+    assert stats.first_problem == f"{path}:2: the conversation has no bot turn, so there is nothing to learn"
 
-    with pytest.raises(DataError, match="no usable rows.*no usable column"):
+    with pytest.raises(DataError, match=r"no usable rows.*d.jsonl:1: no usable column"):
         load_conversations(str(path), {"input": "other"})
     (tmp_path / "broken.jsonl").write_text(json.dumps({"input": HB}) + '\n{oops\n[1, 2]\n')
     convs, stats = load_conversations(str(tmp_path / "broken.jsonl"))
-    assert len(convs) == 1 and stats.skipped == {"invalid JSON": 1, "row is a list, not a JSON object": 1}
+    assert len(convs) == 1 and stats.skipped == {"bad_json": 1, "not_an_object": 1}
     (tmp_path / "broken.json").write_text('[{"input": 1},')
     with pytest.raises(DataError, match=r"broken.json: invalid JSON at line 1"):
         load_conversations(str(tmp_path / "broken.json"))
@@ -108,7 +90,8 @@ def test_unknown_prompt_types_are_named(tmp_path):
     path = tmp_path / "rows.json"
     path.write_text(json.dumps([H2OGPT_ROW, {**H2OGPT_ROW, "prompt_type": "alpacca"}]))
     convs, stats = load_conversations(str(path))
-    assert len(convs) == 1 and stats.skipped == {"unknown prompt_type 'alpacca' in the row's prompt_type column": 1}
+    assert len(convs) == 1 and stats.skipped == {"unknown_prompt_type": 1}
+    assert "rows.json:2: unknown prompt_type" in stats.first_problem
     with pytest.raises(PromptError, match="unknown prompt_type 'alpaca'.*human_bot \\(3\\)"):
         load_conversations(str(path), prompt_type="alpaca")
 
@@ -117,11 +100,15 @@ def test_plain_keeps_text_without_markers_other_types_skip_it(tmp_path):
     path = tmp_path / "rows.json"
     path.write_text(json.dumps([{"text": "Once upon a time there was a fox."}, {"text": "  "}]))
     convs, stats = load_conversations(str(path), prompt_type="plain")
-    assert [c.text for c in convs] == ["Once upon a time there was a fox."] and stats.skipped == {"the text is empty": 1}
+    assert [c.text for c in convs] == ["Once upon a time there was a fox."] and stats.skipped == {"empty_text": 1}
     with pytest.raises(DataError, match="no usable rows.*no bot turn"):
         load_conversations(str(path), prompt_type="human_bot")
 
 
-def test_h2ogpt_context_column_goes_before_the_prompt():
-    turns = row_to_turns({"instruction": "Q", "output": "A", "context": "Background. "})
-    assert turns == [("context", "Background. "), ("human", "Q"), ("bot", "A")]
+def test_h2ogpt_context_column_goes_before_the_prompt(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps([{"instruction": "Q", "output": "A", "context": "Background. "},
+                                {"input": "<human>: Q\n<bot>: A", "context": "Before. ", "prompt_type": "plain"}]))
+    alpaca, text = load_conversations(str(path))[0]
+    assert alpaca.turns == [("context", "Background. "), ("human", "Q"), ("bot", "A")]
+    assert text.text == "Before. <human>: Q\n<bot>: A" and text.turns[0] == ("context", "Before. ")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sftkit.train import loss
 from sftkit.train.loop import train
 from tests.train.helpers import tiny_config, write_rows
 
@@ -49,12 +50,18 @@ def test_ddp_ranks_agree_and_match_one_process(tiny_llama, tmp_path):
         torch.testing.assert_close(ddp[key], single[key], atol=1e-5, rtol=1e-4)
 
 
+def plain_loss_losses(model_dir: str, tmp: Path, **extra) -> list[float]:
+    """Per-step training losses of the same run in one process, without DeepSpeed, and with the loss
+    from whole logits: the runs compared with it take the chunked loss (sftkit/train/loss.py)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loss, "head_matches_logits", lambda model: False)
+        metrics = train(tiny_config(model_dir, tmp, output_dir=str(tmp / "single"), **{**FLAGS, **extra}))
+    return [h["loss"] for h in metrics["history"] if "loss" in h]
+
+
 @pytest.fixture(scope="module")
 def one_process_losses(tiny_llama, tmp_path_factory) -> list[float]:
-    """Per-step training losses of the same run in one process, without DeepSpeed."""
-    tmp = tmp_path_factory.mktemp("one_process")
-    metrics = train(tiny_config(tiny_llama, tmp, output_dir=str(tmp / "single"), **FLAGS))
-    return [h["loss"] for h in metrics["history"] if "loss" in h]
+    return plain_loss_losses(tiny_llama, tmp_path_factory.mktemp("one_process"))
 
 
 # ZeRO partitions and reduces the same float32 gradients in another order, and the offload variants
@@ -83,3 +90,16 @@ def test_deepspeed_losses_match_one_process(stage, tiny_llama, tmp_path, one_pro
     assert (tmp_path / stage / "checkpoint-2" / "ds").is_dir()
     if extra:
         assert "eval_rouge1" in metrics
+
+
+@pytest.mark.slow
+def test_zero3_full_finetuning_with_the_chunked_loss_matches_the_plain_loss(tiny_llama, tmp_path):
+    """ZeRO-3 partitions the LM head; the chunked loss calls it once a chunk, and must gather it each time."""
+    full = dict(lora_r=0, learning_rate=1e-3)
+    metrics = torchrun(tmp_path, tiny_llama, "zero3_full", deepspeed=str(REPO / "configs" / "deepspeed" / "zero3.json"),
+                       **full)
+    assert metrics["step"] == 3 and metrics["run"]["full_finetune"]
+    losses = [h["loss"] for h in metrics["history"] if "loss" in h]
+    torch.testing.assert_close(torch.tensor(losses, dtype=torch.float64),
+                               torch.tensor(plain_loss_losses(tiny_llama, tmp_path, **full), dtype=torch.float64),
+                               **LOSS_TOLERANCE)

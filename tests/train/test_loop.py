@@ -95,3 +95,13 @@ def test_bad_settings_are_clear_errors(tiny_llama, tmp_path):
         train(tiny_config(tiny_llama, tmp_path, output_dir=str(tmp_path / "o2"), cutoff_len=4))
     with pytest.raises(FlagError, match="val_metrics"):
         tiny_config(tiny_llama, tmp_path, val_metrics=["bleurt"])
+
+
+def test_the_run_reports_its_packing_efficiency(tiny_llama, tmp_path, capsys):
+    runs = {name: train(tiny_config(tiny_llama, tmp_path, output_dir=str(tmp_path / name), max_steps=1,
+                                    val_set_size=0, **options))
+            for name, options in (("padded", {}), ("packed", {"pack": True}))}
+    padded, packed = (runs[name]["run"]["packing_efficiency"] for name in ("padded", "packed"))
+    assert 0 < padded < packed <= 1  # rows padded to each batch's longest vs rows packed to cutoff_len
+    assert json.loads((tmp_path / "packed" / "metrics.json").read_text())["run"]["packing_efficiency"] == packed
+    assert f"packing efficiency {packed:.1%}" in capsys.readouterr().out

@@ -7,6 +7,7 @@ from sftkit.models import apply_adapter, load_model, load_tokenizer
 from sftkit.train.batching import collate_pairs
 from sftkit.train.distributed import World
 from sftkit.train.loop import train
+from sftkit.train.loss import CausalLMLoss
 from sftkit.train.recipes.dpo import DPORecipe, dpo_loss, pair_logps
 from tests.train.helpers import tiny_config
 from tests.train.toy_preferences import pair_config
@@ -27,7 +28,9 @@ def test_dpo_loss_formulas():
 
 def logps_of(model, examples, pad_id):
     with torch.no_grad():
-        return pair_logps(model.eval(), collate_pairs([[e] for e in examples], pad_id), "cpu")
+        # whole logits: the recipe's chunked log-probs are checked against the plain computation
+        return pair_logps(CausalLMLoss(chunked=False), model.eval(), collate_pairs([[e] for e in examples], pad_id),
+                          "cpu")
 
 
 def test_reference_is_the_model_with_the_adapter_switched_off(tiny_llama, tmp_path):
@@ -99,3 +102,23 @@ def test_dpo_resume_is_exact(tiny_llama, tmp_path):
     b = load_file(str(tmp_path / "b" / "out" / "adapter_model.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+
+
+def test_pairs_identical_once_cut_are_counted_and_none_left_is_a_clear_error(tiny_llama, tmp_path, capsys):
+    """Issue 22 item 5: answers that differ only past --cutoff_len would teach DPO nothing."""
+    from sftkit.errors import DataError
+    from tests.train.toy_preferences import toy_pairs, write_pairs
+
+    same = "The capital of France is Paris, " + "a city " * 30
+    twins = [{"prompt": "What is the capital of France?", "chosen": same + "of light.", "rejected": same + "of rain."}]
+    path = write_pairs(tmp_path / "twins.json", twins * 4 + toy_pairs(8))
+    metrics = train(pair_config(tiny_llama, tmp_path, "dpo", data_path=path, val_set_size=0, max_steps=1,
+                                cutoff_len=32))
+    assert metrics["data"]["train"]["skipped_identical_after_truncation"] == 4
+    assert metrics["data"]["train"]["kept"] == 8
+    out = capsys.readouterr().out
+    assert "8 train / 0 valid pairs" in out and "skipped 4 (identical after truncation 4)" in out
+    with pytest.raises(DataError, match=r"twins.json: no training pairs left after tokenizing 4: 4 became identical "
+                                        r"when cut at --cutoff_len=32"):
+        train(pair_config(tiny_llama, tmp_path, "dpo", data_path=write_pairs(tmp_path / "twins.json", twins * 4),
+                          val_set_size=0, max_steps=1, cutoff_len=32, output_dir=str(tmp_path / "out2")))

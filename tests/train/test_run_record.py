@@ -136,6 +136,18 @@ def test_a_checkpoint_without_settings_is_not_resumed_blindly(tiny_llama, tmp_pa
                           resume_from_checkpoint="latest"))
 
 
+def test_a_packed_checkpoint_of_an_earlier_release_is_not_resumed_with_another_packing(tiny_llama, tmp_path):
+    """Earlier releases packed greedily and wrote no 'packing' setting: their rows per step differ."""
+    _first_half(tiny_llama, tmp_path, pack=True)
+    saved = tmp_path / "out" / "checkpoint-2" / "run_settings.json"
+    settings = json.loads(saved.read_text())
+    assert settings.pop("packing") == "best_fit_decreasing"
+    saved.write_text(json.dumps(settings))
+    with pytest.raises(TrainError, match="--packing: None in the checkpoint, 'best_fit_decreasing' now"):
+        train(tiny_config(tiny_llama, tmp_path, max_steps=4, save_steps=2, lr_scheduler="constant", pack=True,
+                          resume_from_checkpoint="latest"))
+
+
 def test_a_second_writer_fails_at_once_naming_the_holder(tiny_llama, tmp_path):
     with lock.hold(tmp_path / "out", "test"):
         with pytest.raises(LockError, match=f"PID {os.getpid()}"):

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from sftkit.models import load_tokenizer
-from sftkit.train.data import Conversation, load_conversations
+from sftkit.rows import Conversation
+from sftkit.train.data import load_conversations
 from sftkit.train.tokenize import IGNORE, tokenize_all, tokenize_conversation
 
 TURNS = [("human", "What is the capital of France?"), ("bot", "The capital of France is Paris."),
@@ -138,3 +139,79 @@ def test_numeric_codes_tokenize_like_their_names(tokenizer, code):
     by_name = tokenize_conversation(TURNS, tokenizer, get_prompt_type(code).name)
     assert (by_code.input_ids, by_code.labels, by_code.prompt_type) == (
         by_name.input_ids, by_name.labels, by_name.prompt_type)
+
+
+# ---------------------------------------------------------------- every prompt type, token by token
+
+from sftkit.prompts import PROMPT_TYPES, get_prompt_type  # noqa: E402
+
+ANSWERS = ("The capital of France is Paris.", "I am a helpful assistant.")
+QUESTIONS = ("What is the capital of France?", "Who are you?")
+
+
+def answer_regions(text: str, prompt_type: str, answers) -> list[tuple[int, int]]:
+    """Where each answer lies in the rendered text, run on over the stop that follows it (README: stops are
+    learned): the type's stop strings after whitespace only, or for chat the rest of the template's turn."""
+    regions, at = [], 0
+    for answer in answers:
+        start = text.index(answer, at)
+        end = start + len(answer)
+        if prompt_type == "chat":
+            nxt = text.find("<|im_start|>", end)
+            end = len(text) if nxt < 0 else nxt
+        else:
+            follows = [(text.find(stop, end), stop) for stop in get_prompt_type(prompt_type).stop]
+            follows = [(i, s) for i, s in follows if i >= 0 and not text[end:i].strip()]
+            if follows:
+                i, stop = min(follows)
+                end = i + len(stop)
+        regions.append((start, end))
+        at = end
+    return regions
+
+
+@pytest.mark.parametrize("prompt_type", sorted(PROMPT_TYPES))
+def test_every_prompt_type_masks_questions_and_learns_answers_stops_and_eos(tokenizer, prompt_type, monkeypatch):
+    from sftkit import prompts
+
+    monkeypatch.setattr(prompts, "_stamp", lambda: ("2023-05-25", "20:30:33 PM UTC"))
+    ex = tokenize_conversation(TURNS, tokenizer, prompt_type)
+    text, _ = prompts.render_conversation(TURNS, prompt_type, tokenizer)
+    encoded = prompts.encode(tokenizer, text, prompt_type, return_offsets_mapping=True)
+    assert ex.input_ids[:len(encoded["input_ids"])] == encoded["input_ids"]
+    regions = answer_regions(text, prompt_type, ANSWERS)
+    questions = [(text.index(q), text.index(q) + len(q)) for q in QUESTIONS]
+    inside = lambda s, e, spans: any(a <= s and e <= b for a, b in spans)  # noqa: E731
+    overlaps = lambda s, e, spans: any(s < b and e > a for a, b in spans)  # noqa: E731
+    for (s, e), token, label in zip(encoded["offset_mapping"], ex.input_ids, ex.labels):
+        if e > s and inside(s, e, regions):
+            assert label == token, f"{prompt_type}: answer/stop token {text[s:e]!r} is not learned"
+        elif not overlaps(s, e, regions):
+            assert label == IGNORE, f"{prompt_type}: prompt token {text[s:e]!r} is learned"
+        if inside(s, e, questions):
+            assert label == IGNORE
+    assert ex.labels[0] == IGNORE
+    # The text ends with an answer, so the EOS after it is learned (a template's own EOS, or the appended one).
+    assert ex.input_ids[-1] == tokenizer.eos_token_id and ex.labels[-1] == tokenizer.eos_token_id
+    for (start, end), answer in zip(regions, ANSWERS):  # every answer and its stop, and nothing of the questions
+        learned = tokenizer.decode([t for (s, e), t, lab in zip(encoded["offset_mapping"], ex.input_ids, ex.labels)
+                                    if lab != IGNORE and s < end and e > start])
+        assert answer in learned and not any(q in learned for q in QUESTIONS)
+
+
+TOOL_CALL = '{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+TOOL_CONVERSATION = [("human", "What is the weather in Oslo?"), ("tool_call", TOOL_CALL), ("tool", '{"temp_c": 3}'),
+                     ("bot", "It is 3 degrees in Oslo.")]
+WEATHER_TOOL = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+
+
+@pytest.mark.parametrize("prompt_type", sorted(PROMPT_TYPES))
+def test_tool_calls_are_learned_and_tool_results_masked_token_by_token(tokenizer, prompt_type):
+    from tests.tiny_models import TOOL_CHAT_TEMPLATE
+
+    tokenizer = type(tokenizer).from_pretrained(tokenizer.name_or_path)
+    tokenizer.chat_template = TOOL_CHAT_TEMPLATE
+    ex = tokenize_conversation(TOOL_CONVERSATION, tokenizer, prompt_type, tools=WEATHER_TOOL)
+    learned = learned_text(tokenizer, ex)
+    assert "get_weather" in learned and '"city": "Oslo"' in learned and "It is 3 degrees in Oslo." in learned
+    assert "temp_c" not in learned and "What is the weather" not in learned and '"parameters"' not in learned

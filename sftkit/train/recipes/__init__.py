@@ -30,7 +30,8 @@ from sftkit.train.batching import collate_pairs
 from sftkit.train.config import TrainConfig
 from sftkit.train.data import split_validation
 from sftkit.train.modeling import is_peft
-from sftkit.train.preference import load_pairs, tokenize_pairs
+from sftkit.train.preference import load_pairs
+from sftkit.train.tokenize import tokenize_pairs
 
 
 @dataclass
@@ -118,13 +119,20 @@ def read_pair_data(config: TrainConfig, tokenizer, progress: bool, *, add_eos_to
                            desc="tokenize train pairs", **kw)
     val = tokenize_pairs(val_pairs, tokenizer, config.fixed_prompt_type, desc="tokenize valid pairs", **kw)
     stats["train"], stats["valid"] = train.stats.as_dict(), val.stats.as_dict()
-    if not train.examples:
-        raise DataError(f"{path}: no training pairs left after tokenizing ({train.stats.as_dict()}); raise "
-                        f"--cutoff_len or check the prompt_type")
     t = stats["train"]
-    skipped = sum(read_stats.skipped.values()) + t["skipped_no_answer_in_cutoff"] + t["skipped_render"]
+    if not train.examples:
+        raise DataError(f"{path}: no training pairs left after tokenizing {t['rows']}: "
+                        f"{t['skipped_identical_after_truncation']} became identical when cut at "
+                        f"--cutoff_len={config.cutoff_len}, {t['skipped_no_answer_in_cutoff']} had no answer within it, "
+                        f"{t['dropped_truncations']} were dropped as too long, {t['skipped_render']} could not be "
+                        f"rendered; raise --cutoff_len or check the prompt_type")
+    skipped = (sum(read_stats.skipped.values()) + t["skipped_no_answer_in_cutoff"] + t["skipped_render"]
+               + t["skipped_identical_after_truncation"])
     summary = (f"data: {path}: {read_stats.rows} rows read, {len(train.examples)} train / {len(val.examples)} "
-               f"valid pairs; truncated {t['truncated']}, dropped {t['dropped_truncations']}, skipped {skipped}")
+               f"valid pairs; truncated {t['truncated']}, dropped {t['dropped_truncations']}, skipped {skipped} "
+               f"(identical after truncation {t['skipped_identical_after_truncation']})")
+    if read_stats.summary():
+        summary += f"\ndata: {path}: {read_stats.summary()}"
     return Data(train.examples, val.examples, stats, summary)
 
 

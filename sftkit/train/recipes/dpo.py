@@ -16,14 +16,14 @@ import torch.nn.functional as F
 
 from sftkit.errors import FlagError
 from sftkit.train import distributed
-from sftkit.train.batching import answer_logps
+from sftkit.train.loss import CausalLMLoss
 from sftkit.train.modeling import build_causal_lm, reference_model
 from sftkit.train.recipes import Data, PairRecipe, read_pair_data
-from sftkit.train.recipes.sft import forward_logits, shard
+from sftkit.train.recipes.sft import shard
 
 
-def pair_logps(model, batch: dict, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    logps = answer_logps(forward_logits(model, batch, device), batch["labels"].to(device))
+def pair_logps(lm_loss: CausalLMLoss, model, batch: dict, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    logps = lm_loss.answer_logps(model, batch, device)
     n = batch["num_pairs"]
     return logps[:n], logps[n:]
 
@@ -39,12 +39,15 @@ def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Ten
 class DPORecipe(PairRecipe):
     name = "dpo"
     metrics = ("rewards_chosen", "rewards_rejected", "margin", "accuracy", "logps_chosen", "logps_rejected")
+    lm_loss = CausalLMLoss(chunked=False)  # set for the model by build_model
 
     def build_model(self, device, dtype, tokenizer):
         if self.config.full_finetune:
             raise FlagError("--stage=dpo trains a LoRA adapter (its reference is the model with the adapter "
                             "switched off); set --lora_r above 0 and --finetune_method=lora")
-        return build_causal_lm(self.config, device, dtype, reference_adapter=bool(self.config.lora_weights))
+        model = build_causal_lm(self.config, device, dtype, reference_adapter=bool(self.config.lora_weights))
+        self.lm_loss = CausalLMLoss.for_model(model)
+        return model
 
     def read_data(self, tokenizer, progress: bool) -> Data:
         return read_pair_data(self.config, tokenizer, progress, add_eos_token=self.config.add_eos_token)
@@ -64,7 +67,7 @@ class DPORecipe(PairRecipe):
                 chunk = mine[start:start + size]
                 batch = self.collate([[ex] for _, ex in chunk], self.pad_token_id)
                 with autocast():
-                    chosen, rejected = pair_logps(model, batch, world.device)
+                    chosen, rejected = pair_logps(self.lm_loss, model, batch, world.device)
                 found += [f"{i}\t{c!r}\t{r!r}" for (i, _), c, r in zip(chunk, chosen.tolist(), rejected.tolist())]
         model.train(was_training)
         for part in distributed.all_gather_strings(found):
@@ -73,7 +76,7 @@ class DPORecipe(PairRecipe):
                 examples[int(index)].ref_chosen, examples[int(index)].ref_rejected = float(chosen), float(rejected)
 
     def loss(self, model, batch, device):
-        chosen, rejected = pair_logps(model, batch, device)
+        chosen, rejected = pair_logps(self.lm_loss, model, batch, device)
         losses, reward_chosen, reward_rejected = dpo_loss(
             chosen, rejected, batch["ref_chosen"].to(device), batch["ref_rejected"].to(device),
             self.config.beta, self.config.dpo_loss)

@@ -5,10 +5,11 @@ import torch
 
 from sftkit.generation import GenerateConfig, Models, Request
 from sftkit.generation import generate_answers as engine_answers
-from sftkit.prompts import stop_strings
+from sftkit.prompts import encode, stop_strings
 from sftkit.train import distributed
-from sftkit.train.batching import collate, token_losses
+from sftkit.train.batching import collate
 from sftkit.train.data import DataError, load_conversations, mix_in, split_validation
+from sftkit.train.loss import CausalLMLoss
 from sftkit.train.metrics import compute_metrics
 from sftkit.train.modeling import build_causal_lm
 from sftkit.train.recipes import Data, Recipe
@@ -26,11 +27,6 @@ def packing_needs_block_mask(model) -> bool:
     return not str(getattr(model.config, "_attn_implementation", "")).startswith("flash_attention")
 
 
-def forward_logits(model, batch: dict, device: str):
-    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    return model(**inputs, use_cache=False).logits
-
-
 def shard(items: list, world) -> tuple[list, int]:
     """This rank's share and how many of it are real: padded by repetition so every rank runs the
     same number of forwards (ZeRO-3 gathers weights collectively in each one)."""
@@ -45,6 +41,7 @@ class SFTRecipe(Recipe):
 
     block_mask = False
     mask_dtype = torch.float32
+    lm_loss = CausalLMLoss(chunked=False)  # set for the model by build_model
     data_prompt_types: dict | None = None  # usable training rows per prompt type, once read
 
     def build_model(self, device, dtype, tokenizer):
@@ -53,6 +50,7 @@ class SFTRecipe(Recipe):
         # The additive mask must match the attention's activations: float32 where 8/4-bit preparation
         # upcasts the non-quantized layers (the embeddings among them), else the weights' dtype.
         self.mask_dtype = model.get_input_embeddings().weight.dtype
+        self.lm_loss = CausalLMLoss.for_model(model)
         return model
 
     def read_data(self, tokenizer, progress: bool) -> Data:
@@ -64,7 +62,6 @@ class SFTRecipe(Recipe):
         check_prompt_types(read_stats.prompt_types, tokenizer)
         self.data_prompt_types = dict(read_stats.prompt_types)
         stats: dict = {"data_path": path, "rows_read": read_stats.rows, "rows_skipped": read_stats.skipped,
-                       "rows_repaired_utf8": read_stats.repaired_utf8,
                        "prompt_type": read_stats.prompt_type_summary()}
         if config.valid_path:
             val_convs, val_read = load_conversations(config.valid_path, config.data_col_dict, config.prompt_type)
@@ -116,8 +113,7 @@ class SFTRecipe(Recipe):
         return int((batch["labels"][:, 1:] != IGNORE).sum())
 
     def loss(self, model, batch, device):
-        losses = token_losses(forward_logits(model, batch, device), batch["labels"].to(device))
-        return losses.sum(), {}
+        return self.lm_loss.loss_sum(model, batch, device), {}
 
     def extra_eval(self, model, tokenizer, valid, world, synced):
         if not self.config.val_metrics or not valid:
@@ -139,7 +135,7 @@ def generate_answers(model, tokenizer, examples, config, world, synced: bool) ->
     mine, _ = shard(list(enumerate(examples)), world)
     answers: list[str] = []
     for i in range(0, len(mine), config.micro_batch_size):  # the same number of calls on every rank (ZeRO-3)
-        chunk = [Request(_last_tokens(tokenizer, ex.prompt, config.cutoff_len, not chat), stop=stops)
+        chunk = [Request(_last_tokens(tokenizer, ex.prompt, config.cutoff_len, settings.prompt_type), stop=stops)
                  for _, ex in mine[i:i + config.micro_batch_size]]
         answers += [a.text for a in engine_answers(Models.around(model, tokenizer), chunk, settings,
                                                    synced_gpus=synced)]
@@ -152,7 +148,7 @@ def generate_answers(model, tokenizer, examples, config, world, synced: bool) ->
     return [by_index[i] for i in range(len(examples))], [ex.reference for ex in examples]
 
 
-def _last_tokens(tokenizer, prompt: str, limit: int, add_special_tokens: bool) -> str:
+def _last_tokens(tokenizer, prompt: str, limit: int, prompt_type: str) -> str:
     """``prompt``, or its last ``limit`` tokens when longer (the end is what the answer follows)."""
-    ids = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
+    ids = encode(tokenizer, prompt, prompt_type)["input_ids"]
     return prompt if len(ids) <= limit else tokenizer.decode(ids[-limit:])

@@ -137,6 +137,9 @@ def test_unknown_speakers_and_unknown_formats_are_clear_errors(tmp_path):
         formats.detect(unknown)
     with pytest.raises(DataError, match="--input_format=csv"):
         formats.detect(unknown, "csv")
+    for pairs in ("sharegpt_ranking.json", "hh_rlhf_pairs.jsonl", "alpaca_ranking.json"):
+        with pytest.raises(DataError, match=rf"{pairs}: holds preference pairs .* finetune.py --stage=rm"):
+            formats.detect(ROOT / "data/formats" / pairs)
 
 
 def test_a_bare_speaker_label_is_named_in_the_error(tmp_path):
@@ -156,3 +159,35 @@ def test_oasst_tree_units_carry_pairs_and_events():
     assert {u.reason for u in found if not u.texts} == {"oasst_root_removed", "oasst_tree_not_exported"}
     pair = next(p for u in found for p in u.pairs)
     assert set(pair) == {"prompt", "chosen", "rejected", "source"} and pair["prompt"][0]["role"] == "user"
+
+
+def test_oig_lines_keep_their_source():
+    found = list(formats.read_units(ROOT / "data/sample/unified_sample_dialog.jsonl.gz", "x", formats.FileFormat("oig"),
+                                    OPTIONS))
+    assert any(u.source for u in found if u.texts)
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b'{"text": "<human>: caf\xe9\\n<bot>: x"}', "invalid_utf8"),
+    (b'{"text": "<human>: a\\n<bot>: b"', "bad_json"),
+    (b'["<human>: a", "<bot>: b"]', "not_an_object"),
+    (b'{"metadata": {}}', "missing_text"),
+    (b'{"text": 3}', "missing_text"),
+    (b'{"text": "  "}', "empty_text"),
+    (b'{"text": "<bot>: an answer without a question"}', "no_human_turn"),
+    (b'{"text": "<human>: nobody answered"}', "no_bot_turn"),
+])
+def test_malformed_oig_lines_name_their_reason(tmp_path, raw, reason):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"text": "<human>: a\\n<bot>: b"}\n' + raw + b"\n")
+    good, bad = formats.read_units(path, "x", formats.FileFormat("oig"), OPTIONS)
+    assert good.texts == ["<human>: a\n<bot>: b"]
+    assert (bad.reason, bad.malformed, bad.texts) == (reason, True, [])
+
+
+def test_tool_conversations_are_counted_not_kept_yet(tmp_path):
+    row = {"conversations": [{"from": "human", "value": "Area of a 2x3 rectangle?"},
+                             {"from": "function_call", "value": '{"name": "area", "arguments": {"w": 2, "h": 3}}'},
+                             {"from": "observation", "value": '{"area": 6}'}, {"from": "gpt", "value": "It is 6."}]}
+    path = write_jsonl(tmp_path / "tools.jsonl", [row])
+    assert [(u.reason, u.malformed) for u in units(path)[1]] == [("tool_turns", False)]
