@@ -61,10 +61,10 @@ def test_a_prompts_file_that_is_not_utf8_is_a_clear_error(tmp_path):
 
 
 def test_batch_sizes_agree(llama):
-    config, model, tokenizer = llama
+    config, models = llama
     prompts = ["What is the capital of France?", "Hi", "Add two and two please, and explain."]
-    one = answer_batch(model, tokenizer, prompts, config, progress=False)
-    three = answer_batch(model, tokenizer, prompts, replace(config, batch_size=3), progress=False)
+    one = answer_batch(models, prompts, config, progress=False)
+    three = answer_batch(models, prompts, replace(config, batch_size=3), progress=False)
     assert [r["response"] for r in one] == [r["response"] for r in three]
     assert [r["new_tokens"] for r in one] == [r["new_tokens"] for r in three]
 
@@ -111,7 +111,7 @@ def progress_of(config, prompts):
 
 
 def test_resume_keeps_answers_made_with_the_same_settings(llama, tmp_path):
-    config, _, _ = llama
+    config, _ = llama
     prompts = ["What is the capital of France?", "Who are you?"]
     (tmp_path / "p.json").write_text(json.dumps(prompts))
     config = replace(config, eval_prompts_file=str(tmp_path / "p.json"), eval_output_file=str(tmp_path / "a.json"))
@@ -126,7 +126,7 @@ def test_resume_keeps_answers_made_with_the_same_settings(llama, tmp_path):
     (dict(temperature=0.1, do_sample=True), "do_sample: false then, true now"),
 ])
 def test_resume_with_other_settings_refuses_naming_the_difference(llama, tmp_path, change, named):
-    config, _, _ = llama
+    config, _ = llama
     prompts = ["What is the capital of France?", "Who are you?"]
     (tmp_path / "p.json").write_text(json.dumps(prompts))
     config = replace(config, eval_prompts_file=str(tmp_path / "p.json"), eval_output_file=str(tmp_path / "a.json"))
@@ -186,7 +186,7 @@ def test_eval_answers_every_prompt_with_every_model_and_reports(tiny_llama, two_
 
 
 def test_a_missing_score_model_fails_before_generating(llama, tmp_path):
-    config, _, _ = llama
+    config, _ = llama
     (tmp_path / "p.json").write_text('["Hi"]')
     missing = replace(config, eval_prompts_file=str(tmp_path / "p.json"), eval_output_file=str(tmp_path / "b.json"),
                       score_model=str(tmp_path / "no_reward_model"))
