@@ -289,6 +289,25 @@ def parse_tool_calls(text: str, prompt_type: str | int) -> tuple[str, list[dict]
     return "".join(kept).strip(), calls
 
 
+def tool_call_problem(text: str, calls: list[dict], tools: list[dict] | None) -> str | None:
+    """Why the calls :func:`parse_tool_calls` read from an answer (``text``: what it left) are not valid
+    calls of ``tools``, or None: a ``<tool_call>`` block left unparsed (its JSON broken or cut short),
+    a function not in the list, or a required parameter missing. The one rule of the API (an invalid
+    call is answered as text) and of the evaluation report (valid calls counted)."""
+    if CALL_OPEN in text:
+        return "bad_call_json"
+    schemas = {tool.get("function", tool).get("name"): tool.get("function", tool) for tool in tools or []}
+    for call in calls:
+        schema = schemas.get(call["name"])
+        if schema is None:
+            return "unknown_function"
+        parameters = schema.get("parameters")
+        required = parameters.get("required") if isinstance(parameters, dict) else None
+        if isinstance(required, list) and any(name not in call["arguments"] for name in required):
+            return "missing_argument"
+    return None
+
+
 # ---------------------------------------------------------------- h2oGPT-style exchanges
 
 @dataclass
