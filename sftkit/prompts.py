@@ -522,13 +522,19 @@ def _messages(turns: list[Turn]) -> list[dict]:
         if role == "input":  # an exchange's input joins its instruction
             messages[-1] = {**messages[-1], "content": f"{messages[-1]['content']}\n\n{text}"}
         elif role == "tool_call":
-            call = json.loads(text)
-            if not (messages and messages[-1]["role"] == "assistant"):
-                messages.append({"role": "assistant", "content": ""})
-            messages[-1].setdefault("tool_calls", []).append({"type": "function", "function": call})
+            add_tool_call(messages, text)
         else:
             messages.append({"role": role_names[role], "content": text})
     return messages
+
+
+def add_tool_call(messages: list[dict], call_text: str) -> None:
+    """Append a ``tool_call`` turn to chat messages: one of the ``tool_calls`` of the assistant message
+    it follows (a new one when the last message is not the assistant's), ``arguments`` as an object
+    (what chat templates take)."""
+    if not (messages and messages[-1]["role"] == "assistant"):
+        messages.append({"role": "assistant", "content": ""})
+    messages[-1].setdefault("tool_calls", []).append({"type": "function", "function": json.loads(call_text)})
 
 
 def _render_chat_template(turns: list[Turn], tokenizer, tools: list[dict] | None = None) -> tuple[str, list[Span]]:
