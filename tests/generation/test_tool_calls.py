@@ -1,6 +1,7 @@
 """Tool calls end to end, as a user runs them: finetune.py teaches the tiny model a tool-calling dataset in
 OpenAI's messages format, generate.py serves it as the API, and the official openai client sends tools,
-receives the call (whole and streamed), sends the tool's result back and gets the answer."""
+receives the call (whole and streamed), sends the tool's result back and gets the answer; generate.py's
+batch mode counts the valid calls in its report."""
 import json
 import os
 import subprocess
@@ -44,8 +45,8 @@ def run(*args, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def served(tiny_llama, tmp_path_factory):
-    """The tiny model fine-tuned (in full) on the conversations by finetune.py, served by generate.py."""
+def trained(tiny_llama, tmp_path_factory):
+    """The tiny model fine-tuned (in full) on the conversations by finetune.py."""
     root = tmp_path_factory.mktemp("tool_calls")
     data = root / "tools.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in conversations()))
@@ -54,7 +55,13 @@ def served(tiny_llama, tmp_path_factory):
                   "--lora_r=0", "--max_steps=100", "--batch_size=6", "--micro_batch_size=6", "--learning_rate=5e-3",
                   "--warmup_steps=5", "--val_set_size=0", "--save_steps=0", "--report_to=none", "--cutoff_len=512")
     assert trained.returncode == 0, trained.stderr[-3000:]
-    port = free_port()
+    return model
+
+
+@pytest.fixture(scope="module")
+def served(trained):
+    """The trained model served by generate.py --api=True."""
+    model, port = trained, free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     server = subprocess.Popen([sys.executable, str(REPO / "generate.py"), f"--base_model={model}", "--api=True",
                                "--local_files_only=True", f"--server_port={port}", "--max_new_tokens=96",
@@ -123,3 +130,21 @@ def test_tool_choice_none_answers_in_text_and_a_named_function_is_called(served)
     (call,) = named.choices[0].message.tool_calls
     assert json.loads(call.function.arguments) == {"city": "Lima"}
     assert plain.usage.prompt_tokens < named.usage.prompt_tokens  # no tool list rendered under "none"
+
+
+@pytest.mark.slow
+def test_batch_mode_records_each_answers_calls_and_the_report_counts_the_valid_ones(trained, tmp_path):
+    renamed = {"type": "function", "function": {**WEATHER["function"], "name": "get_weather2"}}
+    rows = [{"messages": ask(city), "tools": [WEATHER]} for city in CITIES]
+    rows.append({"messages": ask("Oslo"), "tools": [renamed]})  # it calls the function it learned: not listed
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "answers.json"
+    done = run(REPO / "generate.py", f"--base_model={trained}", "--local_files_only=True", f"--eval_prompts_file={prompts}",
+               f"--eval_output_file={out}", "--max_new_tokens=96", "--repetition_penalty=1.0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    answers = json.loads(out.read_text())
+    assert [a["tool_call"] for a in answers] == ["valid", "valid", "valid", "unknown_function"]
+    assert [a["tool_calls"][0]["arguments"] for a in answers[:3]] == [{"city": city} for city in CITIES]
+    report = (tmp_path / "answers_report" / "report.md").read_text()
+    assert "| base | 4 | 4 | 3 | unknown_function: 1 |" in report and "3/4 valid tool calls" in done.stderr
