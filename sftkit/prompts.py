@@ -484,7 +484,7 @@ def render_open(turns: list[Turn], prompt_type: str | int, tokenizer=None, tools
     if spec.name == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise PromptError("prompt_type 'chat' needs a tokenizer with a chat template")
-        return tokenizer.apply_chat_template(_messages(turns), tools=tools, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(chat_messages(turns), tools=tools, tokenize=False, add_generation_prompt=True)
     text, _, _ = _render_exchanges(spec, tools_as_text(turns, tools))
     return text
 
@@ -514,7 +514,7 @@ def example_rendering(prompt_type: str | int) -> tuple[str, str]:
 
 # ---------------------------------------------------------------- the tokenizer's chat template
 
-def _messages(turns: list[Turn]) -> list[dict]:
+def chat_messages(turns: list[Turn]) -> list[dict]:
     """Turns as chat-template messages; an assistant's text and its tool calls are one message."""
     role_names = {"system": "system", "context": "system", "human": "user", "bot": "assistant", "tool": "tool"}
     messages: list[dict] = []
@@ -540,7 +540,7 @@ def add_tool_call(messages: list[dict], call_text: str) -> None:
 def _render_chat_template(turns: list[Turn], tokenizer, tools: list[dict] | None = None) -> tuple[str, list[Span]]:
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise PromptError("prompt_type 'chat' needs a tokenizer with a chat template")
-    messages = _messages(turns)
+    messages = chat_messages(turns)
 
     def render(upto: list[dict], opening: bool = False) -> str:
         return tokenizer.apply_chat_template(upto, tools=tools, tokenize=False, add_generation_prompt=opening)

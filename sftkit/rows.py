@@ -96,7 +96,6 @@ REASONS = {
     "unknown_prompt_type": "unknown prompt_type in the row's prompt_type column; fix the row, or give "
                            "--prompt_type to use one for every row",
     "unsupported_prompt_type": "an h2oGPT row whose prompt_type is neither plain nor human_bot",
-    "tool_turns": "tool calls and results, which the data stages do not keep yet",
     "no_question": "nothing is left to answer once the final answer is left out",
     "repeated_prompt": "the same prompt again",
     "prompt_too_long": "the prompt is longer than cutoff_len - max_new_tokens",
