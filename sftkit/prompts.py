@@ -484,7 +484,8 @@ def render_open(turns: list[Turn], prompt_type: str | int, tokenizer=None, tools
     if spec.name == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise PromptError("prompt_type 'chat' needs a tokenizer with a chat template")
-        return tokenizer.apply_chat_template(chat_messages(turns), tools=tools, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(chat_messages(turns), tools=tools, tokenize=False,
+                                             add_generation_prompt=True)
     text, _, _ = _render_exchanges(spec, tools_as_text(turns, tools))
     return text
 

@@ -275,7 +275,8 @@ def tool_use(body: "ChatBody", tools_value, config: GenerateConfig) -> ToolUse |
         opening = f"{CALL_OPEN}\n"
     elif isinstance(choice, _NamedChoice):
         if choice.function.name not in names:
-            raise ApiError(400, f"tool_choice: no tool named {choice.function.name[:64]!r} in tools", param="tool_choice")
+            raise ApiError(400, f"tool_choice: no tool named {choice.function.name[:64]!r} in tools",
+                           param="tool_choice")
         opening = f"{CALL_OPEN}\n{{\"name\": {json.dumps(choice.function.name, ensure_ascii=False)}, \"arguments\":"
     return ToolUse(tools, get_prompt_type(config.prompt_type).name, opening, body.parallel_tool_calls is not False)
 
@@ -283,15 +284,15 @@ def tool_use(body: "ChatBody", tools_value, config: GenerateConfig) -> ToolUse |
 def _check_order(messages: list[Message]) -> None:
     """OpenAI's rules of a conversation: it ends with a user message or tool results, users and assistants
     take turns, and tool results answer an assistant message's ``tool_calls``."""
-    spoken = [m for m in messages if m.role not in ("system", "developer")]
-    if not spoken or spoken[-1].role not in ("user", "tool"):
+    spoken = [(at, m) for at, m in enumerate(messages) if m.role not in ("system", "developer")]
+    if not spoken or spoken[-1][1].role not in ("user", "tool"):
         raise ApiError(400, "messages must end with a user message (or the results of tool calls)", param="messages")
-    for i, message in enumerate(spoken):
-        before = spoken[i - 1] if i else None
+    for i, (at, message) in enumerate(spoken):
+        before = spoken[i - 1][1] if i else None
         if message.role == "tool":
             if before is None or not (before.role == "tool" or (before.role == "assistant" and before.tool_calls)):
-                raise ApiError(400, f"messages.{messages.index(message)}: a tool message must answer an assistant "
-                                    f"message's tool_calls", param="messages")
+                raise ApiError(400, f"messages.{at}: a tool message must answer an assistant message's tool_calls",
+                               param="messages")
         elif message.tool_calls and message.role != "assistant":
             raise ApiError(400, "only assistant messages may hold tool_calls", param="messages")
         elif before is not None and before.role == message.role:

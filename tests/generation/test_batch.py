@@ -223,7 +223,8 @@ OSLO_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}
 
 
 @pytest.mark.parametrize("text, outcome", [
-    (OSLO_CALL, "valid"), ("It is cold.", "no_call"), (OSLO_CALL.replace("get_weather", "get_news"), "unknown_function"),
+    (OSLO_CALL, "valid"), ("It is cold.", "no_call"),
+    (OSLO_CALL.replace("get_weather", "get_news"), "unknown_function"),
     (OSLO_CALL.replace('"city"', '"town"'), "missing_argument"), (OSLO_CALL[:40], "bad_call_json")])
 def test_an_answer_to_a_prompt_with_tools_records_its_calls_and_whether_they_are_valid(text, outcome):
     from sftkit.generation.batch import tool_call_fields
@@ -250,6 +251,7 @@ def test_the_report_counts_calls_made_and_valid_per_model(llama, tmp_path):
             dict(rows[0], model="tuned", response="?", tool_call="unknown_function"),
             dict(rows[0], model="tuned", tool_call="no_call"), dict(rows[1], model="tuned")]
     summary = summarize([dict(row, model="base") for row in rows] + made)
-    assert (summary["tuned"]["tool_prompts"], summary["tuned"]["made_call"], summary["tuned"]["valid_calls"]) == (3, 2, 1)
+    tuned = summary["tuned"]
+    assert (tuned["tool_prompts"], tuned["made_call"], tuned["valid_calls"]) == (3, 2, 1)
     report = render_markdown(summary, made, replace(config, eval_prompts_file="p.jsonl"), [])
     assert "| tuned | 3 | 2 | 1 | unknown_function: 1 |" in report and "| base | 1 | 0 | 0 | – |" in report

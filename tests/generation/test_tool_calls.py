@@ -140,8 +140,9 @@ def test_batch_mode_records_each_answers_calls_and_the_report_counts_the_valid_o
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
     out = tmp_path / "answers.json"
-    done = run(REPO / "generate.py", f"--base_model={trained}", "--local_files_only=True", f"--eval_prompts_file={prompts}",
-               f"--eval_output_file={out}", "--max_new_tokens=96", "--repetition_penalty=1.0")
+    done = run(REPO / "generate.py", f"--base_model={trained}", "--local_files_only=True",
+               f"--eval_prompts_file={prompts}", f"--eval_output_file={out}", "--max_new_tokens=96",
+               "--repetition_penalty=1.0")
     assert done.returncode == 0, done.stderr[-3000:]
     answers = json.loads(out.read_text())
     assert [a["tool_call"] for a in answers] == ["valid", "valid", "valid", "unknown_function"]

@@ -109,9 +109,9 @@ HOSTILE = [
     ("a tool without a name", "chat/completions", chat(tools=[{"type": "function", "function": {}}]), 400,
      "tools.0.function.name"),
     ("tool_choice without tools", "chat/completions", chat(tool_choice="auto"), 400, "tool_choice"),
-    ("tool_choice naming no tool", "chat/completions", chat(tools=[{"type": "function", "function": {"name": "f"}}],
-                                                            tool_choice={"type": "function", "function": {"name": "g"}}),
-     400, "tool_choice"),
+    ("tool_choice naming no tool", "chat/completions",
+     chat(tools=[{"type": "function", "function": {"name": "f"}}],
+          tool_choice={"type": "function", "function": {"name": "g"}}), 400, "tool_choice"),
     ("a call whose arguments are not JSON", "chat/completions", chat(messages=[
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{"}}]},

@@ -194,4 +194,5 @@ def test_a_tool_conversation_is_kept_its_text_the_natural_language_turns(tmp_pat
     (unit,) = units(path)[1]
     assert unit.reason is None and unit.texts == ["<human>: Area of a 2x3 rectangle?\n<bot>: It is 6."]
     turns, tools = unit.tools[0]
-    assert [role for role, _ in turns] == ["human", "tool_call", "tool", "bot"] and tools[0]["function"]["name"] == "area"
+    assert [role for role, _ in turns] == ["human", "tool_call", "tool", "bot"]
+    assert tools[0]["function"]["name"] == "area"
