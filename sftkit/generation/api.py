@@ -142,7 +142,9 @@ def stream(api: Api, prepared: Prepared, job: Job, events: asyncio.Queue) -> Str
             while True:
                 event = await events.get()
                 if event[0] == "piece":
-                    yield chunks.piece(event[1], event[2])
+                    line = chunks.piece(event[1], event[2])
+                    if line is not None:
+                        yield line
                 elif event[0] == "error":
                     for line in chunks.error(event[1]):
                         yield line

@@ -28,7 +28,7 @@ from sftkit.generation.loading import (BASE, Models, adapter_fingerprint, load_m
 from sftkit.generation.prompting import context_length, fit_prompt
 from sftkit.generation.report import write_report
 from sftkit.generation.scoring import add_scores, load_scorer
-from sftkit.prompts import Turn
+from sftkit.prompts import Turn, parse_tool_calls, tool_call_problem
 
 # Settings that change what an answer is; a resume must match every one of them.
 ANSWER_SETTINGS = ("base_model", "tokenizer_base_model", "prompt_type", "system_prompt", "stop", "load_8bit",
@@ -96,11 +96,21 @@ def read_prompts(path: str | os.PathLike, sample: int = 0, seed: int = 0) -> lis
 
 # ---------------------------------------------------------------- answering
 
+def tool_call_fields(text: str, tools: list[dict], prompt_type: str) -> dict:
+    """What an answer to a prompt with tools did: ``tool_calls`` (the calls read from it, ``{name,
+    arguments}``) and ``tool_call``: ``valid``, ``no_call``, or why its call is not valid
+    (:func:`sftkit.prompts.tool_call_problem`: ``bad_call_json``, ``unknown_function``, ``missing_argument``)."""
+    rest, calls = parse_tool_calls(text, prompt_type)
+    problem = tool_call_problem(rest, calls, tools)
+    return {"tool_calls": calls, "tool_call": problem or ("valid" if calls else "no_call")}
+
+
 def answer_batch(models: Models, prompts: list[EvalPrompt | str], config: GenerateConfig, *,
                  model: str | None = None, on_rows: Callable[[list[dict]], None] | None = None,
                  progress: bool = True, label: str = "generate") -> list[dict]:
     """Answer prompts (a string is a single question) with ``model`` (None: the default one):
-    ``[{prompt[, history], response, new_tokens, finish_reason, seconds}]``.
+    ``[{prompt[, history], response, new_tokens, finish_reason, seconds}]``, and for a prompt with tools
+    what its answer called (:func:`tool_call_fields`).
 
     ``seconds`` is the answer's share of the wall time of the generate call that made it, so the
     seconds of all rows add up to the time spent generating.
@@ -125,7 +135,9 @@ def answer_batch(models: Models, prompts: list[EvalPrompt | str], config: Genera
             new = [dict(prompt=chunk[i // repeats].text,
                         **({"history": chunk[i // repeats].history} if chunk[i // repeats].history else {}),
                         response=a.text, new_tokens=a.new_tokens, finish_reason=a.finish_reason,
-                        seconds=round(a.seconds / len(answers), 4))
+                        seconds=round(a.seconds / len(answers), 4),
+                        **(tool_call_fields(a.text, chunk[i // repeats].tools, config.prompt_type)
+                           if chunk[i // repeats].tools else {}))
                    for i, a in enumerate(answers)]
             rows += new
             if on_rows:
@@ -255,6 +267,8 @@ def run_batch(config: GenerateConfig, models: Models | None = None) -> list[dict
     score = f", mean score {sum(r['score'] for r in rows) / len(rows):.3f}" if scorer is not None else ""
     checked = [r["correct"] for r in rows if "correct" in r]
     score += f", {sum(checked)}/{len(checked)} correct" if checked else ""
+    called = [r["tool_call"] for r in rows if "tool_call" in r]
+    score += f", {called.count('valid')}/{len(called)} valid tool calls" if called else ""
     print(f"generate: {len(rows)} answers from {len(names)} model(s), {tokens} new tokens in {seconds:.1f} s of "
           f"generation{score} -> {output}\nreport: {report}", file=sys.stderr)
     return answers

@@ -7,6 +7,12 @@ range, a lone surrogate in any text, too many or too long stop strings, an empty
 unknown model, a prompt longer than the context, and any field this server does not implement
 (refused by name, never ignored). So a 500 from this server is a bug. :func:`prepare` does CPU work
 (parsing, rendering, tokenizing): the server runs it off its event loop.
+
+Tool calling: a chat's ``messages`` become turns through :func:`sftkit.rows.message_turns` (the
+reader of training's ``messages`` rows, so assistant ``tool_calls`` and ``tool`` messages are read
+as training read them), its ``tools`` are rendered as training rendered them, and :class:`ToolUse`
+reads the calls back out of each answer (:func:`sftkit.prompts.parse_tool_calls`), returning them
+in OpenAI's shape when they are valid calls of the listed tools, else the answer as text.
 """
 from __future__ import annotations
 
@@ -19,12 +25,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sftkit import rows
 from sftkit.errors import GenerationError
 from sftkit.generation.config import SEED_RANGE, GenerateConfig
 from sftkit.generation.engine import Answer, Request
 from sftkit.generation.loading import Models
 from sftkit.generation.prompting import context_length, count_tokens, most_chars_per_token
-from sftkit.prompts import render_prompt
+from sftkit.prompts import CALL_OPEN, get_prompt_type, parse_tool_calls, render_open, tool_call_problem
 
 MAX_STOPS = 4  # OpenAI's own limit
 MAX_STOP_CHARS = 1000
@@ -77,12 +84,44 @@ class _Part(BaseModel):
     text: str
 
 
-class Message(BaseModel):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[_Part]
+class _CalledFunction(BaseModel):
+    name: str = Field(min_length=1)
+    arguments: str
 
-    def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+
+class _ToolCall(BaseModel):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: _CalledFunction
+
+
+class Message(BaseModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[_Part] | None = None  # None: an assistant message that only calls tools
+    tool_calls: list[_ToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class _Function(BaseModel):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str | None = None
+    parameters: dict | None = None
+    strict: bool | None = None
+
+
+class _Tool(BaseModel):
+    type: Literal["function"]
+    function: _Function
+
+
+class _ChosenFunction(BaseModel):
+    name: str
+
+
+class _NamedChoice(BaseModel):
+    type: Literal["function"]
+    function: _ChosenFunction
 
 
 class _StreamOptions(BaseModel):
@@ -115,6 +154,9 @@ class _Body(BaseModel):
 class ChatBody(_Body):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[_Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | _NamedChoice | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionBody(_Body):
@@ -122,10 +164,11 @@ class CompletionBody(_Body):
 
 
 # Fields of OpenAI's API this server does not implement, and the values that ask for nothing: any other
-# value is refused with a 400 naming the field, never ignored. Tool calling goes here until it lands.
+# value is refused with a 400 naming the field, never ignored. The legacy ``functions``/``function_call``
+# are refused: ``tools``/``tool_choice`` replace them.
 _COMMON: dict[str, tuple] = {"logit_bias": (None, {}), "presence_penalty": (None, 0), "frequency_penalty": (None, 0)}
 _NOT_IMPLEMENTED: dict[str, dict[str, tuple]] = {
-    "chat": {**_COMMON, "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []),
+    "chat": {**_COMMON, "functions": (None, []),
              "function_call": (None, "none"), "logprobs": (None, False), "top_logprobs": (None, 0),
              "response_format": (None, {"type": "text"}), "audio": (None,), "prediction": (None,),
              "modalities": (None, ["text"]), "web_search_options": (None,)},
@@ -189,19 +232,90 @@ def _validated(cls, data: dict):
         raise ApiError(400, "the request body nests JSON too deeply", code="invalid_body") from None
 
 
-def chat_prompt(messages: list[Message], config: GenerateConfig, tokenizer) -> str:
-    """The prompt text of a chat: system messages become the system prompt (else --system_prompt), the
-    user/assistant turns are rendered by the prompt type training used, ending where the answer starts."""
-    system = "\n".join(m.text() for m in messages if m.role in ("system", "developer")) or config.system_prompt
-    turns = [("human" if m.role == "user" else "bot", m.text()) for m in messages if m.role in ("user", "assistant")]
-    if not turns or turns[-1][0] != "human":
-        raise ApiError(400, "messages must end with a user message", param="messages")
-    if not turns[-1][1].strip():
-        raise ApiError(400, "the last user message is empty: there is nothing to answer", param="messages")
-    for (role, _), (next_role, _) in zip(turns, turns[1:]):
-        if role == next_role:
+@dataclass(frozen=True)
+class ToolUse:
+    """How a chat request uses tools: the tools rendered into its prompt, the opening its answers are
+    given (``tool_choice`` ``required`` or a named function: the start of a call), and whether an
+    answer may make several calls (``parallel_tool_calls``)."""
+
+    tools: list[dict]
+    prompt_type: str
+    opening: str = ""
+    parallel: bool = True
+
+    def read(self, generated: str) -> tuple[str, list[dict]]:
+        """(content, calls in OpenAI's shape) of an answer; no calls (the whole answer as content) when it
+        made none or an invalid one (:func:`sftkit.prompts.tool_call_problem`)."""
+        text = self.opening + generated if self.opening else generated
+        content, calls = parse_tool_calls(text, self.prompt_type)
+        if not calls or tool_call_problem(content, calls, self.tools):
+            return text, []
+        calls = calls if self.parallel else calls[:1]
+        return content, [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                          "function": {"name": call["name"],
+                                       "arguments": json.dumps(call["arguments"], ensure_ascii=False)}}
+                         for call in calls]
+
+
+def tool_use(body: "ChatBody", tools_value, config: GenerateConfig) -> ToolUse | None:
+    """The request's :class:`ToolUse` (``tools_value``: its ``tools`` as sent, so each schema is rendered
+    with its keys in the client's order, as a training file's are), or None: no tools, or
+    ``tool_choice="none"`` (nothing rendered, nothing parsed)."""
+    choice = body.tool_choice
+    if not body.tools:
+        if choice not in (None, "none"):
+            raise ApiError(400, "tool_choice: needs tools", param="tool_choice")
+        return None
+    if choice == "none":
+        return None
+    tools = rows.tool_list(tools_value)
+    names = [tool["function"]["name"] for tool in tools]
+    opening = ""
+    if choice == "required":
+        opening = f"{CALL_OPEN}\n"
+    elif isinstance(choice, _NamedChoice):
+        if choice.function.name not in names:
+            raise ApiError(400, f"tool_choice: no tool named {choice.function.name[:64]!r} in tools",
+                           param="tool_choice")
+        opening = f"{CALL_OPEN}\n{{\"name\": {json.dumps(choice.function.name, ensure_ascii=False)}, \"arguments\":"
+    return ToolUse(tools, get_prompt_type(config.prompt_type).name, opening, body.parallel_tool_calls is not False)
+
+
+def _check_order(messages: list[Message]) -> None:
+    """OpenAI's rules of a conversation: it ends with a user message or tool results, users and assistants
+    take turns, and tool results answer an assistant message's ``tool_calls``."""
+    spoken = [(at, m) for at, m in enumerate(messages) if m.role not in ("system", "developer")]
+    if not spoken or spoken[-1][1].role not in ("user", "tool"):
+        raise ApiError(400, "messages must end with a user message (or the results of tool calls)", param="messages")
+    for i, (at, message) in enumerate(spoken):
+        before = spoken[i - 1][1] if i else None
+        if message.role == "tool":
+            if before is None or not (before.role == "tool" or (before.role == "assistant" and before.tool_calls)):
+                raise ApiError(400, f"messages.{at}: a tool message must answer an assistant message's tool_calls",
+                               param="messages")
+        elif message.tool_calls and message.role != "assistant":
+            raise ApiError(400, "only assistant messages may hold tool_calls", param="messages")
+        elif before is not None and before.role == message.role:
             raise ApiError(400, "user and assistant messages must alternate", param="messages")
-    return render_prompt(turns[:-1], turns[-1][1], config.prompt_type, tokenizer=tokenizer, system=system or None)
+
+
+def chat_prompt(messages: list[Message], raw_messages: list, config: GenerateConfig, tokenizer,
+                tools: ToolUse | None = None) -> str:
+    """The prompt text of a chat: system messages become the system prompt (else --system_prompt), the
+    other messages are read as training reads a ``messages`` row (``raw_messages``, as sent) and
+    rendered with the tools by the prompt type training used, ending where the answer starts (plus the
+    opening of a call ``tool_choice`` asks for)."""
+    _check_order(messages)
+    turns = rows.message_turns(raw_messages)
+    if isinstance(turns, str):
+        raise ApiError(400, f"messages: {rows.describe(turns)}", param="messages")
+    system = "\n".join(text for role, text in turns if role == "system") or config.system_prompt
+    turns = [turn for turn in turns if turn[0] != "system"]
+    if turns[-1][0] == "human" and not turns[-1][1].strip():
+        raise ApiError(400, "the last user message is empty: there is nothing to answer", param="messages")
+    lead = [("system", system)] if system else []
+    prompt = render_open(lead + turns, config.prompt_type, tokenizer, tools.tools if tools else None)
+    return prompt + (tools.opening if tools else "")
 
 
 @dataclass(frozen=True)
@@ -230,6 +344,7 @@ class Prepared:
     n: int
     stream: bool
     include_usage: bool
+    tools: ToolUse | None = None
 
 
 def _settings(body: _Body, config: GenerateConfig) -> GenerateConfig:
@@ -270,8 +385,10 @@ def prepare(models: Models, config: GenerateConfig, limits: Limits, kind: str, r
     except GenerationError:
         raise ApiError(404, f"The model {body.model[:100]!r} does not exist; this server has "
                             f"{', '.join(models.names)}", code="model_not_found", param="model") from None
+    tools = None
     if isinstance(body, ChatBody):
-        prompts, param = [chat_prompt(body.messages, config, models.tokenizer)], "messages"
+        tools = tool_use(body, data.get("tools"), config)
+        prompts, param = [chat_prompt(body.messages, data["messages"], config, models.tokenizer, tools)], "messages"
         asked = body.max_completion_tokens or body.max_tokens
     else:
         prompts, param = ([body.prompt] if isinstance(body.prompt, str) else body.prompt), "prompt"
@@ -291,7 +408,7 @@ def prepare(models: Models, config: GenerateConfig, limits: Limits, kind: str, r
         limit = min(asked or config.max_new_tokens, limits.context - tokens)
         requests += [Request(prompt, name, limit, stops) for _ in range(body.n)]
     options = body.stream_options or _StreamOptions()
-    return Prepared(kind, name, prompts, requests, settings, body.n, body.stream, options.include_usage)
+    return Prepared(kind, name, prompts, requests, settings, body.n, body.stream, options.include_usage, tools)
 
 
 # ---------------------------------------------------------------- answers in OpenAI's shape
@@ -312,6 +429,11 @@ def response(request: Prepared, answers: list[Answer]) -> dict:
     if request.kind == "chat":
         choices = [{"index": i, "message": {"role": "assistant", "content": a.text}, "logprobs": None,
                     "finish_reason": finish_reason(a)} for i, a in enumerate(answers)]
+        for choice, answer in zip(choices, answers) if request.tools else ():
+            content, calls = request.tools.read(answer.text)
+            choice["message"]["content"] = (content or None) if calls else content
+            if calls:
+                choice["message"]["tool_calls"], choice["finish_reason"] = calls, "tool_calls"
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": request.model, "usage": usage(answers, request.n), "choices": choices}
     choices = [{"index": i, "text": a.text, "logprobs": None, "finish_reason": finish_reason(a)}
@@ -325,8 +447,46 @@ def sse(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
 
+def _call_may_start(text: str) -> int:
+    """Where a tool call may start in ``text``: its ``<tool_call>``, or a tail that may grow into one."""
+    found = text.find(CALL_OPEN)
+    if found >= 0:
+        return found
+    for size in range(min(len(CALL_OPEN) - 1, len(text)), 0, -1):
+        if CALL_OPEN.startswith(text[-size:]):
+            return len(text) - size
+    return len(text)
+
+
+class _HeldText:
+    """One streamed answer of a request with tools: its text is sent up to where a call may start (and
+    without the whitespace at its ends, as the whole answer's content is), the rest held back until
+    the answer is complete and its calls are known."""
+
+    def __init__(self, tools: ToolUse):
+        self.tools, self.text, self.sent = tools, tools.opening, ""
+
+    def add(self, piece: str) -> str:
+        self.text += piece
+        body = self.text.lstrip()
+        if self.tools.prompt_type == "chat" and body.startswith("{"):  # maybe a bare JSON call
+            return ""
+        safe = body[:_call_may_start(body)].rstrip()
+        if not safe.startswith(self.sent):
+            return ""
+        new, self.sent = safe[len(self.sent):], safe
+        return new
+
+    def rest(self, answer: Answer) -> tuple[str, list[dict]]:
+        """The content not sent yet, and the calls, once the answer is complete."""
+        content, calls = self.tools.read(answer.text)
+        return (content[len(self.sent):] if content.startswith(self.sent) else ""), calls
+
+
 class Chunks:
-    """The server-sent events of one streamed response, in OpenAI's chunk shape."""
+    """The server-sent events of one streamed response, in OpenAI's chunk shape. With tools, each
+    answer's text is held back from where a call may start; the calls are sent when it is complete,
+    as ``delta.tool_calls`` (one chunk a call, with its ``index``), then ``finish_reason`` ``tool_calls``."""
 
     def __init__(self, request: Prepared):
         self.request = request
@@ -334,6 +494,7 @@ class Chunks:
         self.id = f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}"
         self.object = "chat.completion.chunk" if self.chat else "text_completion"
         self.created = int(time.time())
+        self.held = [_HeldText(request.tools) for _ in request.requests] if request.tools else None
 
     def _event(self, choices: list[dict], usage_counts: dict | None = None) -> str:
         body = {"id": self.id, "object": self.object, "created": self.created, "model": self.request.model,
@@ -353,11 +514,25 @@ class Chunks:
         return [self._event([self._choice(i, role=True) for i in range(len(self.request.requests))])] \
             if self.chat else []
 
-    def piece(self, index: int, text: str) -> str:
+    def piece(self, index: int, text: str) -> str | None:
+        """The event of a piece of an answer's text, or None while it is held back."""
+        if self.held is not None:
+            text = self.held[index].add(text)
+            if not text:
+                return None
         return self._event([self._choice(index, text)])
 
     def ending(self, answers: list[Answer]) -> list[str]:
-        events = [self._event([self._choice(i, finish=finish_reason(a)) for i, a in enumerate(answers)])]
+        events, finishes = [], [finish_reason(a) for a in answers]
+        for i, answer in enumerate(answers if self.held is not None else ()):
+            rest, calls = self.held[i].rest(answer)
+            if rest:
+                events.append(self._event([self._choice(i, rest)]))
+            for n, call in enumerate(calls):
+                events.append(self._event([{"index": i, "delta": {"tool_calls": [{"index": n, **call}]},
+                                            "logprobs": None, "finish_reason": None}]))
+            finishes[i] = "tool_calls" if calls else finishes[i]
+        events.append(self._event([self._choice(i, finish=finish) for i, finish in enumerate(finishes)]))
         if self.request.include_usage:
             events.append(self._event([], usage(answers, self.request.n)))
         return [*events, sse("[DONE]")]
