@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sftkit import flags  # noqa: E402
 from sftkit.generation import (AnswerStream, GenerateConfig, build_prompt, context_length,  # noqa: E402
-                               generate_answers, generation_kwargs, load_for_generation)
+                               generate_answers, generation_kwargs, load_models)
+from sftkit.prompts import encode  # noqa: E402
 from sftkit.models import DEFAULT_BASE_MODEL  # noqa: E402
 from sftkit.prompts import encode  # noqa: E402
 
@@ -47,7 +48,8 @@ def run(bench: BenchConfig):
         torch.set_num_threads(bench.threads)
     config = GenerateConfig(base_model=bench.base_model, prompt_type=bench.prompt_type,
                             max_new_tokens=bench.max_new_tokens, do_sample=False)
-    model, tokenizer = load_for_generation(config)
+    models = load_models(config)
+    model, tokenizer = models.model, models.tokenizer
     prompt = build_prompt(tokenizer, [], bench.prompt, config, context_length(model, config))
     inputs = encode(tokenizer, [prompt.text], config.prompt_type, return_tensors="pt")
     kwargs = generation_kwargs(config, model, tokenizer)
@@ -67,11 +69,11 @@ def run(bench: BenchConfig):
         return result["run"]
 
     def non_streaming():
-        (answer,) = generate_answers(model, tokenizer, [prompt.text], config)
+        (answer,) = generate_answers(models, [prompt.text], config)
         return answer.new_tokens, answer.seconds, answer.seconds
 
     def streaming():
-        stream = AnswerStream(model, tokenizer, prompt.text, config)
+        stream = AnswerStream(models, prompt.text, config)
         start = time.perf_counter()
         first = None
         for _ in stream:

@@ -287,7 +287,7 @@ def run_generate_check(model: str, tiny: bool) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sftkit.generation import GenerateConfig, generate_answers
+    from sftkit.generation import GenerateConfig, Models, generate_answers
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -316,7 +316,8 @@ def run_generate_check(model: str, tiny: bool) -> dict:
         with torch.no_grad():
             seconds, _ = timed(lambda: lm.generate(**ids, **kw))
         plain[batch] = batch * new_tokens / seconds
-        seconds, answers = timed(lambda: generate_answers(lm, tokenizer, [prompt] * batch, engine_config))
+        seconds, answers = timed(lambda: generate_answers(Models.around(lm, tokenizer), [prompt] * batch,
+                                                          engine_config))
         engine[batch] = sum(a.new_tokens for a in answers) / seconds
     with torch.no_grad():  # one decode step after the prompt, with the KV cache: no generate() around it
         ids = tokenizer([prompt], return_tensors="pt").to(device)

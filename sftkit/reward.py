@@ -7,8 +7,8 @@ model trained by ``finetune.py --stage=rm`` records its prompt type in its confi
 """
 from __future__ import annotations
 
+from sftkit import models
 from sftkit.errors import ScorerError
-from sftkit.models import default_device, pick_dtype
 from sftkit.prompts import HUMAN, encode, render_conversation, split_turns
 
 PROMPT_TYPE_KEY = "sftkit_prompt_type"
@@ -33,27 +33,21 @@ class RewardModelScorer:
 
     def __init__(self, name_or_path: str, *, batch_size: int = 8, device: str | None = None,
                  max_length: int = 512, local_files_only: bool = False, trust_remote_code: bool = False):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
         self.name_or_path = name_or_path
         self.batch_size = batch_size
-        self.device = device or default_device()
+        self.device = device or models.default_device()
+        common = dict(local_files_only=local_files_only, trust_remote_code=trust_remote_code)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_files_only,
-                                                           trust_remote_code=trust_remote_code)
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                name_or_path, local_files_only=local_files_only, trust_remote_code=trust_remote_code,
-                dtype=pick_dtype(self.device))
+            self.tokenizer = models.load_tokenizer(name_or_path, padding_side=None, **common)
+            self.model = models.load_model(name_or_path, device=self.device, scorer=True, **common)
         except Exception as exc:
             raise ScorerError(
                 f"cannot load reward model {name_or_path!r}: {type(exc).__name__}: {exc}. Pass a local "
                 "directory of a sequence-classification model (--reward_model=DIR), allow the download, or "
                 "switch it off with --use_reward_model=false") from None
         self.max_length = min(max_length, self.tokenizer.model_max_length)  # never past the model's positions
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.model.to(self.device).eval()
+        self.model.eval()
         # Set by finetune.py --stage=rm: render (question, answer) with the prompt type it was trained on.
         self.prompt_type = getattr(self.model.config, PROMPT_TYPE_KEY, None)
 

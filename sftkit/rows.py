@@ -96,7 +96,6 @@ REASONS = {
     "unknown_prompt_type": "unknown prompt_type in the row's prompt_type column; fix the row, or give "
                            "--prompt_type to use one for every row",
     "unsupported_prompt_type": "an h2oGPT row whose prompt_type is neither plain nor human_bot",
-    "tool_turns": "tool calls and results, which the data stages do not keep yet",
     "no_question": "nothing is left to answer once the final answer is left out",
     "repeated_prompt": "the same prompt again",
     "prompt_too_long": "the prompt is longer than cutoff_len - max_new_tokens",
@@ -350,7 +349,7 @@ ROLE_SPELLINGS = {
     "human": "human", "user": "human", "prompter": "human", "person": "human",
     "bot": "bot", "assistant": "bot", "gpt": "bot", "ai": "bot", "chatbot": "bot", "model": "bot",
     "chatgpt": "bot", "bing": "bot", "bard": "bot",
-    "system": "system",
+    "system": "system", "developer": "system",  # OpenAI's newer name for system messages
     "function_call": "tool_call",  # ShareGPT (glaive, LLaMA-Factory): the assistant calls a tool
     "tool": "tool", "observation": "tool", "function": "tool", "ipython": "tool",  # a tool's result
 }
@@ -577,6 +576,12 @@ def _turns(items, role_key: str, text_key: str) -> list[Turn] | str:
     return turns
 
 
+def message_turns(messages) -> list[Turn] | str:
+    """Turns from a list of OpenAI chat messages (tool calls and ``tool`` messages included), or a reason:
+    a ``messages`` row's, and the API's requests."""
+    return _turns(messages, "role", "content")
+
+
 def _prompt_turns(value) -> list[Turn] | str:
     """A prompt or answer given as text (plain, ``<human>:``/``<bot>:`` or hh-rlhf ``Human:``/``Assistant:``
     marked) or as a list of messages, or a single ``{from, value}`` message."""
@@ -665,7 +670,7 @@ def conversation(record, shape: str, *, speakers=(), need_answer: bool = True,
         if shape == "sharegpt":
             turns = _turns(record.get("conversations"), "from", "value")
         elif shape == "messages":
-            turns = _turns(record.get("messages"), "role", "content")
+            turns = message_turns(record.get("messages"))
         elif shape == "alpaca":
             turns = _alpaca(record, need_answer)
         elif shape == "prompt":

@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 from sftkit import prompts
 from sftkit.chat_template import jinja_template, ollama_template, template_messages
 from sftkit.prompt_format import save_tokenizer, single_token_ids, write_prompt_format, read_prompt_format
-from sftkit.prompts import PROMPT_TYPES, PromptError, render_conversation, render_prompt, stop_strings
+from sftkit.prompts import PROMPT_TYPES, PromptError, render_conversation, render_open, render_prompt, stop_strings
 from tests.go_template import render as go_render
 from tests.tiny_models import CHAT_TEMPLATE, build_tokenizer
 
@@ -31,6 +31,23 @@ CONVERSATIONS = [
     [("input", "cat"), ("bot", "chat")],
     [("system", ""), ("human", "Hi."), ("human", "Again."), ("bot", "Hello!\n"), ("human", "Bye."), ("bot", "Bye.</s>"),
      ("human", "Name a colour."), ("bot", "Blue.")],
+]
+
+# Tool use: the tool list (OpenAI's shape and a bare schema), a call alone, a call after text, parallel calls
+# and their results, a call in an exchange with an input; each also cut before every answer (a prompt).
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                          "required": ["city"]}}},
+         {"name": "local_time", "description": "Local time, «exactly»", "parameters": {"type": "object"}}]
+OSLO = '{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+TIME = '{"name": "local_time", "arguments": {}}'
+TOOL_CONVERSATIONS = [
+    [("human", "Weather in Oslo?"), ("tool_call", OSLO), ("tool", '{"temp_c": 3}'), ("bot", "It is 3 °C.")],
+    [("system", "Be brief."), ("human", "Weather and time?"), ("bot", "Let me look."), ("tool_call", OSLO),
+     ("tool_call", TIME), ("tool", '{"temp_c": 3}'), ("tool", "12:00"), ("bot", "3 °C at noon."),
+     ("human", "Thanks."), ("bot", "You're welcome.")],
+    [("context", "Earlier text. "), ("human", "Translate the weather."), ("input", "Oslo"), ("tool_call", OSLO),
+     ("tool", "cold"), ("bot", "Kaldt.")],
 ]
 
 
@@ -75,6 +92,18 @@ def mismatches(tokenizer, name) -> list[str]:
         want = render_conversation(turns, name)[0]
         if got != want:
             bad.append(f"training text {turns}: {got!r} != {want!r}")
+    for turns in TOOL_CONVERSATIONS:
+        got = tokenizer.apply_chat_template(template_messages(turns), tools=TOOLS, tokenize=False)
+        want = render_conversation(turns, name, tools=TOOLS)[0]
+        if got != want:
+            bad.append(f"training text with tools {turns}: {got!r} != {want!r}")
+        for cut in (i for i, (role, _) in enumerate(turns) if role in ("tool_call", "bot") and turns[i - 1][0] not in
+                    ("tool_call", "bot")):
+            got = tokenizer.apply_chat_template(template_messages(turns[:cut]), tools=TOOLS, tokenize=False,
+                                                add_generation_prompt=True)
+            want = render_open(turns[:cut], name, tools=TOOLS)
+            if got != want:
+                bad.append(f"prompt with tools {turns[:cut]}: {got!r} != {want!r}")
     return bad
 
 
@@ -107,6 +136,13 @@ def test_a_wrong_template_line_fails_the_golden_check(name, base_tokenizer, tmp_
         assert mismatches(base_tokenizer, name), "a wrong template line went unnoticed"
     finally:
         base_tokenizer.chat_template = CHAT_TEMPLATE
+    for wrong in (good.replace(', "arguments": \'', ', "args": \''), good.replace("ns.listing + ", "")):
+        assert wrong != good
+        base_tokenizer.chat_template = wrong
+        try:
+            assert any("with tools" in line for line in mismatches(base_tokenizer, name)), "a wrong tool line"
+        finally:
+            base_tokenizer.chat_template = CHAT_TEMPLATE
     if PROMPT_TYPES[name].response:
         base_tokenizer.chat_template = good.replace("or add_generation_prompt", "or false")
         try:

@@ -162,7 +162,7 @@ def tool_tokenizer(tmp_path_factory):
 def test_chat_renders_tools_through_the_tokenizers_template(tool_tokenizer):
     turns = [("system", "Be brief.")] + TOOL_TURNS
     text, spans = render_conversation(turns, "chat", tool_tokenizer, tools=TOOLS)
-    messages = prompts._messages(turns)
+    messages = prompts.chat_messages(turns)
     assert messages[2] == {"role": "assistant", "content": "", "tool_calls": [
         {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]}
     assert text == tool_tokenizer.apply_chat_template(messages, tools=TOOLS, tokenize=False)  # transformers renders it

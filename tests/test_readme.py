@@ -211,11 +211,15 @@ BENCH_TINY = {
     "bench_data.py": lambda sb: ["--rows=400", "--baseline_rows=40"],
     "bench_neardup.py": lambda sb: ["--rows=2000", "--baseline_rows=1000"],
     "bench_dedup.py": lambda sb: ["--rows=20000"],
-    "bench_train.py": lambda sb: [f"--base_model={sb.tiny_model}", "--rows=8", "--cutoff_len=64"],
-    "bench_tokenize.py": lambda sb: [f"--base_model={sb.tiny_model}", "--rows=40", "--repeats=1",
-                                     "--cache_rows=40,160", "--cutoff_len=64"],
+    "bench_train.py": lambda sb: [f"--base_model={sb.tiny_model}", "--rows=8", "--cutoff_len=64", "--steps=1",
+                                 f"--data_path={ROOT / 'data' / 'formats' / 'h2ogpt_sample.json'}"],
     "bench_generate.py": lambda sb: [f"--base_model={sb.tiny_model}", "--prompt_type=human_bot",
                                      "--max_new_tokens=8", "--repeats=1", "--max_overhead=100"],
+    "bench_plan.py": lambda sb: ["--rows=2000", f"--base_model={sb.tiny_model}"],
+    "bench_loss_memory.py": lambda sb: [f"--base_model={sb.tiny_model}", "--micro_batch_size=2", "--cutoff_len=64",
+                                        "--method=lora", "--repeats=0"],
+    "bench_tokenize.py": lambda sb: [f"--base_model={sb.tiny_model}", "--rows=200", "--repeats=1",
+                                     "--cache_rows=40,160", "--cutoff_len=64"],
     "bench_rl.py": lambda sb: [f"--base_model={sb.tiny_model}", "--steps=2", "--batch=8", "--micro=4",
                                "--max_new_tokens=8", "--cutoff_len=64"],
     "bench_api.py": lambda sb: [f"--base_model={sb.tiny_model}", "--prompt_type=human_bot", "--clients=1,2",
@@ -229,7 +233,7 @@ def run_bench(sb: Sandbox, script: str, args: list[str]) -> None:
 
 
 def run_readme_command(sb: Sandbox, command: str) -> None:
-    words = shlex.split(command)
+    words = shlex.split(command, comments=True)
     head = words[0]
     if head == "make":
         return run_make(sb, words[1:])

@@ -237,7 +237,7 @@ def eval_and_training_prompts(tokenizer, path, prompt_type):
     """The prompt batch mode renders for each row of ``path``, and the text training rendered up to its answer."""
     from sftkit.generation import GenerateConfig
     from sftkit.generation.batch import read_prompts
-    from sftkit.generation.engine import fit_prompt
+    from sftkit.generation.prompting import fit_prompt
     from sftkit.train.data import load_conversations
     from sftkit.train.tokenize import tokenize_all
 

@@ -4,401 +4,238 @@
 ``messages`` with the prompt type the model was trained with; ``POST /v1/completions`` continues
 raw text. Both stream as server-sent events ending with ``data: [DONE]``, or answer in one JSON.
 
-One worker thread owns the model. Requests wait in a bounded queue (429 with Retry-After when it
-is full); the requests waiting when the worker is free, and sharing sampling settings, are
-generated together as one left-padded batch, each row with its own adapter, token limit and stop
-strings. A client that disconnects cancels its rows at the next token and frees its slot.
-Errors use OpenAI's JSON shape: 400 bad body, 401 bad key, 404 unknown model, 413 prompt longer
-than the context, 429 queue full.
+The routes are module-level functions of the server's :class:`Api` (models, config, scheduler) and
+the HTTP request. A body is read up to ``--api_max_body_mb`` (413 past it, before it is read
+whole), then checked and tokenized by :func:`sftkit.generation.protocol.prepare` in a worker thread,
+so a large body never stalls the event loop; every error is OpenAI's shape with a 4xx, under
+``stream=true`` too (the check happens before the 200 starts). The scheduler
+(:mod:`sftkit.generation.scheduler`) generates; a client that disconnects, streaming or not,
+queued or running, cancels its job at once: it leaves the queue, or its rows end at the next token.
+Errors: 400 bad body or unsupported field, 401 bad key, 404 unknown model, 413 body too large or
+prompt longer than the context, 429 queue full (with Retry-After).
 """
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import copy
 import hmac
-import json
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
+import uvicorn
 from fastapi import FastAPI
 from fastapi import Request as HttpRequest
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 
 from sftkit.errors import GenerationError
 from sftkit.generation.config import GenerateConfig
-from sftkit.generation.engine import Answer, BatchStream, Models, Request, context_length
-from sftkit.prompts import render_prompt
+from sftkit.generation.engine import Answer
+from sftkit.generation.loading import Models
+from sftkit.generation.protocol import ApiError, Chunks, Limits, Prepared, prepare, response
+from sftkit.generation.scheduler import Job, Scheduler
 
 RETRY_AFTER_SECONDS = 1
 
 
-# ---------------------------------------------------------------- request bodies
+@dataclass
+class Api:
+    """What the routes serve: the models, the server's settings, and the scheduler that generates.
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    Requests are checked with ``checking``: the same models with a tokenizer of their own, as a fast
+    tokenizer must not be used by two threads while one of them changes its padding (the generating
+    thread pads every batch).
+    """
 
-    model: str | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    stop: str | list[str] | None = None
-    n: int = Field(1, ge=1, le=16)
-    seed: int | None = None
-    stream: bool = False
-    stream_options: dict | None = None
+    models: Models
+    config: GenerateConfig
+    scheduler: Scheduler
+    checking: Models
+    limits: Limits
+    created: int = field(default_factory=lambda: int(time.time()))
 
-
-class _Part(BaseModel):
-    type: Literal["text"]
-    text: str
-
-
-class Message(BaseModel):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[_Part]
-
-    def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+    @classmethod
+    def start(cls, models: Models, config: GenerateConfig) -> "Api":
+        checking = replace(models, tokenizer=copy.deepcopy(models.tokenizer))
+        return cls(models, config, Scheduler(models, config), checking, Limits.of(models, config))
 
 
-class ChatBody(_Body):
-    messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+# ---------------------------------------------------------------- reading and checking a request
+
+def authorize(api: Api, request: HttpRequest) -> None:
+    """With ``--api_key``, every request needs it as a bearer token (compared in constant time)."""
+    if not api.config.api_key:
+        return
+    header = request.headers.get("authorization", "")
+    given = header[7:].encode() if header.lower().startswith("bearer ") else b""
+    if not hmac.compare_digest(given, api.config.api_key.encode()):
+        raise ApiError(401, "Incorrect API key provided: send 'Authorization: Bearer <api_key>'",
+                       code="invalid_api_key")
 
 
-class CompletionBody(_Body):
-    prompt: str | list[str]
+async def read_body(request: HttpRequest, limit_mb: float) -> bytes:
+    """The request body, refused with 413 as soon as it is known to pass the limit (by its
+    Content-Length, else while it streams in)."""
+    limit = int(limit_mb * 1024 * 1024)
+    too_large = ApiError(413, f"the request body is larger than --api_max_body_mb={limit_mb:g} MB",
+                         code="request_too_large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise too_large
+        parts.append(part)
+    return b"".join(parts)
 
 
-class ApiError(Exception):
-    """An error answered in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
-
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
-                 headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.code, self.param, self.headers = status, message, code, param, headers
-
-    def body(self) -> dict:
-        kind = {401: "authentication_error", 404: "invalid_request_error", 429: "rate_limit_error"}.get(
-            self.status, "invalid_request_error")
-        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+async def submit(api: Api, prepared: Prepared) -> tuple[Job, asyncio.Queue]:
+    """Queue a checked request; its events arrive on the returned asyncio queue."""
+    loop, events = asyncio.get_running_loop(), asyncio.Queue()
+    job = Job(prepared.requests, prepared.settings, lambda *event: loop.call_soon_threadsafe(events.put_nowait, event))
+    if not api.scheduler.submit(job):
+        raise ApiError(429, f"the server is busy ({api.scheduler.limit} requests queued); retry in "
+                            f"{RETRY_AFTER_SECONDS} s", code="queue_full",
+                       headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    return job, events
 
 
-def chat_prompt(messages: list[Message], config: GenerateConfig, tokenizer) -> str:
-    """The prompt text of a chat: system messages become the system prompt (else --system_prompt), the
-    user/assistant turns are rendered by the prompt type training used, ending where the answer starts."""
-    system = "\n".join(m.text() for m in messages if m.role in ("system", "developer")) or config.system_prompt
-    turns = [("human" if m.role == "user" else "bot", m.text()) for m in messages if m.role in ("user", "assistant")]
-    if not turns or turns[-1][0] != "human":
-        raise ApiError(400, "messages must end with a user message", param="messages")
-    for (role, _), (next_role, _) in zip(turns, turns[1:]):
-        if role == next_role:
-            raise ApiError(400, "user and assistant messages must alternate", param="messages")
-    return render_prompt(turns[:-1], turns[-1][1], config.prompt_type, tokenizer=tokenizer, system=system or None)
+async def _until_disconnect(request: HttpRequest) -> None:
+    """Returns once the client has gone (its body is read: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
-# ---------------------------------------------------------------- scheduling
+async def collect(api: Api, job: Job, events: asyncio.Queue, request: HttpRequest) -> list[Answer]:
+    """Wait for a job's answers; a client that goes away meanwhile cancels it."""
+    def gone(task: asyncio.Task) -> None:
+        if not task.cancelled():
+            task.exception()  # a failed receive counts as a disconnect too
+            api.scheduler.cancel(job)
 
-@dataclass(eq=False)
-class Job:
-    """One HTTP request: its rows (n choices), its settings, and where the worker posts events."""
-
-    requests: list[Request]
-    settings: GenerateConfig
-    loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)
-    cancel: threading.Event = field(default_factory=threading.Event)
-
-    def key(self) -> tuple:
-        s = self.settings
-        return (s.do_sample, s.temperature, s.top_p, s.top_k, s.seed, s.num_beams, s.repetition_penalty)
-
-    def post(self, *event) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
-
-
-class Scheduler:
-    """The one thread that generates: takes waiting jobs, batches those that can share a generate call."""
-
-    def __init__(self, models: Models, config: GenerateConfig):
-        self.models = models
-        self.limit = max(config.api_queue_size, 1)
-        self.batch_rows = max(config.api_batch_size, 1)
-        self.waiting: collections.deque[Job] = collections.deque()
-        self.admitted = 0  # waiting + running jobs
-        self.batches = 0
-        self.condition = threading.Condition()
-        self.stopping = False
-        self.thread = threading.Thread(target=self._run, name="sftkit-api-worker", daemon=True)
-        self.thread.start()
-
-    def submit(self, job: Job) -> bool:
-        """Queue ``job``; False when the queue is full."""
-        with self.condition:
-            if self.admitted >= self.limit:
-                return False
-            self.admitted += 1
-            self.waiting.append(job)
-            self.condition.notify()
-        return True
-
-    def cancel(self, job: Job) -> None:
-        """Cancel ``job``: a waiting job leaves the queue at once, a running one ends at its next token."""
-        job.cancel.set()
-        with self.condition:
-            if job not in self.waiting:
-                return
-            self.waiting.remove(job)
-            self.admitted -= 1
-        job.post("done", None)
-
-    def stop(self) -> None:
-        with self.condition:
-            self.stopping = True
-            self.condition.notify()
-        self.thread.join(timeout=30)
-
-    def _take(self) -> list[Job] | None:
-        with self.condition:
-            while not self.waiting and not self.stopping:
-                self.condition.wait()
-            if self.stopping:
-                return None
-            first = self.waiting.popleft()
-            batch, rows = [first], len(first.requests)
-            for job in list(self.waiting):
-                if job.key() == first.key() and rows + len(job.requests) <= self.batch_rows:
-                    self.waiting.remove(job)
-                    batch.append(job)
-                    rows += len(job.requests)
-            return batch
-
-    def _finish(self, job: Job, *event) -> None:
-        with self.condition:
-            self.admitted -= 1
-        job.post(*event)
-
-    def _run(self) -> None:
-        while (jobs := self._take()) is not None:
-            live = []
-            for job in jobs:
-                if job.cancel.is_set():
-                    self._finish(job, "done", None)
-                else:
-                    live.append(job)
-            if not live:
-                continue
-            requests = [request for job in live for request in job.requests]
-            owner = [(job, index) for job in live for index in range(len(job.requests))]
-            settings = replace(live[0].settings,
-                               max_new_tokens=max(r.max_new_tokens for r in requests))
-            stream = BatchStream(self.models.model, self.models.tokenizer, requests, settings)
-            self.batches += 1
-            try:
-                for row, piece in stream:
-                    job, index = owner[row]
-                    if not job.cancel.is_set():
-                        job.post("piece", index, piece)
-            except Exception as exc:  # a failed generate call answers its requests with a 500
-                for job in live:
-                    self._finish(job, "error", f"{type(exc).__name__}: {exc}")
-                continue
-            answers = stream.answers or []
-            for job in live:
-                self._finish(job, "done", [answers[n] for n, (owner_job, _) in enumerate(owner) if owner_job is job])
-
-
-# ---------------------------------------------------------------- the app
-
-def _finish_reason(answer: Answer) -> str:
-    return "length" if answer.finish_reason == "max_new_tokens" else "stop"
-
-
-def _usage(answers: list[Answer]) -> dict:
-    prompt = answers[0].prompt_tokens if answers else 0
-    completion = sum(a.new_tokens for a in answers)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def build_app(models: Models, config: GenerateConfig):
-    """The FastAPI app serving ``models``; its ``state.scheduler`` is the generating thread."""
-    scheduler = Scheduler(models, config)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        yield
-        scheduler.stop()
-
-    app = FastAPI(title="sftkit", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.scheduler = scheduler
-    context = context_length(models.model, config)
-    created = int(time.time())
-    key = config.api_key.encode() if config.api_key else None
-
-    @app.exception_handler(ApiError)
-    async def api_error(request, exc: ApiError):
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def bad_body(request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        return JSONResponse(ApiError(400, f"invalid request body: {where or 'body'}: {first.get('msg', exc)}",
-                                     param=where).body(), status_code=400)
-
-    @app.middleware("http")
-    async def authorize(request: HttpRequest, call_next):
-        if key is not None and request.url.path.startswith("/v1"):
-            header = request.headers.get("authorization", "")
-            given = header[7:].encode() if header.lower().startswith("bearer ") else b""
-            if not hmac.compare_digest(given, key):
-                error = ApiError(401, "Incorrect API key provided: send 'Authorization: Bearer <api_key>'",
-                                 code="invalid_api_key")
-                return JSONResponse(error.body(), status_code=401)
-        return await call_next(request)
-
-    def model_card(name: str) -> dict:
-        return {"id": name, "object": "model", "created": created, "owned_by": "sftkit"}
-
-    @app.get("/v1/models")
-    async def list_models():
-        return {"object": "list", "data": [model_card(name) for name in models.names]}
-
-    @app.get("/v1/models/{name}")
-    async def get_model(name: str):
-        if name not in models.adapters:
-            raise ApiError(404, f"The model {name!r} does not exist; this server has {', '.join(models.names)}",
-                           code="model_not_found", param="model")
-        return model_card(name)
-
-    def settings_of(body: _Body) -> GenerateConfig:
-        settings = config
-        if body.temperature is not None:
-            settings = replace(settings, do_sample=body.temperature > 0,
-                               temperature=body.temperature if body.temperature > 0 else settings.temperature)
-        if body.top_p is not None:
-            settings = replace(settings, top_p=body.top_p)
-        if body.seed is not None:
-            settings = replace(settings, seed=body.seed)
-        return replace(settings, num_return_sequences=1)
-
-    def make_job(body: _Body, prompts: list[str], max_tokens: int | None) -> tuple[str, Job]:
-        name = body.model or models.default
-        if name not in models.adapters:
-            raise ApiError(404, f"The model {name!r} does not exist; this server has {', '.join(models.names)}",
-                           code="model_not_found", param="model")
-        adapter = models.adapters[name]
-        stops = tuple([body.stop] if isinstance(body.stop, str) else body.stop or ())
-        wanted = max_tokens or config.max_new_tokens
-        job = Job([], settings_of(body), asyncio.get_running_loop())
-        for prompt in prompts:
-            tokens = len(models.tokenizer(prompt, add_special_tokens=config.prompt_type != "chat")["input_ids"])
-            if tokens >= context:
-                raise ApiError(413, f"the prompt is {tokens} tokens; this model's context is {context} tokens "
-                                    f"(prompt plus answer): shorten it", code="context_length_exceeded",
-                               param="messages" if isinstance(body, ChatBody) else "prompt")
-            limit = min(wanted, context - tokens)
-            job.requests += [Request(prompt, adapter if adapter is not None else "__base__", limit, stops, job.cancel)
-                             for _ in range(body.n)]
-        if not scheduler.submit(job):
-            raise ApiError(429, f"the server is busy ({scheduler.limit} requests queued); retry in "
-                                f"{RETRY_AFTER_SECONDS} s", code="queue_full",
-                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-        return name, job
-
-    async def collect(job: Job, request: HttpRequest) -> list[Answer]:
-        """Wait for a job's answers; a client that goes away cancels it."""
+    watcher = asyncio.create_task(_until_disconnect(request))
+    watcher.add_done_callback(gone)
+    try:
         while True:
-            try:
-                event = await asyncio.wait_for(job.events.get(), timeout=0.25)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    scheduler.cancel(job)
-                continue
+            event = await events.get()
             if event[0] == "done":
                 return event[1] or []
             if event[0] == "error":
                 raise ApiError(500, event[1], code="generation_failed")
+    finally:
+        watcher.cancel()
 
-    def sse(data: dict | str) -> str:
-        return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
-    def stream(job: Job, name: str, kind: str, include_usage: bool):
-        ident = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
-        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
-        now = int(time.time())
+def stream(api: Api, prepared: Prepared, job: Job, events: asyncio.Queue) -> StreamingResponse:
+    """Server-sent events as the answers grow; a disconnect (Starlette cancels the stream) cancels the job."""
+    chunks = Chunks(prepared)
 
-        def chunk(choices, usage=None):
-            body = {"id": ident, "object": obj, "created": now, "model": name, "choices": choices}
-            if include_usage:
-                body["usage"] = usage
-            return sse(body)
+    async def body():
+        try:
+            for event in chunks.opening():
+                yield event
+            while True:
+                event = await events.get()
+                if event[0] == "piece":
+                    line = chunks.piece(event[1], event[2])
+                    if line is not None:
+                        yield line
+                elif event[0] == "error":
+                    for line in chunks.error(event[1]):
+                        yield line
+                    return
+                else:
+                    for line in chunks.ending(event[1] or []):
+                        yield line
+                    return
+        finally:
+            api.scheduler.cancel(job)  # no-op after the end; a disconnect cancels the generation
 
-        def choice(index, text=None, finish=None, role=False):
-            if kind == "chat":
-                delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
-                return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-            return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-        async def events():
-            try:
-                if kind == "chat":
-                    yield chunk([choice(i, role=True) for i in range(len(job.requests))])
-                while True:
-                    event = await job.events.get()
-                    if event[0] == "piece":
-                        yield chunk([choice(event[1], event[2])])
-                    elif event[0] == "error":
-                        yield sse({"error": ApiError(500, event[1], code="generation_failed").body()["error"]})
-                        break
-                    else:
-                        answers = event[1] or []
-                        yield chunk([choice(i, finish=_finish_reason(a)) for i, a in enumerate(answers)])
-                        if include_usage:
-                            yield chunk([], _usage(answers))
-                        break
-                yield sse("[DONE]")
-            finally:
-                scheduler.cancel(job)  # no-op after the end; a disconnect cancels the generation
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+# ---------------------------------------------------------------- routes
+
+def _model_card(api: Api, name: str) -> dict:
+    return {"id": name, "object": "model", "created": api.created, "owned_by": "sftkit"}
+
+
+async def list_models(api: Api, request: HttpRequest) -> dict:
+    authorize(api, request)
+    return {"object": "list", "data": [_model_card(api, name) for name in api.models.names]}
+
+
+async def get_model(api: Api, request: HttpRequest, name: str) -> dict:
+    authorize(api, request)
+    try:
+        return _model_card(api, api.models.resolve(name))
+    except GenerationError:
+        raise ApiError(404, f"The model {name[:100]!r} does not exist; this server has "
+                            f"{', '.join(api.models.names)}", code="model_not_found", param="model") from None
+
+
+async def completions(api: Api, request: HttpRequest, kind: str):
+    """``POST /v1/chat/completions`` (``kind`` "chat") and ``POST /v1/completions`` ("completion")."""
+    authorize(api, request)
+    raw = await read_body(request, api.config.api_max_body_mb)
+    prepared = await asyncio.to_thread(prepare, api.checking, api.config, api.limits, kind, raw)
+    job, events = await submit(api, prepared)
+    if prepared.stream:
+        return stream(api, prepared, job, events)
+    return response(prepared, await collect(api, job, events, request))
+
+
+# ---------------------------------------------------------------- the app
+
+async def _api_error(request, exc: ApiError):
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def _http_error(request, exc: HTTPException):
+    error = ApiError(exc.status_code, str(exc.detail))
+    return JSONResponse(error.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def _bug(request, exc: Exception):
+    return JSONResponse(ApiError(500, f"internal error: {type(exc).__name__}").body(), status_code=500)
+
+
+def build_app(models: Models, config: GenerateConfig) -> FastAPI:
+    """The FastAPI app serving ``models``; its ``state.api`` holds the scheduler (the generating thread)."""
+    api = Api.start(models, config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        api.scheduler.stop()
+
+    app = FastAPI(title="sftkit", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.api = api
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _bug)
+
+    @app.get("/v1/models")
+    async def models_route(request: HttpRequest):
+        return await list_models(api, request)
+
+    @app.get("/v1/models/{name}")
+    async def model_route(request: HttpRequest, name: str):
+        return await get_model(api, request, name)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatBody, request: HttpRequest):
-        prompt = chat_prompt(body.messages, config, models.tokenizer)
-        name, job = make_job(body, [prompt], body.max_completion_tokens or body.max_tokens)
-        if body.stream:
-            return stream(job, name, "chat", bool((body.stream_options or {}).get("include_usage")))
-        answers = await collect(job, request)
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": name, "usage": _usage(answers),
-                "choices": [{"index": i, "message": {"role": "assistant", "content": a.text}, "logprobs": None,
-                             "finish_reason": _finish_reason(a)} for i, a in enumerate(answers)]}
+    async def chat_route(request: HttpRequest):
+        return await completions(api, request, "chat")
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionBody, request: HttpRequest):
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not prompts or len(prompts) * body.n > 64:
-            raise ApiError(400, "prompt: give 1 to 64 prompts (times n)", param="prompt")
-        name, job = make_job(body, prompts, body.max_tokens)
-        if body.stream:
-            return stream(job, name, "completion", bool((body.stream_options or {}).get("include_usage")))
-        answers = await collect(job, request)
-        usage = {"prompt_tokens": sum(a.prompt_tokens for a in answers[::body.n]),
-                 "completion_tokens": sum(a.new_tokens for a in answers)}
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": name, "usage": usage,
-                "choices": [{"index": i, "text": a.text, "logprobs": None, "finish_reason": _finish_reason(a)}
-                            for i, a in enumerate(answers)]}
+    async def completion_route(request: HttpRequest):
+        return await completions(api, request, "completion")
 
     return app
 
@@ -407,8 +244,6 @@ class Server:
     """A running API server: ``url``, and ``close()`` to stop it (used by tests and benchmarks)."""
 
     def __init__(self, models: Models, config: GenerateConfig):
-        import uvicorn
-
         self.app = build_app(models, config)
         self.url = f"http://{config.server_name}:{config.port()}/v1"
         self.server = uvicorn.Server(uvicorn.Config(self.app, host=config.server_name, port=config.port(),
@@ -439,4 +274,3 @@ def serve(models: Models, config: GenerateConfig, *, block: bool = True) -> Serv
         server.server.run()
         return server
     return server.start()
-

@@ -16,14 +16,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from tqdm.auto import tqdm
+
 from sftkit import atomic, rows
 from sftkit.errors import GenerationError
 from sftkit.generation.config import GenerateConfig
 from sftkit.generation.correctness import accepted_answers, add_correctness
-from sftkit.generation.engine import (Models, adapter_fingerprint, context_length, fit_prompt, generate_answers,
-                                      load_models, parse_lora_weights)
+from sftkit.generation.engine import Request, generate_answers
+from sftkit.generation.loading import (BASE, Models, adapter_fingerprint, load_models, parse_lora_weights,
+                                       resolve_adapter)
+from sftkit.generation.prompting import context_length, fit_prompt
+from sftkit.generation.report import write_report
 from sftkit.generation.scoring import add_scores, load_scorer
-from sftkit.prompts import Turn
+from sftkit.prompts import Turn, parse_tool_calls, tool_call_problem
 
 # Settings that change what an answer is; a resume must match every one of them.
 ANSWER_SETTINGS = ("base_model", "tokenizer_base_model", "prompt_type", "system_prompt", "stop", "load_8bit",
@@ -91,41 +96,48 @@ def read_prompts(path: str | os.PathLike, sample: int = 0, seed: int = 0) -> lis
 
 # ---------------------------------------------------------------- answering
 
-def answer_batch(model, tokenizer, prompts: list[EvalPrompt | str], config: GenerateConfig, *,
-                 adapter: str | None = None, on_rows: Callable[[list[dict]], None] | None = None,
+def tool_call_fields(text: str, tools: list[dict], prompt_type: str) -> dict:
+    """What an answer to a prompt with tools did: ``tool_calls`` (the calls read from it, ``{name,
+    arguments}``) and ``tool_call``: ``valid``, ``no_call``, or why its call is not valid
+    (:func:`sftkit.prompts.tool_call_problem`: ``bad_call_json``, ``unknown_function``, ``missing_argument``)."""
+    rest, calls = parse_tool_calls(text, prompt_type)
+    problem = tool_call_problem(rest, calls, tools)
+    return {"tool_calls": calls, "tool_call": problem or ("valid" if calls else "no_call")}
+
+
+def answer_batch(models: Models, prompts: list[EvalPrompt | str], config: GenerateConfig, *,
+                 model: str | None = None, on_rows: Callable[[list[dict]], None] | None = None,
                  progress: bool = True, label: str = "generate") -> list[dict]:
-    """Answer prompts (a string is a single question): ``[{prompt[, history], response, new_tokens,
-    finish_reason, seconds}]``.
+    """Answer prompts (a string is a single question) with ``model`` (None: the default one):
+    ``[{prompt[, history], response, new_tokens, finish_reason, seconds}]``, and for a prompt with tools
+    what its answer called (:func:`tool_call_fields`).
 
     ``seconds`` is the answer's share of the wall time of the generate call that made it, so the
     seconds of all rows add up to the time spent generating.
-    ``adapter`` picks the adapter of a multi-adapter model (None: its active one).
     """
-    from tqdm.auto import tqdm
-
-    context = context_length(model, config)
+    model = models.resolve(model)
+    context = context_length(models.model, config)
     rows: list[dict] = []
-    size = max(config.batch_size, 1)
-    repeats = max(config.num_return_sequences, 1)
-    adapters = None if adapter is None else [adapter if adapter != "__base__" else None]
+    repeats = config.num_return_sequences
     prompts = [EvalPrompt([("human", p)]) if isinstance(p, str) else p for p in prompts]
     with tqdm(total=len(prompts), desc=label, unit="prompt", disable=not progress) as bar:
-        for start in range(0, len(prompts), size):
-            chunk = prompts[start:start + size]
-            rendered = []
+        for start in range(0, len(prompts), config.batch_size):
+            chunk = prompts[start:start + config.batch_size]
+            requests = []
             for n, question in enumerate(chunk, start + 1):
                 if not question.text.strip():
                     raise GenerationError(f"prompt {n}: empty message")
-                prompt = fit_prompt(tokenizer, question.turns, config, context, question.tools)
+                prompt = fit_prompt(models.tokenizer, question.turns, config, context, question.tools)
                 if prompt.warning():
                     warnings.warn(f"prompt {n}: {prompt.warning()}", stacklevel=2)
-                rendered.append(prompt.text)
-            answers = generate_answers(model, tokenizer, rendered, config,
-                                       adapters=None if adapters is None else adapters * len(rendered))
+                requests.append(Request(prompt.text, model))
+            answers = generate_answers(models, requests, config)
             new = [dict(prompt=chunk[i // repeats].text,
                         **({"history": chunk[i // repeats].history} if chunk[i // repeats].history else {}),
                         response=a.text, new_tokens=a.new_tokens, finish_reason=a.finish_reason,
-                        seconds=round(a.seconds / len(answers), 4))
+                        seconds=round(a.seconds / len(answers), 4),
+                        **(tool_call_fields(a.text, chunk[i // repeats].tools, config.prompt_type)
+                           if chunk[i // repeats].tools else {}))
                    for i, a in enumerate(answers)]
             rows += new
             if on_rows:
@@ -143,10 +155,8 @@ def progress_path(output: Path) -> Path:
 def run_identity(config: GenerateConfig) -> dict:
     """What made the answers: models (adapters by path and content hash), prompt type, generation settings."""
     models = {}
-    for name, path in parse_lora_weights(config.lora_weights) or [("base", None)]:
+    for name, path in parse_lora_weights(config.lora_weights) or [(BASE, None)]:
         if path:
-            from sftkit.generation.engine import resolve_adapter
-
             resolved = resolve_adapter(path)
             models[name] = {"path": str(Path(resolved).resolve()), "sha256": adapter_fingerprint(resolved)}
         else:
@@ -193,6 +203,19 @@ def read_progress(progress: Path, prompts_by_model: list[tuple[str, str]], ident
     return rows
 
 
+def _check_writable(output: Path) -> None:
+    """Fail before anything loads when the answers, progress file and report cannot be written there."""
+    if not output.parent.is_dir():
+        raise GenerationError(f"--eval_output_file={output}: directory {output.parent} does not exist")
+    probe = atomic.temp_path(output)
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise GenerationError(f"--eval_output_file={output}: cannot write in {output.parent} ({exc.strerror}); "
+                              f"choose a writable place") from None
+
+
 def run_batch(config: GenerateConfig, models: Models | None = None) -> list[dict]:
     """Batch mode: answer every prompt with every model of --lora_weights into eval_output_file, then
     write the report next to it. Resumes an interrupted run made with the same settings."""
@@ -202,12 +225,11 @@ def run_batch(config: GenerateConfig, models: Models | None = None) -> list[dict
     if output.exists() and not config.overwrite:
         raise GenerationError(f"--eval_output_file={output} exists; pass --overwrite=True to replace it or "
                               f"choose another file")
-    if not output.parent.is_dir():
-        raise GenerationError(f"--eval_output_file={output}: directory {output.parent} does not exist")
+    _check_writable(output)
     atomic.clean_stale(output.parent)
-    prompts = read_prompts(config.eval_prompts_file, config.eval_sample, config.seed)
-    names = [name for name, _ in parse_lora_weights(config.lora_weights)] or ["base"]
-    repeats = max(config.num_return_sequences, 1)
+    prompts = read_prompts(config.eval_prompts_file, config.eval_sample, config.seed or 0)
+    names = [name for name, _ in parse_lora_weights(config.lora_weights)] or [BASE]
+    repeats = config.num_return_sequences
     expected = [(name, p.text) for name in names for p in prompts for _ in range(repeats)]
     identity = run_identity(config)
     progress = progress_path(output)
@@ -231,17 +253,13 @@ def run_batch(config: GenerateConfig, models: Models | None = None) -> list[dict
                 fh.flush()
                 os.fsync(fh.fileno())
 
-            adapter = models.adapter(name)
-            new = answer_batch(models.model, models.tokenizer, prompts[finished:], config,
-                               adapter="__base__" if adapter is None else adapter, on_rows=save, label=name)
+            new = answer_batch(models, prompts[finished:], config, model=name, on_rows=save, label=name)
             rows += [{"model": name, **row} for row in new]
     if scorer is not None:
         add_scores(rows, scorer)
     add_correctness(rows, accepted_answers(config.eval_prompts_file))
     answers = [{key: value for key, value in row.items() if key != "seconds"} for row in rows]
     atomic.write_json(output, answers)
-    from sftkit.generation.report import write_report
-
     report = write_report(rows, output, config)
     progress.unlink()
     seconds = sum(r["seconds"] for r in rows)
@@ -249,6 +267,8 @@ def run_batch(config: GenerateConfig, models: Models | None = None) -> list[dict
     score = f", mean score {sum(r['score'] for r in rows) / len(rows):.3f}" if scorer is not None else ""
     checked = [r["correct"] for r in rows if "correct" in r]
     score += f", {sum(checked)}/{len(checked)} correct" if checked else ""
+    called = [r["tool_call"] for r in rows if "tool_call" in r]
+    score += f", {called.count('valid')}/{len(called)} valid tool calls" if called else ""
     print(f"generate: {len(rows)} answers from {len(names)} model(s), {tokens} new tokens in {seconds:.1f} s of "
           f"generation{score} -> {output}\nreport: {report}", file=sys.stderr)
     return answers

@@ -1,11 +1,19 @@
-"""Settings of generate.py: one dataclass read by the engine and by every front end."""
+"""Settings of generate.py: one dataclass read by the engine and by every front end.
+
+The settings are checked once, when a config is made (flags, a recipe, or ``replace`` with a UI's
+or an API request's values), so the engine never re-checks them and a bad value is a
+GenerationError naming the flag before anything loads.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sftkit.errors import GenerationError
 from sftkit.flags import flag
 from sftkit.models import DEFAULT_BASE_MODEL
-from sftkit.prompts import prompt_type_names
+from sftkit.prompts import get_prompt_type, prompt_type_names
+
+SEED_RANGE = (-(2 ** 63), 2 ** 63 - 1)  # what torch.manual_seed takes, and OpenAI's int64 seed
 
 
 @dataclass
@@ -41,7 +49,8 @@ class GenerateConfig:
     repetition_penalty: float = flag(1.07, "Penalty > 1 discourages repeating tokens already in the text "
                                            "(never EOS or the stop strings' tokens).")
     do_sample: bool = flag(False, "Sample (True) or decode greedily / by beam search (False).")
-    seed: int = flag(0, "Reseed before every answer so sampling is reproducible; 0: fresh randomness.")
+    seed: int | None = flag(None, "Reseed before every answer so sampling is reproducible (0 is a seed like any "
+                                  "other); None: fresh randomness.")
     max_context_tokens: int = flag(0, "Context length for prompt plus answer; 0: the model's own "
                                       "(max_position_embeddings). History is trimmed from the oldest turn to fit.")
     stream_output: bool = flag(True, "Show answers token by token in the UI and terminal (False: whole answers).")
@@ -52,6 +61,8 @@ class GenerateConfig:
     api_key: str | None = flag(None, "API mode: every request needs 'Authorization: Bearer <api_key>'.",
                                env="SFTKIT_API_KEY")
     api_queue_size: int = flag(64, "API mode: requests waiting beyond this many get 429 with Retry-After.")
+    api_max_body_mb: float = flag(1.0, "API mode: request bodies larger than this many megabytes get 413, refused "
+                                       "before they are read whole.")
     api_batch_size: int = flag(8, "API mode: requests arriving together are generated as one padded batch of up "
                                   "to this many answers (1: one at a time).")
     eval_prompts_file: str | None = flag(None, "Batch mode: a file of prompts in any input format (strings, rows "
@@ -62,8 +73,8 @@ class GenerateConfig:
     eval_output_file: str | None = flag(None, "Batch mode: where to write the JSON list of {model, prompt, response, "
                                               "seconds, new_tokens[, score][, correct]}; a report (Markdown + PNG "
                                               "plots) is written next to it.")
-    eval_sample: int = flag(0, "Batch mode: answer a random sample of this many prompts (drawn with --seed); "
-                               "0: all.")
+    eval_sample: int = flag(0, "Batch mode: answer a random sample of this many prompts (drawn with --seed, "
+                               "None counting as 0); 0: all.")
     overwrite: bool = flag(False, "Batch mode: replace an existing eval_output_file.")
     batch_size: int = flag(1, "Batch mode: prompts generated together (left-padded).")
     score_model: str | None = flag(None, "Reward model (hub id or directory) that scores each answer, in batch "
@@ -73,6 +84,33 @@ class GenerateConfig:
     share: bool = flag(False, "Ask gradio for a public share link (off: the UI stays on this machine).")
     debug: bool = flag(False, "Show the traceback of errors.")
     config: str | None = flag(None, "YAML recipe with any of these flags.", env="SFTKIT_GENERATE_CONFIG")
+
+    def __post_init__(self):
+        get_prompt_type(self.prompt_type)  # a typo fails here, before anything loads
+        checks = [
+            (self.max_new_tokens >= 1, "max_new_tokens", "must be at least 1"),
+            (0 <= self.min_new_tokens <= self.max_new_tokens, "min_new_tokens",
+             f"must be between 0 and --max_new_tokens={self.max_new_tokens}"),
+            (self.num_beams >= 1, "num_beams", "must be at least 1"),
+            (self.num_return_sequences >= 1, "num_return_sequences", "must be at least 1"),
+            (self.repetition_penalty > 0, "repetition_penalty", "must be above 0 (1.0: none)"),
+            (self.top_k >= 0, "top_k", "must be 0 (no limit) or more"),
+            (self.max_time >= 0, "max_time", "must be 0 (no limit) or more"),
+            (self.max_context_tokens >= 0, "max_context_tokens", "must be 0 (the model's own) or more"),
+            (self.seed is None or SEED_RANGE[0] <= self.seed <= SEED_RANGE[1], "seed",
+             "must fit in 64 bits (-2**63 to 2**63-1)"),
+            (self.batch_size >= 1, "batch_size", "must be at least 1"),
+            (self.api_batch_size >= 1, "api_batch_size", "must be at least 1"),
+            (self.api_queue_size >= 1, "api_queue_size", "must be at least 1"),
+            (self.api_max_body_mb > 0, "api_max_body_mb", "must be above 0"),
+        ]
+        if self.do_sample:
+            checks += [(self.temperature > 0, "temperature",
+                        "must be above 0 when sampling (or set --do_sample=False for greedy decoding)"),
+                       (0 < self.top_p <= 1, "top_p", "must be in (0, 1]")]
+        for ok, name, rule in checks:
+            if not ok:
+                raise GenerationError(f"--{name}={getattr(self, name)}: {rule}")
 
     def port(self) -> int:
         """The port to serve on: --server_port, else the front end's usual one."""

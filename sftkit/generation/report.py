@@ -1,12 +1,15 @@
 """The evaluation report of a batch run: which model answers better, by how much, and how fast.
 
 Per model: the reward-score histogram, mean and median score with bootstrap 95% intervals, answer
-length and tokens/s, and, for prompts with known answers, the share answered correctly; for every pair of models the win rate by score on the same prompts; and a
+length and tokens/s, and, for prompts with known answers, the share answered correctly; for prompts
+with tools, how many answers made a call and how many calls were valid (a listed function, the
+required arguments given); for every pair of models the win rate by score on the same prompts; and a
 few answers side by side. Markdown plus PNG plots (matplotlib, Agg backend: no display needed),
 written as one directory next to the answers file.
 """
 from __future__ import annotations
 
+from collections import Counter
 from itertools import combinations
 from pathlib import Path
 
@@ -61,6 +64,11 @@ def summarize(rows: list[dict]) -> dict[str, dict]:
             correct = [float(r["correct"]) for r in answers]
             stats.update(correct=correct, correct_share=float(np.mean(correct)),
                          correct_ci=bootstrap_interval(correct, np.mean))
+        outcomes = Counter(r["tool_call"] for r in answers if "tool_call" in r)
+        if outcomes:  # answers to prompts with tools (sftkit/generation/batch.py: tool_call_fields)
+            stats.update(tool_prompts=sum(outcomes.values()), made_call=sum(outcomes.values()) - outcomes["no_call"],
+                         valid_calls=outcomes["valid"],
+                         invalid_calls={k: v for k, v in sorted(outcomes.items()) if k not in ("valid", "no_call")})
         if all("score" in r for r in answers):
             scores = [r["score"] for r in answers]
             stats.update(scores=scores, mean_score=float(np.mean(scores)), median_score=float(np.median(scores)),
@@ -123,6 +131,7 @@ def render_markdown(summary: dict[str, dict], rows: list[dict], config: Generate
         lines.append(f"| {name} | {s['answers']} | {mean} | {median} | {s['mean_tokens']:.1f} | "
                      f"{s['mean_words']:.1f} | {s['stopped']}/{s['answers']} | {speed} |")
     lines += _correctness_section(summary)
+    lines += _tool_call_section(summary)
     scored = [n for n in names if "scores" in summary[n]]
     if len(scored) > 1:
         lines += ["", "## Win rate by score", "",
@@ -165,6 +174,23 @@ def _correctness_section(summary: dict[str, dict]) -> list[str]:
         lines.append(f"| {name} | {int(sum(s['correct']))}/{len(s['correct'])} | {s['correct_share']:.2f} "
                      f"[{s['correct_ci'][0]:.2f}, {s['correct_ci'][1]:.2f}] | {score} | {s['mean_tokens']:.1f} | "
                      f"{s['stopped']}/{s['answers']} |")
+    return lines
+
+
+def _tool_call_section(summary: dict[str, dict]) -> list[str]:
+    """Per model, of its answers to prompts with tools: how many made a call, how many calls were valid."""
+    called = [n for n, s in summary.items() if "tool_prompts" in s]
+    if not called:
+        return []
+    lines = ["", "## Tool calls", "",
+             "Answers to prompts with tools. A call is valid when it parses, names a listed function and gives "
+             "its required arguments; an answer with an invalid call counts as making a call.", "",
+             "| model | answers to prompts with tools | made a call | valid calls | invalid, by reason |",
+             "|---|---|---|---|---|"]
+    for name in called:
+        s = summary[name]
+        invalid = ", ".join(f"{reason}: {n}" for reason, n in s["invalid_calls"].items()) or "–"
+        lines.append(f"| {name} | {s['tool_prompts']} | {s['made_call']} | {s['valid_calls']} | {invalid} |")
     return lines
 
 

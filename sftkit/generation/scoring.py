@@ -4,15 +4,13 @@ The scorer is the grade stage's (create_data.py), so a score means the same thin
 """
 from __future__ import annotations
 
-from sftkit.errors import GenerationError
+from sftkit.errors import GenerationError, ScorerError
 from sftkit.generation.config import GenerateConfig
+from sftkit.reward import RewardModelScorer
 
 
 def load_scorer(config: GenerateConfig):
     """The reward model of ``--score_model``; a model that cannot load is a GenerationError naming the flag."""
-    from sftkit.errors import ScorerError
-    from sftkit.reward import RewardModelScorer
-
     try:
         return RewardModelScorer(config.score_model, device=config.device, local_files_only=config.local_files_only,
                                  trust_remote_code=config.trust_remote_code)

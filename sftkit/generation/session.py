@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from sftkit.errors import GenerationError
 from sftkit.generation.config import GenerateConfig
-from sftkit.generation.engine import Prompt, build_prompt
+from sftkit.generation.prompting import Prompt, build_prompt
 
 FORMAT = "sftkit-chat/1"
 

@@ -9,27 +9,31 @@ from __future__ import annotations
 import sys
 from typing import Callable, TextIO
 
+from sftkit import atomic
 from sftkit.errors import GenerationError
 from sftkit.generation.config import GenerateConfig
-from sftkit.generation.engine import AnswerStream, context_length
+from sftkit.generation.engine import AnswerStream, Request
+from sftkit.generation.loading import Models
+from sftkit.generation.prompting import context_length
 from sftkit.generation.session import ChatSession
 
 HELP = ("Type a message and press Enter. /undo drops the last exchange, /regenerate answers it again, /clear the "
         "history, /save FILE and /load FILE keep it as JSON, /quit ends (or Ctrl-D). Ctrl-C stops an answer.")
 
 
-def chat_loop(model, tokenizer, config: GenerateConfig, *, read: Callable[[str], str] = input,
-              out: TextIO | None = None, adapter: str | None = None) -> list[tuple[str, str]]:
+def chat_loop(models: Models, config: GenerateConfig, *, read: Callable[[str], str] = input,
+              out: TextIO | None = None, model: str | None = None) -> list[tuple[str, str]]:
     """Chat until /quit or end of input; returns the history as (human, bot) exchanges.
 
-    ``adapter`` picks the adapter of a multi-adapter model ("__base__": none; None: the active one)."""
+    ``model`` names the model that answers (None: the default one)."""
+    model = models.resolve(model)
     out = out or sys.stdout
     if read is input and sys.stdin.isatty():
         import readline  # noqa: F401  (line editing and history for input())
-    with_adapter = f" + {config.lora_weights}" if config.lora_weights else ""
+    with_adapter = f" + adapter {model}" if model != models.base else ""
     out.write(f"Chatting with {config.base_model}{with_adapter} ({config.prompt_type} prompts). {HELP}\n")
     out.flush()
-    context = context_length(model, config)
+    context = context_length(models.model, config)
     session = ChatSession()
     while True:
         try:
@@ -59,14 +63,14 @@ def chat_loop(model, tokenizer, config: GenerateConfig, *, read: Callable[[str],
         else:
             session.ask(message)
         try:
-            prompt = session.prompt(tokenizer, config, context)
+            prompt = session.prompt(models.tokenizer, config, context)
         except GenerationError as exc:
             session.drop_pending()
             out.write(f"(error: {exc})\n")
             continue
         if prompt.warning():
             out.write(f"(warning: {prompt.warning()})\n")
-        session.answer(stream_to(out, AnswerStream(model, tokenizer, prompt.text, config, adapter=adapter),
+        session.answer(stream_to(out, AnswerStream(models, Request(prompt.text, model), config),
                                  stream=config.stream_output))
     out.flush()
     return session.history()
@@ -77,8 +81,6 @@ def _save_or_load(session: ChatSession, command: str, path: str, config: Generat
         return f"(usage: {command} FILE)"
     try:
         if command == "/save":
-            from sftkit import atomic
-
             atomic.write_text(path, session.to_json(base_model=config.base_model, lora_weights=config.lora_weights))
             return f"(saved {len(session.history())} exchange(s) to {path})"
         with open(path, encoding="utf-8") as fh:

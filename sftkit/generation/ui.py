@@ -6,30 +6,68 @@
 * **Regenerate / Undo / Clear / Stop**, and **Export / Import** of the conversation as JSON.
 * With ``--score_model`` each answer shows its reward-model score (the grade stage's scorer).
 
+Text is shown as text: every message (typed, generated or imported) is rendered here as Markdown
+with raw HTML escaped and images turned into links (:func:`shown`), so no message can restyle the
+page, add a form, or make the browser fetch anything.
+
 One model serves every browser tab: answers go through gradio's queue one at a time, so two tabs
 asking at once both get answers (the second waits for the first). The Stop button and the light
 actions (undo, clear, accepting a message) run outside that queue so they work while a tab streams.
-The page loads nothing from the internet (gradio 6 ships its fonts; analytics stay off).
+The page loads nothing from the internet (gradio 6 ships its fonts; analytics stay off). The
+callbacks are the methods of :class:`ChatUi`, which a test can call without a browser.
 """
+from __future__ import annotations
 
+import html
 import json
+import math
 import os
 import tempfile
 import threading
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sftkit import atomic
-from sftkit.errors import GenerationError
-from sftkit.generation.config import GenerateConfig
-from sftkit.generation.engine import BatchStream, Models, Request, context_length
-from sftkit.generation.session import FORMAT, ChatSession
-
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no phoning home
+
+import gradio as gr  # noqa: E402
+from markdown_it import MarkdownIt  # noqa: E402
+
+from sftkit import atomic  # noqa: E402
+from sftkit.errors import GenerationError  # noqa: E402
+from sftkit.generation.config import GenerateConfig  # noqa: E402
+from sftkit.generation.engine import BatchStream, Request  # noqa: E402
+from sftkit.generation.loading import Models  # noqa: E402
+from sftkit.generation.prompting import context_length  # noqa: E402
+from sftkit.generation.scoring import load_scorer  # noqa: E402
+from sftkit.generation.session import FORMAT, ChatSession  # noqa: E402
 
 EMPTY_MESSAGE = "Type a message first: an empty message is not sent."
 SIDES = ("a", "b")
 
+
+# ---------------------------------------------------------------- text shown as text
+
+def _image_as_link(renderer, tokens, index, options, env) -> str:
+    """An image becomes a link to it, labelled with its alt text: nothing is fetched."""
+    token = tokens[index]
+    source = token.attrGet("src") or ""
+    label = renderer.renderInlineAsText(token.children or [], options, env) or source
+    return f'<a href="{html.escape(source)}">{html.escape(label)}</a>'
+
+
+# Markdown without raw HTML, and without entity references: "&amp;" typed is shown as typed.
+_MARKDOWN = MarkdownIt("commonmark", {"html": False, "breaks": True})
+_MARKDOWN.enable(["table", "strikethrough"]).disable("entity")
+_MARKDOWN.add_render_rule("image", _image_as_link)
+
+
+def shown(text: str) -> str:
+    """A message as the chat shows it: Markdown rendered to HTML, any HTML or entity in the text escaped
+    (shown as the characters typed), images as links, unsafe link targets (``javascript:``) left as text."""
+    return _MARKDOWN.render(text)
+
+
+# ---------------------------------------------------------------- conversations
 
 def new_state() -> dict:
     """Per-tab state: each side's exchanges and the reward score of each answer (None: unscored)."""
@@ -41,18 +79,14 @@ def _messages(exchanges: list[list], scores: list) -> list[dict]:
 
     A score is shown under its answer only: the history sent to the model holds the answer alone.
     """
-    shown = []
+    out = []
     for n, (human, bot) in enumerate(exchanges):
-        shown.append({"role": "user", "content": human})
+        out.append({"role": "user", "content": shown(human)})
         if bot is not None:
             score = scores[n] if n < len(scores) else None
-            suffix = f"\n\n*reward score {score:.3f}*" if score is not None else ""
-            shown.append({"role": "assistant", "content": bot + suffix})
-    return shown
-
-
-def _title(config: GenerateConfig) -> str:
-    return f"### sftkit chat · `{config.base_model}` · prompt type `{config.prompt_type}`"
+            suffix = f"<p><em>reward score {score:.3f}</em></p>" if score is not None else ""
+            out.append({"role": "assistant", "content": shown(bot) + suffix})
+    return out
 
 
 def export_json(state: dict, model_a: str, model_b: str, compare: bool) -> str:
@@ -79,65 +113,73 @@ def import_json(text: str, where: str) -> tuple[dict, str | None, str | None]:
     return state, (data.get("model") if isinstance(data, dict) else None), model_b
 
 
-def build_ui(models: Models, config: GenerateConfig, scorer=None):
-    """The gradio Blocks app chatting with ``models``; parameters default to ``config``'s."""
-    import gradio as gr
+def _sides(compare: bool) -> tuple[str, ...]:
+    return SIDES if compare else SIDES[:1]
 
-    model, tokenizer = models.model, models.tokenizer
-    context = context_length(model, config)
-    running: dict[str, threading.Event] = {}  # session -> the Stop switch of its running answer
-    export_dir = Path(tempfile.mkdtemp(prefix="sftkit-chat-"))
-    second = next((name for name in models.names if name != models.default), models.default)
 
-    def sides(compare: bool) -> tuple[str, ...]:
-        return SIDES if compare else SIDES[:1]
+def _views(state: dict) -> tuple[list, list]:
+    return tuple(_messages(state[side], state[f"scores_{side}"]) for side in SIDES)
 
-    def views(state: dict) -> tuple[list, list]:
-        return tuple(_messages(state[side], state[f"scores_{side}"]) for side in SIDES)
 
-    def export_file(state, model_a, model_b, compare, request: gr.Request | None = None) -> str:
-        path = export_dir / f"conversation-{request.session_hash if request else 'tab'}.json"
+def _seed(value) -> int | None:
+    """The seed box: empty (or not a number) is fresh randomness; 0 is a seed like any other."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else int(value)
+
+
+@dataclass
+class ChatUi:
+    """The UI's callbacks over the models, the server's settings and the optional scorer; ``running``
+    holds each tab's Stop switch while it answers."""
+
+    models: Models
+    config: GenerateConfig
+    scorer: object | None = None
+    running: dict[str, threading.Event] = field(default_factory=dict)
+    export_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sftkit-chat-")))
+
+    def export_file(self, state, model_a, model_b, compare, request: gr.Request | None = None) -> str:
+        path = self.export_dir / f"conversation-{request.session_hash if request else 'tab'}.json"
         atomic.write_text(path, export_json(state, model_a, model_b, compare))
         return str(path)
 
-    def accept(message: str, state: dict, compare: bool):
+    def accept(self, message: str, state: dict, compare: bool):
         if not message.strip():
             raise gr.Error(EMPTY_MESSAGE, duration=5, print_exception=False)
         if compare and len(state["b"]) != len(state["a"]):  # compare switched on mid-conversation: same history
             state["b"] = [list(e) for e in state["a"]]
             state["scores_b"] = list(state["scores_a"])
-        for side in sides(compare):
+        for side in _sides(compare):
             try:
                 ChatSession(state[side]).ask(message)
             except GenerationError as exc:
                 raise gr.Error(str(exc), print_exception=False) from None
-        return "", state, *views(state)
+        return "", state, *_views(state)
 
-    def respond(state, compare, model_a, model_b, system, do_sample, temperature, top_p, top_k, num_beams,
+    def respond(self, state, compare, model_a, model_b, system, do_sample, temperature, top_p, top_k, num_beams,
                 max_new_tokens, repetition_penalty, seed, request: gr.Request):
-        active = sides(compare)
+        active = _sides(compare)
         if not ChatSession(state["a"]).pending:
             return
-        settings = replace(config, system_prompt=system, do_sample=bool(do_sample), temperature=float(temperature),
-                           top_p=float(top_p), top_k=int(top_k), num_beams=int(num_beams),
-                           max_new_tokens=int(max_new_tokens), repetition_penalty=float(repetition_penalty),
-                           seed=int(seed or 0))
         names = {"a": model_a, "b": model_b}
         try:
+            settings = replace(self.config, system_prompt=system, do_sample=bool(do_sample),
+                               temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
+                               num_beams=int(num_beams), max_new_tokens=int(max_new_tokens),
+                               repetition_penalty=float(repetition_penalty), seed=_seed(seed))
+            context = context_length(self.models.model, settings)
             requests = []
             for side in active:
-                prompt = ChatSession(state[side]).prompt(tokenizer, settings, context)
+                prompt = ChatSession(state[side]).prompt(self.models.tokenizer, settings, context)
                 if prompt.warning():
                     gr.Warning(prompt.warning())
-                adapter = models.adapter(names[side])
-                requests.append(Request(prompt.text, adapter if adapter is not None else "__base__"))
+                requests.append(Request(prompt.text, self.models.resolve(names[side])))
         except GenerationError as exc:
             for side in active:
                 ChatSession(state[side]).drop_pending()
-            yield state, *views(state), "", export_file(state, model_a, model_b, compare, request)
+            yield state, *_views(state), "", self.export_file(state, model_a, model_b, compare, request)
             raise gr.Error(str(exc), print_exception=False) from None
-        cancel = running[request.session_hash] = threading.Event()
-        stream = BatchStream(model, tokenizer, requests, settings, cancel=cancel)
+        cancel = self.running[request.session_hash] = threading.Event()
+        stream = BatchStream(self.models, requests, settings, cancel=cancel)
         texts = [""] * len(active)
         for side in active:
             ChatSession(state[side]).answer("")
@@ -145,15 +187,15 @@ def build_ui(models: Models, config: GenerateConfig, scorer=None):
             for row, piece in stream:
                 texts[row] += piece
                 ChatSession(state[active[row]]).answer(texts[row])
-                if config.stream_output:
-                    yield state, *views(state), "", gr.skip()
+                if self.config.stream_output:
+                    yield state, *_views(state), "", gr.skip()
         finally:
-            running.pop(request.session_hash, None)
+            self.running.pop(request.session_hash, None)
         answers = stream.answers
         scores = [None] * len(active)
-        if scorer is not None:
+        if self.scorer is not None:
             human = state["a"][-1][0]
-            scores = [float(s) for s in scorer.score([human] * len(answers), [a.text for a in answers])]
+            scores = [float(s) for s in self.scorer.score([human] * len(answers), [a.text for a in answers])]
         status = []
         for side, answer, score in zip(active, answers, scores):
             ChatSession(state[side]).answer(answer.text)
@@ -164,46 +206,55 @@ def build_ui(models: Models, config: GenerateConfig, scorer=None):
             label = f"{names[side]}: " if compare else ""
             status.append(f"{label}{answer.new_tokens} tokens in {answer.seconds:.1f} s ({rate:.1f} tokens/s)"
                           f"{scored}{stopped}")
-        yield state, *views(state), " | ".join(status), export_file(state, model_a, model_b, compare, request)
+        yield state, *_views(state), " | ".join(status), self.export_file(state, model_a, model_b, compare, request)
 
-    def stop(request: gr.Request):
-        if request.session_hash in running:
-            running[request.session_hash].set()
+    def stop(self, request: gr.Request):
+        if request.session_hash in self.running:
+            self.running[request.session_hash].set()
 
-    def regenerate(state, compare):
-        if not all(ChatSession(state[side]).regenerate() for side in sides(compare)):
+    def regenerate(self, state, compare):
+        if not all(ChatSession(state[side]).regenerate() for side in _sides(compare)):
             raise gr.Error("nothing to regenerate yet: ask something first", duration=5, print_exception=False)
-        for side in sides(compare):
+        for side in _sides(compare):
             state[f"scores_{side}"] = state[f"scores_{side}"][:len(state[side]) - 1]
-        return state, *views(state)
+        return state, *_views(state)
 
-    def undo(state, compare, model_a, model_b, request: gr.Request):
+    def undo(self, state, compare, model_a, model_b, request: gr.Request):
         for side in SIDES:
             if ChatSession(state[side]).undo():
                 state[f"scores_{side}"] = state[f"scores_{side}"][:len(state[side])]
-        return state, *views(state), export_file(state, model_a, model_b, compare, request)
+        return state, *_views(state), self.export_file(state, model_a, model_b, compare, request)
 
-    def clear(model_a, model_b, compare, request: gr.Request):
+    def clear(self, model_a, model_b, compare, request: gr.Request):
         state = new_state()
-        return state, *views(state), "", export_file(state, model_a, model_b, compare, request)
+        return state, *_views(state), "", self.export_file(state, model_a, model_b, compare, request)
 
-    def load(file, model_a, model_b, compare, request: gr.Request):
+    def load(self, file, model_a, model_b, compare, request: gr.Request):
         path = file if isinstance(file, str) else getattr(file, "name", file)
         try:
             state, saved_a, saved_b = import_json(Path(path).read_text(encoding="utf-8"), Path(path).name)
         except (GenerationError, UnicodeDecodeError) as exc:
             raise gr.Error(f"cannot import {Path(path).name}: {exc}", print_exception=False) from None
-        model_a = saved_a if saved_a in models.adapters else model_a
-        model_b = saved_b if saved_b in models.adapters else model_b
+        model_a = saved_a if saved_a in self.models.names else model_a
+        model_b = saved_b if saved_b in self.models.names else model_b
         compare = compare or bool(state["b"])
-        return (state, *views(state), model_a, model_b, compare,
-                export_file(state, model_a, model_b, compare, request))
+        return (state, *_views(state), model_a, model_b, compare,
+                self.export_file(state, model_a, model_b, compare, request))
 
+    @staticmethod
     def show_compare(compare):
         return gr.update(visible=compare), gr.update(visible=compare)
 
+
+def build_ui(models: Models, config: GenerateConfig, scorer=None) -> gr.Blocks:
+    """The gradio Blocks app chatting with ``models``; parameters default to ``config``'s."""
+    ui = ChatUi(models, config, scorer)
+    context = context_length(models.model, config)
+    second = next((name for name in models.names if name != models.default), models.default)
+    chat_options = dict(height=440, buttons=["copy"], feedback_options=None, render_markdown=False,
+                        sanitize_html=True)
     with gr.Blocks(title="sftkit chat") as demo:
-        gr.Markdown(_title(config))
+        gr.Markdown(f"### sftkit chat · `{config.base_model}` · prompt type `{config.prompt_type}`")
         state = gr.State(new_state())
         with gr.Row():
             model_a = gr.Dropdown(models.names, value=models.default, label="Model", elem_id="model_a", scale=2)
@@ -213,10 +264,9 @@ def build_ui(models: Models, config: GenerateConfig, scorer=None):
         with gr.Row():
             with gr.Column(scale=3):
                 with gr.Row():
-                    chat_a = gr.Chatbot(label="Chat", elem_id="chat", height=440, buttons=["copy"],
-                                        feedback_options=None, placeholder="Ask something to start the chat.")
-                    chat_b = gr.Chatbot(label="Compared", elem_id="chat_b", height=440, buttons=["copy"],
-                                        feedback_options=None, visible=False)
+                    chat_a = gr.Chatbot(label="Chat", elem_id="chat", placeholder="Ask something to start the chat.",
+                                        **chat_options)
+                    chat_b = gr.Chatbot(label="Compared", elem_id="chat_b", visible=False, **chat_options)
                 with gr.Row():
                     message = gr.Textbox(show_label=False, placeholder="Type a message and press Enter",
                                          elem_id="message", scale=6, autofocus=True)
@@ -237,7 +287,7 @@ def build_ui(models: Models, config: GenerateConfig, scorer=None):
                                         elem_id="do_sample")
                 temperature = gr.Slider(0.01, 2.0, value=config.temperature, step=0.01, label="Temperature",
                                         elem_id="temperature")
-                top_p = gr.Slider(0.0, 1.0, value=config.top_p, step=0.01, label="Top p", elem_id="top_p")
+                top_p = gr.Slider(0.01, 1.0, value=config.top_p, step=0.01, label="Top p", elem_id="top_p")
                 top_k = gr.Slider(0, 200, value=config.top_k, step=1, label="Top k (0: no limit)", elem_id="top_k")
                 num_beams = gr.Slider(1, 8, value=config.num_beams, step=1, label="Beams (>1: no streaming)",
                                       elem_id="num_beams")
@@ -245,7 +295,7 @@ def build_ui(models: Models, config: GenerateConfig, scorer=None):
                                            step=1, label="Max new tokens", elem_id="max_new_tokens")
                 repetition_penalty = gr.Slider(1.0, 2.0, value=config.repetition_penalty, step=0.01,
                                                label="Repetition penalty", elem_id="repetition_penalty")
-                seed = gr.Number(config.seed, precision=0, label="Seed (0: random)", elem_id="seed")
+                seed = gr.Number(config.seed, precision=0, label="Seed (empty: random)", elem_id="seed")
         parameters = [system, do_sample, temperature, top_p, top_k, num_beams, max_new_tokens,
                       repetition_penalty, seed]
         chats = [chat_a, chat_b]
@@ -254,29 +304,23 @@ def build_ui(models: Models, config: GenerateConfig, scorer=None):
         light = dict(concurrency_limit=None, show_progress="hidden")
 
         for trigger in (message.submit, send.click):
-            trigger(accept, [message, state, compare], [message, state, *chats], **light).success(
-                respond, answer_inputs, answer_outputs, concurrency_id="model", show_progress="hidden")
-        regenerate_button.click(regenerate, [state, compare], [state, *chats], **light).success(
-            respond, answer_inputs, answer_outputs, concurrency_id="model", show_progress="hidden")
-        stop_button.click(stop, None, None, **light)
-        undo_button.click(undo, [state, compare, model_a, model_b], [state, *chats, export_button], **light)
+            trigger(ui.accept, [message, state, compare], [message, state, *chats], **light).success(
+                ui.respond, answer_inputs, answer_outputs, concurrency_id="model", show_progress="hidden")
+        regenerate_button.click(ui.regenerate, [state, compare], [state, *chats], **light).success(
+            ui.respond, answer_inputs, answer_outputs, concurrency_id="model", show_progress="hidden")
+        stop_button.click(ui.stop, None, None, **light)
+        undo_button.click(ui.undo, [state, compare, model_a, model_b], [state, *chats, export_button], **light)
         for trigger in (clear_button.click, chat_a.clear):
-            trigger(clear, [model_a, model_b, compare], [state, *chats, status, export_button], **light)
-        import_button.upload(load, [import_button, model_a, model_b, compare],
+            trigger(ui.clear, [model_a, model_b, compare], [state, *chats, status, export_button], **light)
+        import_button.upload(ui.load, [import_button, model_a, model_b, compare],
                              [state, *chats, model_a, model_b, compare, export_button], **light)
-        compare.change(show_compare, compare, [model_b, chat_b], **light)
+        compare.change(ui.show_compare, compare, [model_b, chat_b], **light)
     return demo
 
 
-def serve(models: Models, config: GenerateConfig, *, block: bool = True):
+def serve(models: Models, config: GenerateConfig, *, block: bool = True) -> gr.Blocks:
     """Launch the UI on ``server_name:server_port`` (127.0.0.1:7860 by default; no share link unless asked)."""
-    import gradio as gr
-
-    scorer = None
-    if config.score_model:
-        from sftkit.generation.scoring import load_scorer
-
-        scorer = load_scorer(config)
+    scorer = load_scorer(config) if config.score_model else None
     demo = build_ui(models, config, scorer)
     demo.queue(default_concurrency_limit=1)
     theme = gr.themes.Default(primary_hue="orange", secondary_hue="slate")

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from sftkit import models
-from sftkit.errors import ModelError, TrainError
+from sftkit.errors import TrainError
 from sftkit.train.config import TrainConfig
 
 CHECKPOINT_OPTIONS = {"use_reentrant": False}
@@ -17,23 +17,11 @@ CHECKPOINT_OPTIONS = {"use_reentrant": False}
 
 def load_reward_base(config: TrainConfig, device: str, dtype, pad_token_id: int):
     """The base model with a fresh one-logit scoring head (the reward) instead of the LM head."""
-    from transformers import AutoModelForSequenceClassification
-
-    path = models.resolve_base_model(config.base_model)
-    kwargs = dict(dtype=dtype, num_labels=1, local_files_only=config.local_files_only,
-                  trust_remote_code=config.trust_remote_code)
-    quant = models.quantization_config(config.train_8bit, config.train_4bit, dtype)
-    if quant is not None:
-        kwargs.update(quantization_config=quant, device_map={"": device})
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
-    except OSError as exc:
-        raise ModelError(f"--base_model={config.base_model}: cannot load it as a reward model ({exc})") from None
-    except ValueError as exc:
-        raise ModelError(f"--base_model={config.base_model}: its architecture has no sequence-classification "
-                         f"head in transformers ({str(exc).splitlines()[0][:200]})") from None
+    model = models.load_model(config.base_model, device=device, dtype=dtype, load_8bit=config.train_8bit,
+                              load_4bit=config.train_4bit, local_files_only=config.local_files_only,
+                              trust_remote_code=config.trust_remote_code, scorer=True, num_labels=1)
     model.config.pad_token_id = pad_token_id  # the head reads the reward at the last non-padding token
-    return model if quant is not None else model.to(device)
+    return model
 
 
 def prepare_for_training(model, config: TrainConfig):
@@ -77,7 +65,7 @@ def build_causal_lm(config: TrainConfig, device: str, dtype, *, reference_adapte
     if config.lora_weights:
         model = models.apply_adapter(model, config.lora_weights, base_model=config.base_model, is_trainable=True)
         if reference_adapter:
-            model.load_adapter(config.lora_weights, adapter_name="reference", is_trainable=False)
+            models.apply_adapter(model, config.lora_weights, base_model=config.base_model, adapter_name="reference")
             model.set_adapter("default")
         return model
     return add_lora(model, config, "CAUSAL_LM")

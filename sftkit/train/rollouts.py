@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from sftkit import rows
 from sftkit.errors import DataError
-from sftkit.generation import GenerateConfig, Request
+from sftkit.generation import GenerateConfig, Models, Request
 from sftkit.generation import generate_answers as engine_answers
 from sftkit.prompts import PromptError, Turn, encode, get_prompt_type, join_turns, render_open
 from sftkit.train.data import ReadStats, read_units
@@ -91,5 +91,5 @@ def sample(model, tokenizer, prompts: list[RolloutPrompt], *, per_prompt: int, p
     settings = GenerateConfig(prompt_type=prompt_type, max_new_tokens=max_new_tokens, do_sample=True,
                               temperature=temperature, top_p=top_p, top_k=0, repetition_penalty=1.0, seed=seed)
     requests = [Request(p.text) for p in prompts for _ in range(per_prompt)]
-    answers = engine_answers(model, tokenizer, requests, settings, synced_gpus=synced)
+    answers = engine_answers(Models.around(model, tokenizer), requests, settings, synced_gpus=synced)
     return [Completion(tuple(a.token_ids), a.text, a.finish_reason in ("eos", "stop_string")) for a in answers]

@@ -2,7 +2,7 @@
 import torch
 import pytest
 
-from sftkit.generation import GenerateConfig, load_for_generation
+from sftkit.generation import GenerateConfig, build_prompt, context_length, generate_answers, load_models
 
 
 def tiny_config(model_dir, **overrides) -> GenerateConfig:
@@ -10,11 +10,16 @@ def tiny_config(model_dir, **overrides) -> GenerateConfig:
     return GenerateConfig(**{**settings, **overrides})
 
 
+def answer(models, config, message, history=()):
+    """The engine's greedy answer to ``message`` after ``history``, rendered as every front end does."""
+    prompt = build_prompt(models.tokenizer, list(history), message, config, context_length(models.model, config))
+    return generate_answers(models, [prompt.text], config)[0]
+
+
 @pytest.fixture(scope="session")
 def llama(tiny_llama):
     config = tiny_config(tiny_llama)
-    model, tokenizer = load_for_generation(config)
-    return config, model, tokenizer
+    return config, load_models(config)
 
 
 def make_adapter(base_dir, out_dir, target_modules, seed: int = 1) -> str:
@@ -28,8 +33,6 @@ def make_adapter(base_dir, out_dir, target_modules, seed: int = 1) -> str:
                                                  init_lora_weights=False))
     peft_model.save_pretrained(out_dir)
     return str(out_dir)
-
-
 
 
 @pytest.fixture(scope="session")

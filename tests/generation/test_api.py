@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from sftkit.generation import build_prompt, generate_answers, load_models
+from sftkit.generation import Request, build_prompt, generate_answers, load_models
 from sftkit.generation.api import Server
 from tests.generation.conftest import tiny_config
 
@@ -42,11 +42,11 @@ def api(tiny_llama, two_adapters):
     server.close()
 
 
-def expected(api, message, adapter="__base__", system="", max_new_tokens=16):
+def expected(api, message, model="base", system="", max_new_tokens=16):
     config, models = api["config"], api["models"]
     config = replace(config, system_prompt=system, max_new_tokens=max_new_tokens)
     prompt = build_prompt(models.tokenizer, [], message, config, 512)
-    return generate_answers(models.model, models.tokenizer, [prompt.text], config, adapters=[adapter])[0]
+    return generate_answers(models, [Request(prompt.text, model)], config)[0]
 
 
 def chat(api, message, **kwargs):
@@ -98,8 +98,8 @@ def test_stream_adds_up_to_the_answer_and_ends_with_done(api):
 def test_the_model_field_picks_an_adapter(api):
     answers = {name: chat(api, "Who are you?", model=name, temperature=0).choices[0].message.content
                for name in ("base", "tuned", "other")}
-    assert answers["tuned"] == expected(api, "Who are you?", adapter="tuned").text
-    assert answers["other"] == expected(api, "Who are you?", adapter="other").text
+    assert answers["tuned"] == expected(api, "Who are you?", model="tuned").text
+    assert answers["other"] == expected(api, "Who are you?", model="other").text
     assert len(set(answers.values())) == 3
     with pytest.raises(openai.NotFoundError) as err:
         chat(api, "Hi", model="nope")
@@ -109,8 +109,7 @@ def test_the_model_field_picks_an_adapter(api):
 def test_completions_continue_raw_text_with_stop_and_max_tokens(api):
     models, config = api["models"], api["config"]
     prompt = "<human>: What is the capital of France?\n<bot>:"
-    full = generate_answers(models.model, models.tokenizer, [prompt], replace(config, max_new_tokens=16),
-                            adapters=["__base__"])[0]
+    full = generate_answers(models, [Request(prompt, "base")], replace(config, max_new_tokens=16))[0]
     reply = api["client"].completions.create(model="base", prompt=prompt, max_tokens=16, temperature=0)
     assert reply.choices[0].text == full.text
     short = api["client"].completions.create(model="base", prompt=prompt, max_tokens=3, temperature=0)
@@ -163,7 +162,7 @@ def test_sixteen_concurrent_clients_all_get_answers_batched(api):
     replies: dict[int, str] = {}
     errors = []
     start = threading.Barrier(16)
-    batches_before = api["server"].app.state.scheduler.batches
+    batches_before = api["server"].app.state.api.scheduler.batches
 
     def ask(n):
         try:
@@ -182,8 +181,8 @@ def test_sixteen_concurrent_clients_all_get_answers_batched(api):
         thread.join()
     assert not errors and sorted(replies) == list(range(16))
     for n, (text, model) in enumerate(questions):
-        assert replies[n] == expected(api, text, adapter=model if model != "base" else "__base__").text
-    assert api["server"].app.state.scheduler.batches - batches_before < 16, "concurrent requests share batches"
+        assert replies[n] == expected(api, text, model=model).text
+    assert api["server"].app.state.api.scheduler.batches - batches_before < 16, "concurrent requests share batches"
 
 
 @pytest.fixture
@@ -200,7 +199,7 @@ def one_slot_server(tiny_llama):
 
 def test_a_full_queue_is_429_and_a_cut_connection_frees_its_slot(one_slot_server):
     server, forwards = one_slot_server
-    scheduler = server.app.state.scheduler
+    scheduler = server.app.state.api.scheduler
     client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
     body = {"model": "base", "stream": True, "max_tokens": 400, "temperature": 0,
             "messages": [{"role": "user", "content": "Tell me a long story"}]}

@@ -61,10 +61,10 @@ def test_a_prompts_file_that_is_not_utf8_is_a_clear_error(tmp_path):
 
 
 def test_batch_sizes_agree(llama):
-    config, model, tokenizer = llama
+    config, models = llama
     prompts = ["What is the capital of France?", "Hi", "Add two and two please, and explain."]
-    one = answer_batch(model, tokenizer, prompts, config, progress=False)
-    three = answer_batch(model, tokenizer, prompts, replace(config, batch_size=3), progress=False)
+    one = answer_batch(models, prompts, config, progress=False)
+    three = answer_batch(models, prompts, replace(config, batch_size=3), progress=False)
     assert [r["response"] for r in one] == [r["response"] for r in three]
     assert [r["new_tokens"] for r in one] == [r["new_tokens"] for r in three]
 
@@ -111,7 +111,7 @@ def progress_of(config, prompts):
 
 
 def test_resume_keeps_answers_made_with_the_same_settings(llama, tmp_path):
-    config, _, _ = llama
+    config, _ = llama
     prompts = ["What is the capital of France?", "Who are you?"]
     (tmp_path / "p.json").write_text(json.dumps(prompts))
     config = replace(config, eval_prompts_file=str(tmp_path / "p.json"), eval_output_file=str(tmp_path / "a.json"))
@@ -126,7 +126,7 @@ def test_resume_keeps_answers_made_with_the_same_settings(llama, tmp_path):
     (dict(temperature=0.1, do_sample=True), "do_sample: false then, true now"),
 ])
 def test_resume_with_other_settings_refuses_naming_the_difference(llama, tmp_path, change, named):
-    config, _, _ = llama
+    config, _ = llama
     prompts = ["What is the capital of France?", "Who are you?"]
     (tmp_path / "p.json").write_text(json.dumps(prompts))
     config = replace(config, eval_prompts_file=str(tmp_path / "p.json"), eval_output_file=str(tmp_path / "a.json"))
@@ -186,7 +186,7 @@ def test_eval_answers_every_prompt_with_every_model_and_reports(tiny_llama, two_
 
 
 def test_a_missing_score_model_fails_before_generating(llama, tmp_path):
-    config, _, _ = llama
+    config, _ = llama
     (tmp_path / "p.json").write_text('["Hi"]')
     missing = replace(config, eval_prompts_file=str(tmp_path / "p.json"), eval_output_file=str(tmp_path / "b.json"),
                       score_model=str(tmp_path / "no_reward_model"))
@@ -215,3 +215,43 @@ def test_help_lists_every_flag_with_its_default():
         assert f"--{field.name}=" in result.stdout
     assert "--server_name=str  ['127.0.0.1']" in result.stdout
     assert "--prompt_type=str  ['human_bot']" in result.stdout
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+OSLO_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+
+
+@pytest.mark.parametrize("text, outcome", [
+    (OSLO_CALL, "valid"), ("It is cold.", "no_call"),
+    (OSLO_CALL.replace("get_weather", "get_news"), "unknown_function"),
+    (OSLO_CALL.replace('"city"', '"town"'), "missing_argument"), (OSLO_CALL[:40], "bad_call_json")])
+def test_an_answer_to_a_prompt_with_tools_records_its_calls_and_whether_they_are_valid(text, outcome):
+    from sftkit.generation.batch import tool_call_fields
+
+    fields = tool_call_fields(text, [WEATHER], "human_bot")
+    assert fields["tool_call"] == outcome
+    assert [c["name"] for c in fields["tool_calls"]] == (["get_weather"] if outcome in ("valid", "missing_argument")
+                                                          else ["get_news"] if outcome == "unknown_function" else [])
+
+
+def test_the_report_counts_calls_made_and_valid_per_model(llama, tmp_path):
+    from sftkit.generation.report import render_markdown, summarize
+
+    config, models = llama
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(row) + "\n" for row in [
+        {"messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": [WEATHER]},
+        {"messages": [{"role": "user", "content": "Who are you?"}]}]))
+    prompts = read_prompts(tmp_path / "p.jsonl")
+    assert prompts[0].tools == [WEATHER] and prompts[1].tools is None
+    rows = answer_batch(models, prompts, replace(config, max_new_tokens=4), progress=False)
+    assert rows[0]["tool_call"] == "no_call" and rows[0]["tool_calls"] == []  # the random model calls nothing
+    assert "tool_call" not in rows[1]
+    made = [dict(rows[0], model="tuned", response=OSLO_CALL, tool_call="valid"),
+            dict(rows[0], model="tuned", response="?", tool_call="unknown_function"),
+            dict(rows[0], model="tuned", tool_call="no_call"), dict(rows[1], model="tuned")]
+    summary = summarize([dict(row, model="base") for row in rows] + made)
+    tuned = summary["tuned"]
+    assert (tuned["tool_prompts"], tuned["made_call"], tuned["valid_calls"]) == (3, 2, 1)
+    report = render_markdown(summary, made, replace(config, eval_prompts_file="p.jsonl"), [])
+    assert "| tuned | 3 | 2 | 1 | unknown_function: 1 |" in report and "| base | 1 | 0 | 0 | – |" in report

@@ -1,40 +1,11 @@
-"""Generation engine: stopping, streaming, prompting, adapters, quantized loading and batch mode."""
+"""Generation engine: stopping, streaming, cancelling, batches of several adapters."""
 import threading
 from dataclasses import replace
 
-import pytest
 import torch
 
-from sftkit.generation import (AnswerStream, GenerationError, StopTextFilter, build_prompt, context_length,
-                               generate_answers, load_for_generation)
-from sftkit.models import ModelError
-from tests.generation.conftest import make_adapter, tiny_config
-
-
-
-def answer(model, tokenizer, config, message, history=()):
-    prompt = build_prompt(tokenizer, list(history), message, config, context_length(model, config))
-    return generate_answers(model, tokenizer, [prompt.text], config)[0]
-
-
-# ---------------------------------------------------------------- stop strings, scripted
-
-def test_stop_filter_holds_back_a_stop_string_split_across_pieces():
-    shown = StopTextFilter(["<human>:", "<bot>:"])
-    pieces = [" Paris", " is", " nice.", "\n<hu", "man", ">: and more"]
-    outputs = [shown.feed(p) for p in pieces]
-    assert outputs == ["Paris", " is", " nice.", "", "", ""]
-    assert shown.stopped and shown.flush() == ""
-    assert shown.shown == "Paris is nice."
-
-
-def test_stop_filter_releases_text_that_only_looked_like_a_stop_string():
-    shown = StopTextFilter(["<human>:"])
-    assert shown.feed("a <hu") == "a"
-    assert shown.feed("go> b") == " <hugo> b"
-    assert shown.feed(" <") == ""
-    assert shown.flush() == " <"
-    assert not shown.stopped and shown.shown == "a <hugo> b <"
+from sftkit.generation import AnswerStream, Models, Request, build_prompt, generate_answers, load_models
+from tests.generation.conftest import answer, tiny_config
 
 
 class ScriptedModel:
@@ -82,7 +53,7 @@ def test_scripted_stream_stops_at_a_stop_string_split_across_tokens(tiny_llama):
     prompt = build_prompt(tokenizer, [], "Capital of France?", config, 512).text
 
     model = ScriptedModel(ids, tokenizer.eos_token_id)
-    stream = AnswerStream(model, tokenizer, prompt, config)
+    stream = AnswerStream(Models.around(model, tokenizer), prompt, config)
     shown = list(stream)
     assert "".join(shown) == "The capital is Paris."
     assert all("<" not in piece for piece in shown)
@@ -91,7 +62,7 @@ def test_scripted_stream_stops_at_a_stop_string_split_across_tokens(tiny_llama):
     assert model.emitted <= stop_tokens  # generation itself stopped, not just the display
 
     model = ScriptedModel(ids, tokenizer.eos_token_id)
-    (batch_answer,) = generate_answers(model, tokenizer, [prompt], config)
+    (batch_answer,) = generate_answers(Models.around(model, tokenizer), [prompt], config)
     assert batch_answer.text == "The capital is Paris."
     assert batch_answer.finish_reason == "stop_string" and batch_answer.new_tokens == stop_tokens
 
@@ -102,7 +73,8 @@ def test_scripted_stream_stops_at_eos_and_counts_tokens(tiny_llama):
     tokenizer = load_tokenizer(tiny_llama, padding_side="left")
     ids = script(tokenizer, [" Hello", " there."]) + [tokenizer.eos_token_id] + script(tokenizer, [" never"])
     config = tiny_config(tiny_llama)
-    stream = AnswerStream(ScriptedModel(ids, tokenizer.eos_token_id), tokenizer, "<human>: hi\n<bot>:", config)
+    stream = AnswerStream(Models.around(ScriptedModel(ids, tokenizer.eos_token_id), tokenizer), "<human>: hi\n<bot>:",
+                          config)
     assert "".join(stream) == "Hello there."
     assert stream.answer.finish_reason == "eos"
     assert stream.answer.new_tokens == ids.index(tokenizer.eos_token_id) + 1
@@ -111,12 +83,13 @@ def test_scripted_stream_stops_at_eos_and_counts_tokens(tiny_llama):
 # ---------------------------------------------------------------- tiny model: greedy, adapters, stopping
 
 def test_greedy_is_deterministic_and_streaming_matches_non_streaming(llama):
-    config, model, tokenizer = llama
-    first = answer(model, tokenizer, config, "What is the capital of France?")
-    second = answer(model, tokenizer, config, "What is the capital of France?")
+    config, models = llama
+    tokenizer = models.tokenizer
+    first = answer(models, config, "What is the capital of France?")
+    second = answer(models, config, "What is the capital of France?")
     assert first.text == second.text and first.new_tokens > 0
     prompt = build_prompt(tokenizer, [], "What is the capital of France?", config, 512).text
-    stream = AnswerStream(model, tokenizer, prompt, config)
+    stream = AnswerStream(models, prompt, config)
     pieces = list(stream)
     assert "".join(pieces) == stream.answer.text == first.text
     assert stream.answer.new_tokens == first.new_tokens
@@ -125,61 +98,24 @@ def test_greedy_is_deterministic_and_streaming_matches_non_streaming(llama):
 
 def test_a_batch_is_left_padded_whatever_the_tokenizers_padding_side(llama):
     """Training validation hands the engine its training tokenizer, which pads on the right."""
-    config, model, tokenizer = llama
+    config, models = llama
+    tokenizer = models.tokenizer
     prompts = [build_prompt(tokenizer, [], message, config, 512).text
                for message in ("Hi", "What is the capital of France, and why is it there?")]
-    alone = [generate_answers(model, tokenizer, [p], config)[0].text for p in prompts]
+    alone = [generate_answers(models, [p], config)[0].text for p in prompts]
     side = tokenizer.padding_side
     tokenizer.padding_side = "right"
     try:
-        together = [a.text for a in generate_answers(model, tokenizer, prompts, config)]
+        together = [a.text for a in generate_answers(models, prompts, config)]
     finally:
         tokenizer.padding_side = side
     assert together == alone
 
 
-def test_adapter_changes_greedy_output(tiny_llama, llama, tmp_path):
-    config, model, tokenizer = llama
-    base = answer(model, tokenizer, config, "Who are you?")
-    adapter = make_adapter(tiny_llama, tmp_path / "lora_out", ["q_proj", "v_proj", "down_proj"])
-    adapted_config = replace(config, lora_weights=adapter)
-    adapted_model, _ = load_for_generation(adapted_config)
-    from peft import PeftModel
-
-    assert isinstance(adapted_model, PeftModel)
-    adapted = answer(adapted_model, tokenizer, adapted_config, "Who are you?")
-    assert adapted.text != base.text
-
-
-def test_newest_checkpoint_is_used_when_the_adapter_dir_has_only_checkpoints(tiny_llama, tmp_path, capsys):
-    from sftkit.generation import resolve_adapter
-
-    out = tmp_path / "lora_out"
-    make_adapter(tiny_llama, out / "checkpoint-5", ["q_proj"])
-    make_adapter(tiny_llama, out / "checkpoint-20", ["q_proj"])
-    make_adapter(tiny_llama, out / "checkpoint-3", ["q_proj"])
-    assert resolve_adapter(str(out)) == str(out / "checkpoint-20")
-    assert "checkpoint-20" in capsys.readouterr().err
-
-
-def test_missing_adapter_dir_is_a_clear_error(tiny_llama, tmp_path):
-    with pytest.raises(ModelError, match="no such directory"):
-        load_for_generation(tiny_config(tiny_llama, lora_weights=str(tmp_path / "nope")))
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelError, match="no adapter_config.json"):
-        load_for_generation(tiny_config(tiny_llama, lora_weights=str(tmp_path / "empty")))
-
-
-def test_adapter_for_another_base_model_names_both(tiny_llama, tiny_neox, tmp_path):
-    adapter = make_adapter(tiny_neox, tmp_path / "neox_lora", ["query_key_value"])
-    with pytest.raises(ModelError) as err:
-        load_for_generation(tiny_config(tiny_llama, lora_weights=adapter))
-    assert tiny_neox in str(err.value) and tiny_llama in str(err.value)
-
-
 def test_tiny_model_stops_at_a_stop_string_spanning_tokens(llama):
-    config, model, tokenizer = llama
-    free = answer(model, tokenizer, replace(config, max_new_tokens=30), "Hello")
+    config, models = llama
+    model, tokenizer = models.model, models.tokenizer
+    free = answer(models, replace(config, max_new_tokens=30), "Hello")
     prompt = build_prompt(tokenizer, [], "Hello", config, 512).text
     out = model.generate(**tokenizer([prompt], return_tensors="pt"), max_new_tokens=30, do_sample=False,
                          eos_token_id=None, pad_token_id=tokenizer.pad_token_id)[0, -30:].tolist()
@@ -190,8 +126,8 @@ def test_tiny_model_stops_at_a_stop_string_spanning_tokens(llama):
     expected = tokenizer.decode(out, skip_special_tokens=True).split(stop)[0].strip()
 
     stopped_config = replace(config, max_new_tokens=30, stop=[stop])
-    batch = answer(model, tokenizer, stopped_config, "Hello")
-    stream = AnswerStream(model, tokenizer, prompt, stopped_config)
+    batch = answer(models, stopped_config, "Hello")
+    stream = AnswerStream(models, prompt, stopped_config)
     shown = "".join(stream)
     assert batch.text == shown == expected
     assert stop not in shown
@@ -200,11 +136,12 @@ def test_tiny_model_stops_at_a_stop_string_spanning_tokens(llama):
 
 
 def test_closing_a_stream_early_stops_the_generation_thread(llama):
-    config, model, tokenizer = llama
+    config, models = llama
+    tokenizer = models.tokenizer
     config = replace(config, max_new_tokens=400, max_context_tokens=512)
     prompt = build_prompt(tokenizer, [], "Tell me a long story", config, 512).text
     before = {t for t in threading.enumerate() if t.name == "sftkit-generate"}
-    stream = AnswerStream(model, tokenizer, prompt, config)
+    stream = AnswerStream(models, prompt, config)
     pieces = iter(stream)
     next(pieces)
     pieces.close()
@@ -213,11 +150,12 @@ def test_closing_a_stream_early_stops_the_generation_thread(llama):
 
 
 def test_cancel_event_ends_the_answer_as_cancelled(llama):
-    config, model, tokenizer = llama
+    config, models = llama
+    tokenizer = models.tokenizer
     config = replace(config, max_new_tokens=400, max_context_tokens=512)
     prompt = build_prompt(tokenizer, [], "Tell me a long story", config, 512).text
     cancel = threading.Event()
-    stream = AnswerStream(model, tokenizer, prompt, config, cancel=cancel)
+    stream = AnswerStream(models, prompt, config, cancel=cancel)
     for n, _ in enumerate(stream):
         if n == 1:
             cancel.set()
@@ -225,119 +163,13 @@ def test_cancel_event_ends_the_answer_as_cancelled(llama):
     assert stream.answer.new_tokens < 400
 
 
-# ---------------------------------------------------------------- prompting and trimming
-
-def test_prompt_uses_the_training_format(llama):
-    config, _, tokenizer = llama
-    prompt = build_prompt(tokenizer, [("Hi", "Hello!")], "How are you?", config, 512)
-    assert prompt.text == "<human>: Hi\n<bot>: Hello!\n<human>: How are you?\n<bot>:"
-    assert prompt.warning() is None
-
-
-def test_history_is_trimmed_from_the_oldest_turn(llama):
-    config, model, tokenizer = llama
-    history = [(f"question {i} " + "word " * 3, f"answer {i} " + "word " * 3) for i in range(10)]
-    config = replace(config, max_context_tokens=200, max_new_tokens=40)
-    prompt = build_prompt(tokenizer, history, "last question", config, context_length(model, config))
-    assert 0 < prompt.dropped_turns < 10
-    assert prompt.tokens <= 160
-    assert "question 9" in prompt.text and "question 0" not in prompt.text
-    assert f"question {prompt.dropped_turns - 1} " not in prompt.text
-    assert f"question {prompt.dropped_turns} " in prompt.text
-    assert prompt.text.endswith("<human>: last question\n<bot>:")
-    assert "dropped the" in prompt.warning()
-
-
-def test_too_long_message_keeps_its_end_and_warns(llama):
-    config, model, tokenizer = llama
-    config = replace(config, max_context_tokens=128, max_new_tokens=32)
-    message = "start " + "filler " * 300 + "the real question?"
-    prompt = build_prompt(tokenizer, [("old", "turn")], message, config, context_length(model, config))
-    assert prompt.tokens <= 96 and prompt.truncated_tokens > 0 and prompt.dropped_turns == 1
-    assert prompt.text.endswith("the real question?\n<bot>:") and "start" not in prompt.text
-    assert "cut the first" in prompt.warning()
-    with pytest.warns(UserWarning, match="prompt 1: prompt too long"):
-        from sftkit.generation.batch import answer_batch
-
-        rows = answer_batch(model, tokenizer, [message], config, progress=False)
-    assert rows[0]["new_tokens"] > 0
-
-
-def test_empty_message_and_impossible_budget_are_rejected(llama):
-    config, _, tokenizer = llama
-    with pytest.raises(GenerationError, match="empty message"):
-        build_prompt(tokenizer, [], "   ", config, 512)
-    with pytest.raises(GenerationError, match="max_new_tokens=600"):
-        build_prompt(tokenizer, [], "hi", replace(config, max_new_tokens=600), 512)
-
-
-# ---------------------------------------------------------------- quantized loading
-
-@pytest.mark.parametrize("bits", ["load_8bit", "load_4bit"])
-def test_quantized_loading_generates(tiny_llama, bits):
-    import bitsandbytes as bnb
-
-    config = tiny_config(tiny_llama, **{bits: True})
-    model, tokenizer = load_for_generation(config)
-    layer = bnb.nn.Linear8bitLt if bits == "load_8bit" else bnb.nn.Linear4bit
-    assert any(isinstance(m, layer) for m in model.modules())
-    result = answer(model, tokenizer, config, "What is the capital of France?")
-    assert result.new_tokens > 0 and result.finish_reason in ("eos", "stop_string", "max_new_tokens")
-
-
-
-
-# ---------------------------------------------------------------- several adapters on one base
-
-def test_lora_weights_names_several_adapters(tmp_path):
-    from sftkit.generation.engine import parse_lora_weights
-
-    assert parse_lora_weights(None) == []
-    assert parse_lora_weights("base=,tuned=lora_out") == [("base", None), ("tuned", "lora_out")]
-    (tmp_path / "my lora").mkdir()
-    assert parse_lora_weights(str(tmp_path / "my lora")) == [("my_lora", str(tmp_path / "my lora"))]
-    assert parse_lora_weights("runs/lora_out") == [("lora_out", "runs/lora_out")]
-    with pytest.raises(GenerationError, match="given twice"):
-        parse_lora_weights("a=x,a=y")
-    with pytest.raises(GenerationError, match="is not name=path"):
-        parse_lora_weights("a=x,y")
-    with pytest.raises(GenerationError, match="at most once"):
-        parse_lora_weights("a=,b=")
-
-
-def test_one_load_serves_every_adapter_and_a_mixed_batch_matches_each_alone(tiny_llama, two_adapters):
-    from peft import PeftModel
-
-    from sftkit.generation import load_models
-
-    spec = f"tuned={two_adapters['tuned']},other={two_adapters['other']}"
-    models = load_models(tiny_config(tiny_llama, lora_weights=spec))
-    assert isinstance(models.model, PeftModel)
-    assert models.names == ["base", "tuned", "other"] and models.default == "tuned"
-    assert models.adapter("base") is None and models.adapter(None) == "tuned"
-    with pytest.raises(GenerationError, match="unknown model 'nope'; this server has base, tuned, other"):
-        models.adapter("nope")
-    config = tiny_config(tiny_llama)
-    prompt = build_prompt(models.tokenizer, [], "Who are you?", config, 512).text
-    alone = {name: generate_answers(models.model, models.tokenizer, [prompt], config,
-                                    adapters=[models.adapter(name)])[0].text for name in models.names}
-    assert len(set(alone.values())) == 3, "each adapter answers differently"
-    base_model, tokenizer = load_for_generation(config)
-    assert alone["base"] == answer(base_model, tokenizer, config, "Who are you?").text
-    mixed = generate_answers(models.model, models.tokenizer, [prompt] * 3, config,
-                             adapters=[models.adapter(name) for name in models.names])
-    assert [a.text for a in mixed] == [alone[name] for name in models.names]
-    # the default (first named) adapter answers when none is named, as a single adapter always did
-    assert generate_answers(models.model, models.tokenizer, [prompt], config)[0].text == alone["tuned"]
-
-
 def test_batch_stream_streams_two_adapters_together(tiny_llama, two_adapters):
-    from sftkit.generation import BatchStream, Request, load_models
+    from sftkit.generation import BatchStream
 
     models = load_models(tiny_config(tiny_llama, lora_weights=f"base=,tuned={two_adapters['tuned']}"))
     config = tiny_config(tiny_llama)
     prompt = build_prompt(models.tokenizer, [], "Hello there", config, 512).text
-    stream = BatchStream(models.model, models.tokenizer, [Request(prompt, None), Request(prompt, "tuned")], config)
+    stream = BatchStream(models, [Request(prompt, "base"), Request(prompt, "tuned")], config)
     texts = ["", ""]
     order = []
     for row, piece in stream:
@@ -345,5 +177,5 @@ def test_batch_stream_streams_two_adapters_together(tiny_llama, two_adapters):
         order.append(row)
     assert texts == [a.text for a in stream.answers]
     assert {0, 1} <= set(order[:4]), "both answers advance together"
-    alone = generate_answers(models.model, models.tokenizer, [prompt, prompt], config, adapters=[None, "tuned"])
+    alone = generate_answers(models, [Request(prompt, "base"), Request(prompt, "tuned")], config)
     assert texts == [a.text for a in alone]

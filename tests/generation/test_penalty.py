@@ -6,7 +6,7 @@ import torch
 from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from sftkit.generation import AnswerStream, Request, build_prompt, generate_answers, generation_kwargs
-from sftkit.generation.engine import SparingRepetitionPenalty, answer_end_ids
+from sftkit.generation.decoding import SparingRepetitionPenalty, answer_end_ids
 
 QUESTIONS = ["Who are you?", "What is the capital of France? Tell me about it, please."]
 
@@ -51,7 +51,7 @@ def test_a_stop_marker_in_the_prompt_can_still_win():
 
 
 def test_answer_end_ids_hold_eos_and_every_token_of_each_stop(llama):
-    _, _, tokenizer = llama
+    tokenizer = llama[1].tokenizer
     ids = answer_end_ids(tokenizer, ["<human>:"], [tokenizer.eos_token_id])
     expected = {tokenizer.eos_token_id, *tokenizer.encode("<human>:", add_special_tokens=False),
                 *tokenizer.encode("\n<human>:", add_special_tokens=False)}
@@ -59,13 +59,14 @@ def test_answer_end_ids_hold_eos_and_every_token_of_each_stop(llama):
 
 
 def test_engine_spares_each_rows_stops_and_eos(llama, monkeypatch):
-    config, model, tokenizer = llama
+    config, models = llama
+    model, tokenizer = models.model, models.tokenizer
     config = replace(config, repetition_penalty=1.3, max_new_tokens=4)
     seen = {}
     real = model.generate
     monkeypatch.setattr(model, "generate", lambda **kw: seen.update(kw) or real(**kw))
     prompts = [build_prompt(tokenizer, [], q, config, 512).text for q in QUESTIONS]
-    generate_answers(model, tokenizer, [Request(prompts[0]), Request(prompts[1], stop=("Paris",))], config)
+    generate_answers(models, [Request(prompts[0]), Request(prompts[1], stop=("Paris",))], config)
     assert seen["repetition_penalty"] == 1.0
     (penalty,) = seen["logits_processor"]
     assert isinstance(penalty, SparingRepetitionPenalty) and penalty.penalty == 1.3
@@ -77,7 +78,8 @@ def test_engine_spares_each_rows_stops_and_eos(llama, monkeypatch):
 
 
 def test_no_penalty_passes_nothing_to_generate(llama):
-    config, model, tokenizer = llama
+    config, models = llama
+    model, tokenizer = models.model, models.tokenizer
     kwargs = generation_kwargs(replace(config, repetition_penalty=1.0), model, tokenizer)
     assert kwargs["repetition_penalty"] == 1.0 and "logits_processor" not in kwargs
 
@@ -96,23 +98,25 @@ def hf_greedy(model, tokenizer, prompt, config, processor):
 
 @pytest.mark.parametrize("penalty", [1.3, 2.0])
 def test_engine_greedy_equals_transformers_with_the_sparing_penalty(llama, penalty):
-    config, model, tokenizer = llama
+    config, models = llama
+    model, tokenizer = models.model, models.tokenizer
     config = replace(config, repetition_penalty=penalty, max_new_tokens=24, stop=[])
     prompts = [build_prompt(tokenizer, [], q, config, 512).text for q in QUESTIONS]
     spared = answer_end_ids(tokenizer, ["<human>:", "<bot>:"], [tokenizer.eos_token_id])
-    batch = generate_answers(model, tokenizer, prompts, config)  # left-padded together
+    batch = generate_answers(models, prompts, config)  # left-padded together
     for prompt, answer in zip(prompts, batch):
         ids = hf_greedy(model, tokenizer, prompt, config, [SparingRepetitionPenalty(penalty, [spared])])
         want = cut(tokenizer, ids)
         assert answer.text == want
-        stream = AnswerStream(model, tokenizer, prompt, config)
+        stream = AnswerStream(models, prompt, config)
         assert "".join(stream) == want and stream.answer.text == want
     plain = [hf_greedy(model, tokenizer, p, config, []) for p in prompts]
     assert [a.text for a in batch] != [cut(tokenizer, p) for p in plain], "the penalty should change an answer"
 
 
 def test_sparing_nothing_is_transformers_own_penalty_in_a_padded_batch(llama):
-    config, model, tokenizer = llama
+    config, models = llama
+    model, tokenizer = models.model, models.tokenizer
     prompts = [build_prompt(tokenizer, [], q, config, 512).text for q in QUESTIONS]
     inputs = tokenizer(prompts, return_tensors="pt", padding=True)
     common = dict(max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.pad_token_id)

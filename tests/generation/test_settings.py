@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sftkit.generation import AnswerStream, build_prompt, generate_answers, generation_kwargs, load_for_generation
+from sftkit.generation import AnswerStream, build_prompt, generate_answers, generation_kwargs, load_models
 from tests.generation.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -17,10 +17,10 @@ QUESTION = "Write a very long poem about the sea"
 
 
 def answers(llama, n=1, **settings):
-    config, model, tokenizer = llama
+    config, models = llama
     config = replace(config, **settings)
-    prompt = build_prompt(tokenizer, [], QUESTION, config, 512).text
-    return generate_answers(model, tokenizer, [prompt] * n, config)
+    prompt = build_prompt(models.tokenizer, [], QUESTION, config, 512).text
+    return generate_answers(models, [prompt] * n, config)
 
 
 def text(llama, **settings):
@@ -44,7 +44,8 @@ def test_narrow_sampling_settings_collapse_to_greedy(llama):
 def test_top_k_and_top_p_restrict_what_sampling_can_pick(llama):
     wide = {text(llama, do_sample=True, temperature=2.0, top_k=0, top_p=1.0, seed=s) for s in range(1, 4)}
     assert len(wide) == 3, "unrestricted hot sampling should vary with the seed"
-    config, model, tokenizer = llama
+    config, models = llama
+    model, tokenizer = models.model, models.tokenizer
     kwargs = generation_kwargs(replace(config, do_sample=True, top_k=7, top_p=0.3, temperature=0.9), model, tokenizer)
     assert (kwargs["top_k"], kwargs["top_p"], kwargs["temperature"]) == (7, 0.3, 0.9)
     greedy = generation_kwargs(config, model, tokenizer)
@@ -52,22 +53,24 @@ def test_top_k_and_top_p_restrict_what_sampling_can_pick(llama):
 
 
 def test_beams_answer_like_transformers_and_arrive_as_one_piece(llama):
-    config, model, tokenizer = llama
+    config, models = llama
+    model, tokenizer = models.model, models.tokenizer
     config = replace(config, num_beams=3, max_new_tokens=12, stop=[])
     prompt = build_prompt(tokenizer, [], QUESTION, config, 512).text
     inputs = tokenizer([prompt], return_tensors="pt")
     direct = model.generate(**inputs, num_beams=3, max_new_tokens=12, do_sample=False, repetition_penalty=1.0,
                             pad_token_id=tokenizer.pad_token_id)[0, inputs["input_ids"].shape[1]:]
     want = tokenizer.decode(direct, skip_special_tokens=True).split("<human>:")[0].split("<bot>:")[0].strip()
-    (beam,) = generate_answers(model, tokenizer, [prompt], config)
+    (beam,) = generate_answers(models, [prompt], config)
     assert beam.text == want
-    stream = AnswerStream(model, tokenizer, prompt, config)
+    stream = AnswerStream(models, prompt, config)
     pieces = list(stream)
     assert pieces == ([want] if want else []) and stream.answer.text == want
 
 
 def test_system_prompt_goes_first_and_changes_the_answer(llama):
-    config, _, tokenizer = llama
+    config, models = llama
+    tokenizer = models.tokenizer
     prompt = build_prompt(tokenizer, [], "Who are you?", replace(config, system_prompt="You are a pirate."), 512)
     assert prompt.text == "You are a pirate.\n<human>: Who are you?\n<bot>:"
     assert text(llama, system_prompt="You are a pirate.") != text(llama)
@@ -79,7 +82,8 @@ def test_min_new_tokens_num_return_sequences_max_time_and_early_stopping(llama):
     assert longer.new_tokens >= natural.new_tokens + 10
     several = answers(llama, num_return_sequences=3, do_sample=True, temperature=1.5, seed=2)
     assert len(several) == 3 and len({a.text for a in several}) > 1
-    config, model, tokenizer = llama
+    config, models = llama
+    model, tokenizer = models.model, models.tokenizer
     kwargs = generation_kwargs(replace(config, max_time=2.5, num_beams=2, early_stopping=True), model, tokenizer)
     assert kwargs["max_time"] == 2.5 and kwargs["early_stopping"] is True
     assert "max_time" not in generation_kwargs(config, model, tokenizer)
@@ -88,21 +92,22 @@ def test_min_new_tokens_num_return_sequences_max_time_and_early_stopping(llama):
 def test_load_half_and_tokenizer_base_model(tiny_llama, tmp_path):
     import shutil
 
-    half, _ = load_for_generation(tiny_config(tiny_llama, load_half=True))
+    half = load_models(tiny_config(tiny_llama, load_half=True)).model
     assert next(half.parameters()).dtype == torch.bfloat16
     tokenizer_dir = tmp_path / "tokenizer"
     tokenizer_dir.mkdir()
     for name in os.listdir(tiny_llama):
         if "token" in name or name == "special_tokens_map.json":
             shutil.copy(Path(tiny_llama) / name, tokenizer_dir / name)
-    _, tokenizer = load_for_generation(tiny_config(tiny_llama, tokenizer_base_model=str(tokenizer_dir)))
+    tokenizer = load_models(tiny_config(tiny_llama, tokenizer_base_model=str(tokenizer_dir))).tokenizer
     assert tokenizer.name_or_path == str(tokenizer_dir)
 
 
 def test_chat_false_answers_each_message_alone(llama):
     from sftkit.generation.session import ChatSession
 
-    config, _, tokenizer = llama
+    config, models = llama
+    tokenizer = models.tokenizer
     session = ChatSession([["Hi", "Hello!"]])
     session.ask("How are you?")
     assert session.prompt(tokenizer, config, 512).text.startswith("<human>: Hi\n")

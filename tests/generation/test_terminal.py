@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sftkit.generation import GenerateConfig, build_prompt, generate_answers, load_for_generation
+from sftkit.generation import GenerateConfig, build_prompt, generate_answers, load_models
 from sftkit.generation.terminal import chat_loop
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,8 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def llama(tiny_llama):
     config = GenerateConfig(base_model=tiny_llama, local_files_only=True, max_new_tokens=12, repetition_penalty=1.0)
-    model, tokenizer = load_for_generation(config)
-    return config, model, tokenizer
+    return config, load_models(config)
 
 
 def scripted(lines):
@@ -34,18 +33,18 @@ def scripted(lines):
     return read
 
 
-def greedy(model, tokenizer, config, history, message):
-    prompt = build_prompt(tokenizer, history, message, config, 512)
-    return generate_answers(model, tokenizer, [prompt.text], config)[0].text
+def greedy(models, config, history, message):
+    prompt = build_prompt(models.tokenizer, history, message, config, 512)
+    return generate_answers(models, [prompt.text], config)[0].text
 
 
 def test_chat_keeps_history_and_obeys_commands(llama):
-    config, model, tokenizer = llama
+    config, models = llama
     out = io.StringIO()
-    history = chat_loop(model, tokenizer, config, out=out, read=scripted(
+    history = chat_loop(models, config, out=out, read=scripted(
         ["Hi", "/undo", "What is the capital of France?", "", "Who are you?", "/clear", "Hello", "And you?"]))
-    first = greedy(model, tokenizer, config, [], "Hello")
-    second = greedy(model, tokenizer, config, [("Hello", first)], "And you?")
+    first = greedy(models, config, [], "Hello")
+    second = greedy(models, config, [("Hello", first)], "And you?")
     assert history == [("Hello", first), ("And you?", second)]
     text = out.getvalue()
     assert text.count("bot: ") == 5
@@ -56,14 +55,14 @@ def test_chat_keeps_history_and_obeys_commands(llama):
 def test_regenerate_save_and_load_and_unstreamed_answers(llama, tmp_path):
     import json
 
-    config, model, tokenizer = llama
+    config, models = llama
     saved = tmp_path / "chat.json"
     out = io.StringIO()
-    history = chat_loop(model, tokenizer, replace(config, stream_output=False), out=out, read=scripted(
+    history = chat_loop(models, replace(config, stream_output=False), out=out, read=scripted(
         ["/regenerate", "Hello", "/regenerate", f"/save {saved}", "/clear", f"/load {saved}", "And you?",
          f"/load {tmp_path / 'missing.json'}"]))
-    first = greedy(model, tokenizer, config, [], "Hello")
-    second = greedy(model, tokenizer, config, [("Hello", first)], "And you?")
+    first = greedy(models, config, [], "Hello")
+    second = greedy(models, config, [("Hello", first)], "And you?")
     assert history == [("Hello", first), ("And you?", second)]
     text = out.getvalue()
     assert "(nothing to regenerate)" in text and text.count(f"bot: {first}\n") == 2
@@ -72,10 +71,10 @@ def test_regenerate_save_and_load_and_unstreamed_answers(llama, tmp_path):
 
 
 def test_quit_command_and_too_long_prompt_warning(llama):
-    config, model, tokenizer = llama
+    config, models = llama
     out = io.StringIO()
     config = replace(config, max_context_tokens=64)
-    history = chat_loop(model, tokenizer, config, out=out,
+    history = chat_loop(models, config, out=out,
                         read=scripted(["word " * 200, "/quit", "never read"]))
     assert len(history) == 1
     assert "(warning: prompt too long for the context: cut the first" in out.getvalue()
@@ -99,13 +98,13 @@ class InterruptingOutput(io.StringIO):
 
 
 def test_ctrl_c_stops_the_answer_but_not_the_chat(llama):
-    config, model, tokenizer = llama
+    config, models = llama
     config = replace(config, max_new_tokens=300, max_context_tokens=512)
     out = InterruptingOutput()
-    history = chat_loop(model, tokenizer, config, out=out, read=scripted(["Tell me a long story", "Hi"]))
+    history = chat_loop(models, config, out=out, read=scripted(["Tell me a long story", "Hi"]))
     assert out.interrupted and "[stopped]" in out.getvalue()
     assert len(history) == 2 and history[1][0] == "Hi"
-    assert len(tokenizer(history[0][1])["input_ids"]) < 300  # the first answer was cut short
+    assert len(models.tokenizer(history[0][1])["input_ids"]) < 300  # the first answer was cut short
     assert not [t for t in threading.enumerate() if t.name == "sftkit-generate"]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sftkit.generation import GenerateConfig, build_prompt, generate_answers, load_models
+from sftkit.generation import GenerateConfig, Request, build_prompt, generate_answers, load_models
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -118,24 +118,48 @@ def expected(ui, history, message, model="base", **settings):
 
     config, models = replace(ui["config"], **settings), ui["models"]
     prompt = build_prompt(models.tokenizer, history, message, config, 512)
-    adapter = models.adapter(model)
-    answer = generate_answers(models.model, models.tokenizer, [prompt.text], config,
-                              adapters=[adapter if adapter is not None else "__base__"])[0]
+    answer = generate_answers(models, [Request(prompt.text, model)], config)[0]
     score = ui["scorer"].score([message], [answer.text])[0]
     return answer, score
 
 
 def shown_answer(text: str) -> str:
-    """The answer text of a chat bubble without the score line under it, letters and digits only: the
-    chat renders markdown, and the tiny model's answers are full of markdown characters."""
-    import re
-
-    return re.sub(r"[^A-Za-z0-9]", "", text.split("reward score")[0])
+    """The text a chat bubble shows (its innerText) without the score line under it and without
+    whitespace, which the browser lays out its own way; every other character counts, so an answer
+    shown with its markup mangled or escaped twice does not match."""
+    return "".join(text.split("reward score")[0].split())
 
 
 def plain(text: str) -> str:
-    """An engine answer compared the way :func:`shown_answer` reads the page."""
-    return shown_answer(text)
+    """An engine answer compared the way :func:`shown_answer` reads the page: the text of the HTML
+    the chat is given for it (its Markdown rendered, any HTML in it escaped), without whitespace."""
+    from html.parser import HTMLParser
+
+    from sftkit.generation.ui import shown
+
+    class Text(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.parts = []
+
+        def handle_data(self, data):
+            self.parts.append(data)
+
+    parser = Text()
+    parser.feed(shown(text))
+    parser.close()
+    return "".join("".join(parser.parts).split())
+
+
+def test_messages_are_shown_as_the_characters_typed():
+    """What the chat is given for a message shows its HTML-looking text as typed (no browser needed)."""
+    from sftkit.generation.ui import shown
+
+    typed = 'if a < b && c > "d": print(\'<div onclick="x()">&amp;</div>\')'
+    assert plain(typed) == "".join(typed.split())
+    assert "<div" not in shown(typed) and "&lt;div" in shown(typed)
+    assert plain("**bold** and `a<b`") == "boldanda<b"  # Markdown is still rendered
+    assert "<img" not in shown("![x](http://example.com/a.png)")
 
 
 @pytest.mark.slow
@@ -170,7 +194,9 @@ def test_chat_streams_the_engines_answer_with_its_score_then_regenerate_undo_and
     seen = [text for chat, _, text in page.evaluate("window.snapshots") if chat == "chat"]
     distinct = list(dict.fromkeys(shown_answer(t) for t in seen if t.strip()))
     assert len(distinct) >= 3, f"the answer should arrive in pieces, saw {distinct}"
-    assert all(b.startswith(a) for a, b in zip(distinct, distinct[1:]))
+    growing = [plain(want.text[:end]) for end in range(len(want.text) + 1)]  # every prefix, as the chat shows it
+    assert all(snapshot in growing for snapshot in distinct), "each snapshot shows a prefix of the answer"
+    assert [growing.index(snapshot) for snapshot in distinct] == sorted(growing.index(s) for s in distinct)
 
     page.click("#regenerate")
     wait_finished(page, 2)

@@ -78,8 +78,7 @@ def check_deployed_export(export: Path, gguf_type: str = "f16") -> dict:
     """Every route answers the held-out identity questions alike; returns what it saw (for the report)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sftkit.generation import GenerateConfig, generate_answers
-    from sftkit.generation.engine import load_models
+    from sftkit.generation import GenerateConfig, generate_answers, load_models
     from tests.go_template import render as go_render
 
     questions = [row["prompt"] for row in HELDOUT]
@@ -87,8 +86,7 @@ def check_deployed_export(export: Path, gguf_type: str = "f16") -> dict:
     config = GenerateConfig(base_model=str(export), prompt_type="human_bot", max_new_tokens=MAX_NEW,
                             do_sample=False, repetition_penalty=1.0, device="cpu")
     engine = load_models(config)
-    engine_answers = generate_answers(engine.model, engine.tokenizer,
-                                      [render_prompt([], q, "human_bot") for q in questions], config)
+    engine_answers = generate_answers(engine, [render_prompt([], q, "human_bot") for q in questions], config)
 
     # 2. plain transformers: the tokenizer's chat template, the stop strings the card and sftkit_prompt.json list.
     stops = json.loads((export / "sftkit_prompt.json").read_text())["stop"]

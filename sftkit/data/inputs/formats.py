@@ -16,6 +16,7 @@ from typing import Iterator
 
 from sftkit import rows
 from sftkit.data import DataError
+from sftkit.data.algorithms import toolrows
 from sftkit.prompts import BOT, HUMAN, Turn, join_turns
 
 FORMATS = ("oig", "oasst_trees", "oasst_messages", "sharegpt", "alpaca", "messages", "h2ogpt")
@@ -33,6 +34,8 @@ class Unit:
     malformed: bool = False  # the reason is a malformed record (listed in the rejects file)
     excerpt: str = ""
     source: str | None = None  # the record's own source (OIG metadata), else the file's
+    tools: list[tuple[list[Turn], list | None] | None] = field(default_factory=list)  # per text: a tool
+    # conversation's turns and tool list (sftkit.data.algorithms.toolrows), else None
     pairs: list[dict] = field(default_factory=list)  # OpenAssistant preference pairs
     events: Counter | None = None  # things left out inside the record (OpenAssistant trees)
 
@@ -76,11 +79,12 @@ def detect(path: Path, requested: str = "auto") -> FileFormat:
 
 def markup_turns(turns: list[Turn]) -> list[Turn] | str:
     """Turns as the markup writes them: no system or context turn (the conversation itself is kept),
-    an alpaca input joined to its instruction by a blank line; tool turns are not kept yet."""
+    an alpaca input joined to its instruction by a blank line, no tool calls or results (a tool
+    conversation's natural-language text: see sftkit.data.algorithms.toolrows)."""
     out: list[Turn] = []
     for role, text in turns:
         if role in ("tool_call", "tool"):
-            return "tool_turns"
+            continue
         if role == "input":
             out[-1] = (out[-1][0], f"{out[-1][1]}\n\n{text}")
         elif role not in ("system", "context"):
@@ -102,7 +106,9 @@ def as_markup(conversation: rows.Conversation, fmt: FileFormat) -> str:
             text = re.sub(rf"\s*{re.escape(HUMAN)}\s*$", "", text)
         return text
     turns = markup_turns(conversation.turns)
-    return turns if isinstance(turns, str) else join_turns(turns)
+    if not any(role == "human" for role, _ in turns):  # a tool conversation whose questions are all results
+        return "no_human_turn"
+    return join_turns(turns)
 
 
 # ---- OpenAssistant pairs ----
@@ -130,10 +136,12 @@ def read_units(path: Path, name: str, fmt: FileFormat, options: ReadOptions) -> 
         for conversation in read.conversations:
             text = as_markup(conversation, fmt)
             if HUMAN not in text:  # a reason: every conversation has a human turn
-                unit.reason, unit.malformed = text, text != "tool_turns"
+                unit.reason, unit.malformed = text, True
                 unit.excerpt = unit.excerpt or rows.excerpt(read.record)
             else:
                 unit.texts.append(text)
+                unit.tools.append((conversation.turns, conversation.tools)
+                                  if toolrows.has_tool_turns(conversation.turns) else None)
                 if fmt.name == "oig":
                     unit.source = conversation.source
         yield unit

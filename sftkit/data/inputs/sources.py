@@ -12,7 +12,7 @@ from typing import Iterator
 
 from sftkit import atomic
 from sftkit.data import DataError
-from sftkit.data.algorithms import identity
+from sftkit.data.algorithms import identity, toolrows
 from sftkit.data.config import DataConfig
 from sftkit.data.inputs import formats, oasst
 from sftkit.data.run.stats import StageStats
@@ -77,8 +77,9 @@ class FileReader:
             prompt.append({"role": message["role"], "content": content})
         return {"prompt": prompt, "chosen": fixed[0], "rejected": fixed[1], "source": pair["source"]}
 
-    def units(self, stats: StageStats) -> Iterator[tuple[formats.Unit, list[tuple[str, str]]]]:
-        """Each unit with its rows ``(text, source)``; ``stats`` counts records in, drops and extra paths."""
+    def units(self, stats: StageStats) -> Iterator[tuple[formats.Unit, list[tuple[str, str, str | None]]]]:
+        """Each unit with its rows ``(text, source, tool conversation or None)``; ``stats`` counts records in,
+        drops and extra paths."""
         for unit in formats.read_units(self.raw, self.name, self.format, self.options):
             stats.rows_in += 1
             self.events.update(unit.events)
@@ -88,13 +89,14 @@ class FileReader:
                 continue
             stats.add("oasst_extra_path", len(unit.texts) - 1)
             rows = []
-            for text in unit.texts:
+            for text, tools in zip(unit.texts, unit.tools):
                 new, events = identity.apply(text, self.identity)
                 if new is None:
                     stats.drop(next(iter(events)), 1)
                 else:
                     self.rewrites.update(events, rows=1 if events else 0)
-                    rows.append((new, unit.source or self.default_source))
+                    rows.append((new, unit.source or self.default_source,
+                                 toolrows.payload(*tools, new) if tools else None))
             for pair in unit.pairs:
                 kept = self._pair(pair)
                 if kept is not None:

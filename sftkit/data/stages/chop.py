@@ -3,7 +3,9 @@
 Rows with a mean human or bot turn below ``min_turn_mean_chars`` always go; rows below a key of
 ``short_turn_keep`` are kept with its probability (the lowest that applies); rows with a turn over
 ``max_turn_chars`` go. Each row's draw comes from its id and ``--seed``, so a run is reproducible
-whatever the batching or sharding. The turn statistics are kept as columns.
+whatever the batching or sharding. The turn statistics are kept as columns. A tool conversation is
+judged on its natural-language turns; one whose answers are all calls has no bot turn to judge
+(sftkit.data.algorithms.toolrows), so only its human turns are.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from sftkit.data import DataError
+from sftkit.data.algorithms import toolrows
 from sftkit.data.algorithms.hashing import uniform_draws
 from sftkit.data.algorithms.lengths import STAT_COLUMNS, turn_length_stats
 from sftkit.data.config import DataConfig
@@ -22,7 +25,7 @@ from sftkit.data.run.parquet_io import read_schema
 from sftkit.data.run.stats import StageStats
 from sftkit.data.run.workdir import stage_dir
 
-VERSION = 2
+VERSION = 3  # 3: tool conversations
 
 
 def keep_thresholds(short_turn_keep: dict) -> list[tuple[float, float]]:
@@ -51,10 +54,13 @@ def judge(batch: pa.RecordBatch, cfg: DataConfig) -> Verdict:
     lengths = turn_length_stats(batch.column("text"))
     ids = batch.column("id").to_numpy()
     thresholds = keep_thresholds(cfg.short_turn_keep)
-    too_short = (lengths["human_len_mean"] < cfg.min_turn_mean_chars) | (lengths["bot_len_mean"] < cfg.min_turn_mean_chars)
+    judged = ~toolrows.answerless(batch)  # rows with bot turns
+    too_short = ((lengths["human_len_mean"] < cfg.min_turn_mean_chars)
+                 | (judged & (lengths["bot_len_mean"] < cfg.min_turn_mean_chars)))
     too_long = (lengths["human_len_max"] > cfg.max_turn_chars) | (lengths["bot_len_max"] > cfg.max_turn_chars)
     kept_by_draw = ((uniform_draws(ids, cfg.seed, 1) < keep_probability(lengths["human_len_mean"], thresholds))
-                    & (uniform_draws(ids, cfg.seed, 2) < keep_probability(lengths["bot_len_mean"], thresholds)))
+                    & (~judged | (uniform_draws(ids, cfg.seed, 2) < keep_probability(lengths["bot_len_mean"],
+                                                                                      thresholds))))
     return Verdict({"turn_too_short": too_short, "turn_too_long": too_long, "short_turn_draw": ~kept_by_draw},
                    {name: pa.array(lengths[name]) for name in STAT_COLUMNS})
 

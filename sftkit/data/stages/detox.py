@@ -9,6 +9,8 @@ drops exact duplicates (equal rows share an id, hence a shard: dedup stays globa
 when enabled, into ``2_detox/scored/<part>.parquet``; ``filter`` applies the thresholds into
 ``2_detox/<part>.parquet``. The score columns stay, so changing a threshold re-runs only the cheap
 filter. A shard run alone (``--shard_index``) first splits, or reuses, the blocks of the others.
+A tool conversation (sftkit.data.algorithms.toolrows) stays one row, never split or cut; its id
+covers its messages as well as its text.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from tqdm import tqdm
 from sftkit.data import DataError
 from sftkit.data.algorithms.hashing import SeenIds, row_ids
 from sftkit.data.algorithms.scorers import DetoxifyScorer, plain_text, profanity_probs
+from sftkit.data.algorithms import toolrows
 from sftkit.data.algorithms.splitting import split_conversation
 from sftkit.data.config import DataConfig
 from sftkit.data.inputs.files import resolve_files
@@ -37,31 +40,40 @@ from sftkit.data.run.parquet_io import ParquetSink, count_rows, iter_batches, re
 from sftkit.data.run.stats import StageStats
 from sftkit.data.run.workdir import download_part, stage_dir
 
-VERSION = 3
+VERSION = 4  # 4: tool conversations, whole
 DETOXIFY_PREFIX = "detoxify_"
 CONVERSATION_BLOCK = 1024  # conversations per block: the unit the split phase deals to shards
 SPLIT_SETTINGS = ("target_row_chars", "max_row_chars")
 SPLIT_SCHEMA = pa.schema([("id", pa.uint64()), ("text", pa.string()), ("source", pa.string()),
-                          ("profanity_prob", pa.float32()), ("conversation", pa.uint64())])
-SCORED_COLUMNS = ["id", "text", "source", "profanity_prob"]  # a split row's columns the scored file keeps
+                          ("profanity_prob", pa.float32()), ("conversation", pa.uint64()),
+                          (toolrows.COLUMN, pa.string())])
+# a split row's columns the scored file keeps
+SCORED_COLUMNS = ["id", "text", "source", "profanity_prob", toolrows.COLUMN]
 
 
 def split_and_score(job: tuple) -> dict:
     """Worker: split a batch of conversations into rows and score each for profanity."""
-    texts, sources, conversations, target_chars, max_chars = job
-    rows, row_sources, row_conversations = [], [], []
+    texts, sources, tools, conversations, target_chars, max_chars = job
+    rows, row_sources, row_tools, row_conversations = [], [], [], []
     dropped, added, events = Counter(), Counter(), Counter()
-    for text, source, conversation in zip(texts, sources, conversations):
-        pieces, happened = split_conversation(text, target_chars, max_chars)
-        events.update(happened)
-        if not pieces:
-            dropped["exchange_too_long" if happened["exchange_too_long"] else "no_complete_exchange"] += 1
+    for text, source, messages, conversation in zip(texts, sources, tools, conversations):
+        if messages is not None:  # a tool conversation: whole, or not at all
+            pieces = [text] if len(text) <= max_chars else []
+            dropped["tool_conversation_too_long"] += not pieces
+            events["tool_conversation"] += 1
+        else:
+            pieces, happened = split_conversation(text, target_chars, max_chars)
+            events.update(happened)
+            if not pieces:
+                dropped["exchange_too_long" if happened["exchange_too_long"] else "no_complete_exchange"] += 1
         added["split"] += max(len(pieces) - 1, 0)
         rows += pieces
         row_sources += [source] * len(pieces)
+        row_tools += [messages] * len(pieces)
         row_conversations += [conversation] * len(pieces)
-    return {"conversations": len(texts), "ids": row_ids(rows), "rows": rows, "sources": row_sources,
-            "conversation": np.array(row_conversations, dtype=np.uint64),
+    keys = [row if messages is None else f"{row}\x00{messages}" for row, messages in zip(rows, row_tools)]
+    return {"conversations": len(texts), "ids": row_ids(keys), "rows": rows, "sources": row_sources,
+            "tools": row_tools, "conversation": np.array(row_conversations, dtype=np.uint64),
             "profanity": profanity_probs([plain_text(r) for r in rows]), "dropped": dropped, "added": added,
             "events": events}
 
@@ -77,15 +89,17 @@ def input_files(cfg: DataConfig) -> list[Path]:
 
 
 def _my_conversations(inputs: list[Path], batch_rows: int, shard: Shard) -> Iterator[tuple]:
-    """(texts, sources, conversation numbers) of this shard's blocks, about ``batch_rows`` at a time."""
+    """(texts, sources, tool messages, conversation numbers) of this shard's blocks, about ``batch_rows`` at
+    a time."""
     offset = 0
-    for batch in iter_batches(inputs, batch_rows, ["text", "source"]):
+    for batch in iter_batches(inputs, batch_rows, ["text", "source", toolrows.COLUMN]):
         numbers = np.arange(offset, offset + batch.num_rows, dtype=np.uint64)
         offset += batch.num_rows
         mine = (numbers // np.uint64(CONVERSATION_BLOCK)) % np.uint64(shard.count) == np.uint64(shard.index)
         if mine.any():
             picked = batch.filter(pa.array(mine))
-            yield picked.column("text").to_pylist(), picked.column("source").to_pylist(), numbers[mine].tolist()
+            yield (picked.column("text").to_pylist(), picked.column("source").to_pylist(),
+                   picked.column(toolrows.COLUMN).to_pylist(), numbers[mine].tolist())
 
 
 def split(cfg: DataConfig, inputs: list[Path], out: Path, shard: Shard = Shard(0, 1)) -> StageStats:
@@ -93,8 +107,8 @@ def split(cfg: DataConfig, inputs: list[Path], out: Path, shard: Shard = Shard(0
     stats, events = StageStats("detox"), Counter()
     total = count_rows(inputs)
     workers = min(resolve_workers(cfg.workers), max(1, math.ceil(total / shard.count / cfg.batch_rows)))
-    jobs = ((texts, sources, numbers, cfg.target_row_chars, cfg.max_row_chars)
-            for texts, sources, numbers in _my_conversations(inputs, cfg.batch_rows, shard))
+    jobs = ((texts, sources, tools, numbers, cfg.target_row_chars, cfg.max_row_chars)
+            for texts, sources, tools, numbers in _my_conversations(inputs, cfg.batch_rows, shard))
     with ParquetSink(out, SPLIT_SCHEMA) as sink, \
             tqdm(total=math.ceil(total / shard.count), desc="detox split", unit=" conv", leave=False) as bar:
         for result in ordered_map(split_and_score, jobs, workers):
@@ -104,7 +118,8 @@ def split(cfg: DataConfig, inputs: list[Path], out: Path, shard: Shard = Shard(0
             events.update(result["events"])
             sink.write(pa.RecordBatch.from_pydict(
                 {"id": result["ids"], "text": result["rows"], "source": result["sources"],
-                 "profanity_prob": result["profanity"], "conversation": result["conversation"]},
+                 "profanity_prob": result["profanity"], "conversation": result["conversation"],
+                 toolrows.COLUMN: result["tools"]},
                 schema=SPLIT_SCHEMA))
             bar.update(result["conversations"])
     stats.rows_out = sink.rows

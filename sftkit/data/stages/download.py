@@ -1,6 +1,7 @@
 """Stage 1, download: fetch each input file and convert it to parquet, streaming, with a rejects list.
 
-Output per file in ``<work_dir>/1_download/``: ``<file>.parquet`` (text, source, file, line),
+Output per file in ``<work_dir>/1_download/``: ``<file>.parquet`` (text, source, file, line, and a tool
+conversation's messages: sftkit.data.algorithms.toolrows),
 ``<file>.rejects.jsonl`` (file, line, reason, excerpt of each malformed record),
 ``<file>.pairs.jsonl`` (OpenAssistant ranked answer pairs; empty for other formats) and a manifest.
 Every input format (sftkit.data.inputs.formats) gives the same rows.
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 from sftkit import atomic, json_records
 from sftkit.data import DataError
+from sftkit.data.algorithms import toolrows
 from sftkit.data.config import DataConfig
 from sftkit.data.inputs import sources
 from sftkit.data.inputs.fetch import local_source_dir
@@ -27,8 +29,9 @@ from sftkit.data.run.parquet_io import ParquetSink
 from sftkit.data.run.stats import StageStats
 from sftkit.data.run.workdir import download_part, stage_dir
 
-VERSION = 1
-SCHEMA = pa.schema([("text", pa.string()), ("source", pa.string()), ("file", pa.string()), ("line", pa.int64())])
+VERSION = 2  # 2: tool conversations kept, with their messages
+SCHEMA = pa.schema([("text", pa.string()), ("source", pa.string()), ("file", pa.string()), ("line", pa.int64()),
+                    (toolrows.COLUMN, pa.string())])
 
 
 WHOLE_OBJECT_CHECK_BYTES = 64 << 20  # a larger file is not read whole to explain its error
@@ -98,8 +101,8 @@ def convert(raw: Path, name: str, out: Path, rejects: Path, cfg: DataConfig) -> 
                         malformed += 1
                         bad.write(json.dumps({"file": name, "line": unit.line, "reason": unit.reason,
                                               "excerpt": unit.excerpt}) + "\n")
-                    for text, source in rows:
-                        for key, value in zip(SCHEMA.names, (text, source, name, unit.line)):
+                    for text, source, tools in rows:
+                        for key, value in zip(SCHEMA.names, (text, source, name, unit.line, tools)):
                             columns[key].append(value)
                     if len(columns["text"]) >= cfg.batch_rows:
                         flush(sink)

@@ -1,7 +1,9 @@
 """Stage 5, finalize: last clean, seeded shuffle, and the training file with its data card.
 
 Writes ``<work_dir>/oig_instruct_cleaned.json``, a JSON list of ``{"id", "input", "prompt_type",
-"source"}`` in the ``<human>: …\\n<bot>: …`` format that finetune.py reads, and
+"source"}`` in the ``<human>: …\\n<bot>: …`` format that finetune.py reads (a tool conversation's row
+adds its ``messages`` and ``tools``, which finetune.py reads first, and its ``input`` is its whole
+``human_bot`` text, tools as the h2oGPT types write them), and
 ``oig_instruct_cleaned.card.json`` / ``.card.md``: one output over every shard of grade. The shuffle never holds more than
 ``shuffle_bucket_rows`` rows: rows are dealt to random buckets on disk, then each bucket is
 shuffled in memory; the order depends only on the row ids and ``--seed``.
@@ -27,9 +29,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sftkit import atomic
+from sftkit import atomic, rows
 from sftkit.data import DataError
-from sftkit.data.algorithms import neardup, personality
+from sftkit.data.algorithms import neardup, personality, toolrows
 from sftkit.data.algorithms.hashing import row_ids, uniform_draws
 from sftkit.data.config import EXECUTION_SETTINGS, DataConfig
 from sftkit.data.inputs.files import resolve_files
@@ -39,9 +41,11 @@ from sftkit.data.run.parquet_io import ParquetSink, count_rows, iter_batches
 from sftkit.data.run.stats import StageStats
 from sftkit.data.run.workdir import FINAL_JSON, stage_dir, stage_parts
 from sftkit.data.stages import datacard
+from sftkit.prompts import render_conversation
 
-VERSION = 2
-ROW_SCHEMA = pa.schema([("id", pa.uint64()), ("text", pa.string()), ("source", pa.string())])
+VERSION = 3  # 3: tool conversations
+ROW_SCHEMA = pa.schema([("id", pa.uint64()), ("text", pa.string()), ("source", pa.string()),
+                        (toolrows.COLUMN, pa.string())])
 PAIRS_JSON = "oasst_pairs.json"
 # The DataConfig fields that change the output (a change re-runs finalize).
 SETTINGS = ("seed", "censor_words", "unhelpful_phrases", "shuffle_bucket_rows", "near_dup_threshold",
@@ -91,8 +95,8 @@ def personality_batch(cfg: DataConfig, schema: pa.Schema) -> pa.RecordBatch:
     texts = personality.personality_texts(cfg.bot_name, cfg.bot_maker) if cfg.personality else []
     rows = [text for _ in range(max(cfg.personality_repeat, 0)) for text in texts]
     ids = row_ids([f"{text}\x00copy {i // max(len(texts), 1)}" for i, text in enumerate(rows)])
-    return pa.RecordBatch.from_pydict({"id": ids, "text": rows, "source": [personality.SOURCE] * len(rows)},
-                                      schema=schema)
+    return pa.RecordBatch.from_pydict({"id": ids, "text": rows, "source": [personality.SOURCE] * len(rows),
+                                       toolrows.COLUMN: [None] * len(rows)}, schema=schema)
 
 
 def write_oasst_pairs(cfg: DataConfig) -> Path | None:
@@ -109,6 +113,15 @@ def write_oasst_pairs(cfg: DataConfig) -> Path | None:
     atomic.write_text(out, json.dumps(pairs, ensure_ascii=False, indent=1) + "\n")
     print(f"[finalize] wrote {out} ({len(pairs):,} ranked OpenAssistant answer pairs)")
     return out
+
+
+def tool_record(messages: str) -> dict:
+    """A tool conversation's fields of the training file: ``input`` its whole ``human_bot`` text (what
+    h2oGPT's trainer, which reads ``input`` alone, then learns), ``messages`` and ``tools``."""
+    conversation = json.loads(messages)
+    turns = rows.message_turns(conversation["messages"])
+    text, _ = render_conversation(turns, "human_bot", tools=conversation["tools"])
+    return {"input": text, **conversation}
 
 
 def output_path(cfg: DataConfig) -> Path:
@@ -135,7 +148,7 @@ def finalize(cfg: DataConfig, inputs: list[Path], out: Path) -> StageStats:
                 for b in np.unique(buckets):
                     sinks[b].write(batch.filter(pa.array(buckets == b)))
 
-            for batch in iter_batches(inputs, cfg.batch_rows, ["id", "text", "source"]):
+            for batch in iter_batches(inputs, cfg.batch_rows, ROW_SCHEMA.names):
                 near = np.isin(batch.column("id").to_numpy(), near_duplicates)
                 stats.drop("near_duplicate", int(near.sum()))
                 keep = ~near
@@ -153,9 +166,12 @@ def finalize(cfg: DataConfig, inputs: list[Path], out: Path) -> StageStats:
                 ids = table.column("id").to_numpy()
                 order = np.argsort(uniform_draws(ids, cfg.seed, 4), kind="stable")
                 texts, row_sources = table.column("text").to_pylist(), table.column("source").to_pylist()
+                tools = table.column(toolrows.COLUMN).to_pylist()
                 for i in order:
                     record = {"id": f"{int(ids[i]):016x}", "input": texts[i], "prompt_type": "human_bot",
                               "source": row_sources[i]}
+                    if tools[i] is not None:
+                        record.update(tool_record(tools[i]))
                     fh.write(("\n" if stats.rows_out == 0 else ",\n") + json.dumps(record, ensure_ascii=False))
                     stats.rows_out += 1
                     sources[row_sources[i]] += 1

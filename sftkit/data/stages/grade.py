@@ -27,6 +27,7 @@ from sftkit import atomic
 from sftkit.data import DataError
 from sftkit.data.algorithms.readability import ensure_cmudict, flesch_kincaid_grades
 from sftkit.data.algorithms.scorers import plain_text, profane_flags
+from sftkit.data.algorithms import toolrows
 from sftkit.data.config import DataConfig
 from sftkit.data.run.contract import DriverPhase, Shard, ShardInput, ShardPhase, Stage, Step, shard_input
 from sftkit.data.run.filtering import Verdict, filter_rows
@@ -37,7 +38,7 @@ from sftkit.data.run.stats import StageStats
 from sftkit.data.run.workdir import stage_dir
 from sftkit.prompts import BOT, split_turns
 
-VERSION = 2
+VERSION = 3  # 3: tool conversations
 
 
 def answers_text(row: str) -> str:
@@ -81,9 +82,11 @@ def score(cfg: DataConfig, source: ShardInput, out: Path) -> StageStats:
 
 
 def text_drops(batch: pa.RecordBatch, cfg: DataConfig) -> dict[str, np.ndarray]:
-    """Masks of the rows each text threshold drops, in the order their reasons are counted."""
+    """Masks of the rows each text threshold drops, in the order their reasons are counted. A tool
+    conversation whose answers are all calls has no answer text to grade (sftkit.data.algorithms.toolrows)."""
     grade = batch.column("fk_grade").to_numpy()
-    return {"grade_too_low": grade < cfg.min_grade, "grade_too_high": grade > cfg.max_grade,
+    judged = ~toolrows.answerless(batch)
+    return {"grade_too_low": judged & (grade < cfg.min_grade), "grade_too_high": judged & (grade > cfg.max_grade),
             "profane": batch.column("profane").to_numpy(zero_copy_only=False) & cfg.drop_profane}
 
 
@@ -146,7 +149,7 @@ def reward_units(cfg: DataConfig, scored: list[Path], cache: RewardCache, counts
     have no reward in the cache yet; ``counts`` gets the passing and already-cached totals."""
     pending: dict[str, list] = {"ids": [], "questions": [], "answers": []}
     for batch in iter_batches(scored, cfg.batch_rows):
-        passes = ~np.logical_or.reduce(list(text_drops(batch, cfg).values()))
+        passes = ~np.logical_or.reduce(list(text_drops(batch, cfg).values())) & ~toolrows.answerless(batch)
         ids = batch.column("id").to_numpy()
         found, _ = cache.lookup(ids)
         counts["passing"] += int(passes.sum())
@@ -196,9 +199,9 @@ def judge(batch: pa.RecordBatch, cfg: DataConfig, cache: RewardCache | None, sco
     (null when the reward model is off)."""
     drops = text_drops(batch, cfg)
     rewards = np.full(batch.num_rows, np.nan, dtype=np.float32)
-    if cache is not None:
+    if cache is not None:  # a row with no answer text has no reward, and passes it
         found, rewards = cache.lookup(batch.column("id").to_numpy())
-        if (~found & ~np.logical_or.reduce(list(drops.values()))).any():
+        if (~found & ~np.logical_or.reduce(list(drops.values())) & ~toolrows.answerless(batch)).any():
             raise DataError(f"{scored}: rows lack a reward in {cache.directory}; run grade again")
         drops["reward_too_low"] = rewards < cfg.reward_threshold
     return Verdict(drops, {"reward": pa.array(rewards, pa.float32(), mask=np.isnan(rewards))})

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from sftkit.generation import GenerateConfig, Request
+from sftkit.generation import GenerateConfig, Models, Request
 from sftkit.generation import generate_answers as engine_answers
 from sftkit.prompts import encode, stop_strings
 from sftkit.train import distributed, token_cache
@@ -131,7 +131,8 @@ def generate_answers(model, tokenizer, examples, config, world, synced: bool) ->
     for i in range(0, len(mine), config.micro_batch_size):  # the same number of calls on every rank (ZeRO-3)
         chunk = [Request(_last_tokens(tokenizer, ex.prompt, config.cutoff_len, settings.prompt_type), stop=stops)
                  for _, ex in mine[i:i + config.micro_batch_size]]
-        answers += [a.text for a in engine_answers(model, tokenizer, chunk, settings, synced_gpus=synced)]
+        answers += [a.text for a in engine_answers(Models.around(model, tokenizer), chunk, settings,
+                                                   synced_gpus=synced)]
     gathered = distributed.all_gather_strings([f"{i}\t{a}" for (i, _), a in zip(mine, answers)])
     by_index = {}
     for part in gathered:

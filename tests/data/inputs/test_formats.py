@@ -185,9 +185,14 @@ def test_malformed_oig_lines_name_their_reason(tmp_path, raw, reason):
     assert (bad.reason, bad.malformed, bad.texts) == (reason, True, [])
 
 
-def test_tool_conversations_are_counted_not_kept_yet(tmp_path):
+def test_a_tool_conversation_is_kept_its_text_the_natural_language_turns(tmp_path):
     row = {"conversations": [{"from": "human", "value": "Area of a 2x3 rectangle?"},
                              {"from": "function_call", "value": '{"name": "area", "arguments": {"w": 2, "h": 3}}'},
-                             {"from": "observation", "value": '{"area": 6}'}, {"from": "gpt", "value": "It is 6."}]}
+                             {"from": "observation", "value": '{"area": 6}'}, {"from": "gpt", "value": "It is 6."}],
+           "tools": [{"name": "area", "parameters": {"type": "object"}}]}
     path = write_jsonl(tmp_path / "tools.jsonl", [row])
-    assert [(u.reason, u.malformed) for u in units(path)[1]] == [("tool_turns", False)]
+    (unit,) = units(path)[1]
+    assert unit.reason is None and unit.texts == ["<human>: Area of a 2x3 rectangle?\n<bot>: It is 6."]
+    turns, tools = unit.tools[0]
+    assert [role for role, _ in turns] == ["human", "tool_call", "tool", "bot"]
+    assert tools[0]["function"]["name"] == "area"

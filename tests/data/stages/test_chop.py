@@ -54,3 +54,17 @@ def test_short_turns_are_kept_at_the_configured_rate_reproducibly():
     assert again == kept
     other_seed = chop_batch(batch_of(texts), DataConfig(seed=8), StageStats("chop")).column("text").to_pylist()
     assert other_seed != kept
+
+
+def test_a_tool_conversation_whose_answers_are_calls_is_judged_on_its_questions_alone():
+    from sftkit.data.algorithms import toolrows
+
+    cfg = DataConfig(short_turn_keep={100: 0.0})
+    texts = ["<human>: " + "A question long enough to keep, about a rectangle. " * 3,
+             "<human>: A question of a middling length, about a square?"]
+    batch = batch_of(texts).append_column(toolrows.COLUMN, pa.array(["{}", "{}"]))
+    stats = StageStats("chop", rows_in=2)
+    assert chop_batch(batch, cfg, stats).column("text").to_pylist() == [texts[0]]
+    assert stats.dropped == {"short_turn_draw": 1}
+    plain = StageStats("chop", rows_in=2)  # without its tool messages the same text has no answer: it goes
+    assert chop_batch(batch_of(texts), cfg, plain).num_rows == 0 and plain.dropped == {"turn_too_short": 2}

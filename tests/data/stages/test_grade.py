@@ -67,3 +67,17 @@ def test_reward_scoring_resumes_after_a_kill_and_is_reused(work, tiny_reward_mod
     stricter = run(dataclasses.replace(cfg, reward_threshold=0.6))
     assert scored_rows == [] and stricter.rows_out <= stats.rows_out
     assert np.all(pq.read_table(work / "4_grade" / "part-00000-of-00001.parquet").column("reward").to_numpy() >= 0.6)
+
+
+def test_the_text_thresholds_and_reward_leave_rows_whose_answers_are_calls_unjudged():
+    import pyarrow as pa
+
+    from sftkit.data.algorithms import toolrows
+    from sftkit.data.config import DataConfig
+    from sftkit.data.stages.grade import text_drops
+
+    batch = pa.record_batch({"text": ["<human>: q", "<human>: q\n<bot>: a", "<human>: q"],
+                             "fk_grade": pa.array([0.0, 0.0, 0.0], pa.float32()), "profane": [False, False, False],
+                             toolrows.COLUMN: ["{}", "{}", None]})
+    drops = text_drops(batch, DataConfig(min_grade=4))
+    assert drops["grade_too_low"].tolist() == [False, True, True]
