@@ -98,9 +98,15 @@ def write_rows(path: Path, count: int) -> None:
             fh.write(json.dumps({"input": conversation.text, "prompt_type": "human_bot"}) + "\n")
 
 
-def timed(cmd: list[str], marks: dict[str, str]) -> tuple[dict[str, float], float, str]:
-    """Run ``cmd``; (seconds from its start to the first stdout line matching each of ``marks``' patterns,
-    peak RSS GiB of its largest process, its output)."""
+def high_water_gib(pid: int) -> float:
+    """A running process's peak RSS so far (VmHWM)."""
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM")) / 2**20
+
+
+def timed(cmd: list[str], marks: dict[str, str]) -> tuple[dict[str, tuple[float, float]], float, str]:
+    """Run ``cmd``; ({mark: (seconds from its start to the first stdout line matching the pattern, its
+    peak RSS GiB then)}, peak RSS GiB of its largest process, its output)."""
     started = time.perf_counter()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
@@ -109,7 +115,7 @@ def timed(cmd: list[str], marks: dict[str, str]) -> tuple[dict[str, float], floa
         lines.append(line)
         for name, pattern in marks.items():
             if name not in seen and re.search(pattern, line):
-                seen[name] = time.perf_counter() - started
+                seen[name] = time.perf_counter() - started, high_water_gib(proc.pid)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     output = "".join(lines)
@@ -125,9 +131,10 @@ def cache_table(counts: list[int], base_model: str, workers: int, cutoff_len: in
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     print(f"\nFinalize-shaped rows, cutoff {cutoff_len}, {base_model}, {workers} tokenizing processes. sftkit: whole "
           f"finetune.py --max_steps=1 processes; 'data' is from the model being ready to the training plan (the "
-          f"first step follows), 'start' from the process start. DATASETS BASELINE: load_dataset('json') + "
-          f".map(batched, num_proc={workers}) seconds, imports and tokenizer load excluded. GiB: peak RSS of the "
-          f"largest process.\n")
+          f"first step follows), 'start' from the process start; GiB: the process's peak RSS when the plan is "
+          f"printed (before the step, whose own peak depends on the rows it draws). DATASETS BASELINE: "
+          f"load_dataset('json') + .map(batched, num_proc={workers}) seconds, imports and tokenizer load excluded; "
+          f"GiB: peak RSS of its largest process.\n")
     print("| rows | DATASETS BASELINE s | GiB | first run (builds): data s | start s | GiB | rerun (reuses): data s "
           "| start s | GiB | first run data / baseline | rerun data / baseline |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -147,10 +154,11 @@ def cache_table(counts: list[int], base_model: str, workers: int, cutoff_len: in
                        f"--tokenize_workers={workers}", f"--cutoff_len={cutoff_len}", "--max_steps=1",
                        "--val_set_size=0", "--save_steps=0", "--report_to=none", "--batch_size=1",
                        "--micro_batch_size=1", "--warmup_steps=0"]
-                seen, gib, output = timed(cmd, {"model": r"M trainable, ", "plan": r"\bplan: "})
+                seen, _, output = timed(cmd, {"model": r"M trainable, ", "plan": r"\bplan: "})
                 expected = "tokenized cache built" if name == "first" else "tokenized cache reused"
                 assert expected in output, output[-2000:]
-                runs.append((seen["plan"] - seen["model"], seen["plan"], gib))
+                (model_s, _), (plan_s, plan_gib) = seen["model"], seen["plan"]
+                runs.append((plan_s - model_s, plan_s, plan_gib))
             (first_s, first_start, first_gib), (rerun_s, rerun_start, rerun_gib) = runs
             measured[count] = (first_gib, rerun_gib)
             print(f"| {count:,} | {base_s:.1f} | {base_gib:.2f} | {first_s:.1f} | {first_start:.1f} | {first_gib:.2f} | "
