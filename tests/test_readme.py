@@ -219,7 +219,7 @@ BENCH_TINY = {
     "bench_loss_memory.py": lambda sb: [f"--base_model={sb.tiny_model}", "--micro_batch_size=2", "--cutoff_len=64",
                                         "--method=lora", "--repeats=0"],
     "bench_tokenize.py": lambda sb: [f"--base_model={sb.tiny_model}", "--rows=200", "--repeats=1",
-                                     "--cache_rows=40,160", "--cutoff_len=64"],
+                                     "--cache_rows=40,160"],
     "bench_rl.py": lambda sb: [f"--base_model={sb.tiny_model}", "--steps=2", "--batch=8", "--micro=4",
                                "--max_new_tokens=8", "--cutoff_len=64"],
     "bench_api.py": lambda sb: [f"--base_model={sb.tiny_model}", "--prompt_type=human_bot", "--clients=1,2",
