@@ -254,7 +254,10 @@ class _Lock:
             return False
 
     def take(self, on_wait: Callable[[float], None], poll: float = 0.5, every: float = 30.0) -> None:
-        """Take the lock, calling ``on_wait(seconds waited)`` at first and every ``every`` seconds."""
+        """Take the lock; while another process holds it, call ``on_wait(seconds waited)`` at first and
+        every ``every`` seconds."""
+        if self.try_take():
+            return
         started = last = time.monotonic()
         on_wait(0.0)
         while not self.try_take():
