@@ -79,6 +79,10 @@ class TrainConfig:
                                            "in output_dir.")
     cutoff_len: int = flag(512, "Longest sequence in tokens; longer rows are truncated (or dropped).")
     drop_truncations: bool = flag(False, "Drop rows longer than cutoff_len instead of truncating them.")
+    tokenized_cache_dir: str = flag("", "Where the tokenized data is cached, one folder per data file and "
+                                        "tokenizing settings, built once and memory-mapped by every run and rank "
+                                        "(empty: ~/.cache/sftkit/tokenized, under $SFTKIT_CACHE when set).")
+    tokenize_workers: int = flag(0, "Processes tokenizing a new cache (0: min(4, CPU cores)).")
     ddp: bool = flag(True, "Use DistributedDataParallel when launched with torchrun on several processes.")
     local_files_only: bool = flag(False, "Never reach a model hub; load only local files.")
     trust_remote_code: bool = flag(False, "Run model code shipped with a hub checkpoint (only if you trust it).")

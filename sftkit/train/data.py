@@ -17,6 +17,8 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
+import numpy as np
+
 from sftkit import rows
 from sftkit.errors import DataError
 from sftkit.prompts import DEFAULT_PROMPT_TYPE, PromptError, get_prompt_type, has_markers
@@ -111,18 +113,17 @@ def _canonical(own: str | None) -> str:
         return own
 
 
-def load_conversations(path: str, col_dict: dict | None = None, prompt_type: str = "",
-                       fallback: str = DEFAULT_PROMPT_TYPE) -> tuple[list[Conversation], ReadStats]:
-    """Read ``path`` into conversations; unusable rows are counted by reason, never silently lost.
+def iter_conversations(path: str, stats: ReadStats, col_dict: dict | None = None, prompt_type: str = "",
+                       fallback: str = DEFAULT_PROMPT_TYPE) -> Iterator[Conversation]:
+    """The usable conversations at ``path`` one by one, in file order, each in the prompt type it
+    trains in; unusable rows are counted in ``stats`` by reason, never silently lost.
 
     ``prompt_type`` (the flag) given: every row uses it. Empty: each row's ``prompt_type`` column,
-    else ``fallback``. A dataset where no row is usable is a DataError naming the first problem.
+    else ``fallback``.
     """
     for name in (prompt_type, fallback):
         if name:
             get_prompt_type(name)  # a typo in the flag fails here, not as one skip per row
-    stats = ReadStats()
-    conversations = []
     for unit in read_units(path, col_dict):
         stats.rows += 1
         if unit.reason:
@@ -133,42 +134,63 @@ def load_conversations(path: str, col_dict: dict | None = None, prompt_type: str
                 stats.skip(result, found.where)
                 continue
             conversation, decided_by = result
-            conversations.append(conversation)
             chosen = conversation.prompt_type
             stats.prompt_types[chosen] = stats.prompt_types.get(chosen, 0) + 1
             stats.prompt_type_from[decided_by] = stats.prompt_type_from.get(decided_by, 0) + 1
             own = _canonical(found.prompt_type)
             if prompt_type and own and own != chosen:
                 stats.overridden[own] = stats.overridden.get(own, 0) + 1
+            yield conversation
+
+
+def check_usable(path: str, stats: ReadStats, usable: int, what: str = "usable rows") -> None:
+    """A dataset that is empty, or where no row is usable, is a DataError naming the first problem."""
     if not stats.rows:
         raise DataError(f"{path}: the dataset is empty")
-    if not conversations:
-        raise DataError(f"{path}: no usable rows out of {stats.rows}; first problem: {stats.first_problem}")
+    if not usable:
+        raise DataError(f"{path}: no {what} out of {stats.rows}; first problem: {stats.first_problem}")
+
+
+def load_conversations(path: str, col_dict: dict | None = None, prompt_type: str = "",
+                       fallback: str = DEFAULT_PROMPT_TYPE) -> tuple[list[Conversation], ReadStats]:
+    """Every usable conversation at ``path`` in a list (see :func:`iter_conversations`)."""
+    stats = ReadStats()
+    conversations = list(iter_conversations(path, stats, col_dict, prompt_type, fallback))
+    check_usable(path, stats, len(conversations))
     return conversations, stats
+
+
+def mix_in_picks(base: int, extra: int, factor: float, seed: int) -> np.ndarray:
+    """Which of ``extra`` rows are added to ``base`` rows: ``round(factor * base)`` indices, every
+    extra row as often as it fits whole, the rest sampled without replacement by ``seed``."""
+    want = round(factor * base)
+    if want <= 0 or not extra:
+        return np.zeros(0, dtype=np.int64)
+    whole = want // extra
+    rest = random.Random(seed).sample(range(extra), want - whole * extra)
+    return np.concatenate([np.tile(np.arange(extra, dtype=np.int64), whole), np.array(rest, dtype=np.int64)])
 
 
 def mix_in(base: list, extra: list, factor: float, seed: int) -> list:
     """``base`` plus ``round(factor * len(base))`` rows of ``extra`` (with replacement beyond its size)."""
-    want = round(factor * len(base))
-    if want <= 0 or not extra:
-        return list(base)
-    rng = random.Random(seed)
-    picked = []
-    while len(picked) + len(extra) <= want:
-        picked.extend(extra)
-    picked.extend(rng.sample(extra, want - len(picked)))
-    return list(base) + picked
+    return list(base) + [extra[i] for i in mix_in_picks(len(base), len(extra), factor, seed)]
+
+
+def validation_indices(count: int, val_set_size: float, seed: int) -> np.ndarray:
+    """The sorted indices of the ``val_set_size`` items (a count, or a fraction when below 1) of
+    ``count`` held out for validation, chosen by ``seed``."""
+    held = round(val_set_size * count) if val_set_size < 1 else int(val_set_size)
+    if val_set_size > 0:
+        held = max(held, 1)
+    if held >= count:
+        raise DataError(f"--val_set_size={val_set_size} leaves no training rows out of {count}; "
+                        f"lower it or give --valid_path")
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    return np.sort(np.array(order[:held], dtype=np.int64))
 
 
 def split_validation(items: list, val_set_size: float, seed: int) -> tuple[list, list]:
-    """Hold out ``val_set_size`` items (a count, or a fraction when below 1), chosen by ``seed``."""
-    count = round(val_set_size * len(items)) if val_set_size < 1 else int(val_set_size)
-    if val_set_size > 0:
-        count = max(count, 1)
-    if count >= len(items):
-        raise DataError(f"--val_set_size={val_set_size} leaves no training rows out of {len(items)}; "
-                        f"lower it or give --valid_path")
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
-    held = set(order[:count])
+    """Hold out ``val_set_size`` items (see :func:`validation_indices`)."""
+    held = set(validation_indices(len(items), val_set_size, seed).tolist())
     return [x for i, x in enumerate(items) if i not in held], [items[i] for i in sorted(held)]

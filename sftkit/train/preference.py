@@ -13,23 +13,24 @@ learns only that last answer (DPO sums its log-probabilities).
 """
 from __future__ import annotations
 
-from sftkit.errors import DataError
+from typing import Iterator
+
 from sftkit.rows import Pair
-from sftkit.train.data import ReadStats, read_units
+from sftkit.train.data import ReadStats, check_usable, read_units
+
+
+def iter_pairs(path: str, stats: ReadStats, col_dict: dict | None = None) -> Iterator[Pair]:
+    """The pairs at ``path`` one by one, in file order; unusable rows are counted in ``stats`` by reason."""
+    for unit in read_units(path, col_dict, mode="pairs"):
+        stats.rows += 1
+        if unit.reason and not unit.pairs:
+            stats.skip(unit.reason, unit.where)
+        yield from unit.pairs
 
 
 def load_pairs(path: str, col_dict: dict | None = None) -> tuple[list[Pair], ReadStats]:
     """Read ``path`` into pairs; unusable rows are counted by reason. No usable row is a DataError."""
     stats = ReadStats()
-    pairs: list[Pair] = []
-    for unit in read_units(path, col_dict, mode="pairs"):
-        stats.rows += 1
-        if unit.reason and not unit.pairs:
-            stats.skip(unit.reason, unit.where)
-        pairs += unit.pairs
-    if not stats.rows:
-        raise DataError(f"{path}: the dataset is empty")
-    if not pairs:
-        raise DataError(f"{path}: no usable preference pairs out of {stats.rows}; first problem: "
-                        f"{stats.first_problem}")
+    pairs = list(iter_pairs(path, stats, col_dict))
+    check_usable(path, stats, len(pairs), "usable preference pairs")
     return pairs, stats

@@ -31,12 +31,12 @@ RUN_CONFIG = "run_config.yaml"
 CODE_DIR = "code"
 
 # Flags a resume may change: they decide what is logged, evaluated or saved, how long the run goes on,
-# or how files are fetched, never what a step learns. Every other flag (new ones included) must match.
+# how files are fetched, or where and by how many processes data is tokenized, never what a step learns. Every other flag (new ones included) must match.
 SAFE_TO_CHANGE = frozenset({
     "logging_steps", "save_steps", "save_total_limit", "eval_steps", "eval_epochs", "val_metrics",
     "val_max_new_tokens", "report_to", "max_steps", "num_epochs", "run_id", "save_code", "local_files_only",
     "trust_remote_code", "use_auth_token", "resume_download", "gradient_checkpointing", "llama_flash_attn",
-    "debug",
+    "debug", "tokenized_cache_dir", "tokenize_workers",
 })
 # Not settings of the run: where it is resumed from, the recipe file (its values are in the other flags).
 NOT_COMPARED = frozenset({"resume_from_checkpoint", "config", "output_dir"})

@@ -10,7 +10,9 @@ ends with an answer (its stop included): h2oGPT's rows ending ``…<bot>: a\\n<h
 the ``<human>:`` and the EOS. ``labels[0]`` is never learned (no token predicts it).
 
 Each batch comes out as flat arrays (:class:`TokenBatch`: ids, labels, lengths and the source row
-of every sequence), the shape a table (Arrow, parquet) takes one batch at a time.
+of every sequence), with what became of every unit (:class:`Outcomes`), the shape the tokenized
+cache (:mod:`sftkit.train.token_cache`) appends one batch at a time; the truncation policy is
+applied to the outcomes when counting (:func:`count_outcomes`).
 """
 from __future__ import annotations
 
@@ -160,9 +162,8 @@ def encode_batch(items: Sequence[Item], tokenizer, *, last_only: bool = False, t
     for special in (True, False):  # a chat template writes its own special tokens; other types get the tokenizer's
         index = [i for i, (item, _) in enumerate(kept) if adds_special_tokens(item.prompt_type) == special]
         if index:
-            encoded = encode(tokenizer, [texts[i] for i in index], kept[index[0]][0].prompt_type,
-                             return_offsets_mapping=True)
-            for i, token_ids, token_offsets in zip(index, encoded["input_ids"], encoded["offset_mapping"]):
+            for i, token_ids, token_offsets in zip(index, *_ids_and_offsets(tokenizer, [texts[i] for i in index],
+                                                                            kept[index[0]][0].prompt_type)):
                 ids[i], offsets[i] = token_ids, token_offsets
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     total = int(lengths.sum())
@@ -214,24 +215,45 @@ def encode_batch(items: Sequence[Item], tokenizer, *, last_only: bool = False, t
     return batch, ok
 
 
+def _ids_and_offsets(tokenizer, texts: list[str], prompt_type: str) -> tuple[list, list]:
+    """Token ids and character offsets of ``texts``, as :func:`sftkit.prompts.encode` gives them; straight
+    from the Rust tokenizer when there is one (transformers' per-row conversion to its output dict
+    costs an eighth of the tokenizing time, profiled)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        encoded = encode(tokenizer, texts, prompt_type, return_offsets_mapping=True)
+        return encoded["input_ids"], encoded["offset_mapping"]
+    encodings = backend.encode_batch(texts, add_special_tokens=adds_special_tokens(prompt_type))
+    return [e.ids for e in encodings], [e.offsets for e in encodings]
+
+
 def _first_token_ends(offsets) -> Iterator[int]:
     for token_offsets in offsets:
         yield next((end for _, end in token_offsets if end > 0), 0)
 
 
-def fit(batch: TokenBatch, cutoff_len: int, *, drop_truncations: bool = False,
-        stats: TokenizeStats | None = None) -> TokenBatch:
-    """Cut every sequence at ``cutoff_len`` (or drop its unit); drop units where a sequence has no
-    learned token left, and pairs whose two sequences became the same. ``stats`` counts each."""
-    stats = stats if stats is not None else TokenizeStats()
+# What became of a unit (a conversation, or a pair) once cut at cutoff_len; the token cache stores one per unit.
+KEPT, RENDER_FAILED, NO_ANSWER_IN_CUTOFF, IDENTICAL_AFTER_TRUNCATION = 0, 1, 2, 3
+
+
+@dataclass
+class Outcomes:
+    """Per unit of a batch (``units``, ascending): whether a sequence was longer than the cutoff, and
+    its status once cut (KEPT, RENDER_FAILED, NO_ANSWER_IN_CUTOFF, IDENTICAL_AFTER_TRUNCATION)."""
+
+    units: np.ndarray
+    over: np.ndarray
+    status: np.ndarray
+
+
+def cut(batch: TokenBatch, cutoff_len: int) -> tuple[TokenBatch, Outcomes, np.ndarray]:
+    """Every sequence cut at ``cutoff_len``, what became of each unit, and each cut sequence's learned tokens.
+
+    A unit with a sequence that has no learned token left is NO_ANSWER_IN_CUTOFF; a cut pair whose
+    two sequences became the same is IDENTICAL_AFTER_TRUNCATION.
+    """
     units, unit_index = np.unique(batch.rows, return_inverse=True)
     over = np.bincount(unit_index, weights=batch.lengths > cutoff_len, minlength=len(units)) > 0
-    keep_unit = np.ones(len(units), dtype=bool)
-    if drop_truncations:
-        keep_unit &= ~over
-        stats.dropped_truncations += int(over.sum())
-    else:
-        stats.truncated += int(over.sum())
     lengths = np.minimum(batch.lengths, cutoff_len)
     position = np.arange(len(batch.input_ids)) - np.repeat(batch.offsets[:-1], batch.lengths)
     token_kept = position < cutoff_len
@@ -239,47 +261,75 @@ def fit(batch: TokenBatch, cutoff_len: int, *, drop_truncations: bool = False,
     row_of_token = np.repeat(np.arange(len(lengths)), lengths)
     learned = np.bincount(row_of_token, weights=labels != IGNORE, minlength=len(lengths)).astype(np.int64)
     silent = np.bincount(unit_index, weights=learned == 0, minlength=len(units)) > 0
-    stats.skipped_no_answer_in_cutoff += int((silent & keep_unit).sum())
-    keep_unit &= ~silent
+    status = np.where(silent, NO_ANSWER_IN_CUTOFF, KEPT).astype(np.int8)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    for unit in np.flatnonzero(keep_unit & over):  # only a cut pair can lose what told its answers apart
+    for unit in np.flatnonzero(~silent & over):  # only a cut pair can lose what told its answers apart
         members = np.flatnonzero(unit_index == unit)
         if len(members) == 2:
             (a, b), (c, d) = [(offsets[m], offsets[m + 1]) for m in members]
             if np.array_equal(ids[a:b], ids[c:d]):
-                keep_unit[unit] = False
-                stats.skipped_identical_after_truncation += 1
-    keep_row = keep_unit[unit_index]
-    keep_token = np.repeat(keep_row, lengths)
-    stats.kept += int(keep_unit.sum())
-    stats.tokens += int(lengths[keep_row].sum())
-    stats.learned_tokens += int(learned[keep_row].sum())
-    pick = np.flatnonzero(keep_row).tolist()
-    return TokenBatch(ids[keep_token], labels[keep_token], lengths[keep_row], batch.rows[keep_row],
-                      [batch.prompts[i] for i in pick], [batch.references[i] for i in pick],
-                      [batch.prompt_types[i] for i in pick])
+                status[unit] = IDENTICAL_AFTER_TRUNCATION
+    out = TokenBatch(ids, labels, lengths, batch.rows, batch.prompts, batch.references, batch.prompt_types)
+    return out, Outcomes(units, over, status), learned
+
+
+def count_outcomes(over: np.ndarray, status: np.ndarray, drop_truncations: bool, stats: TokenizeStats) -> np.ndarray:
+    """Count the units' outcomes into ``stats`` (rows and tokens excepted) under the truncation
+    policy; the mask of the units that train. Dropping a too-long unit is its only count."""
+    rendered = status != RENDER_FAILED
+    counted = rendered & ~over if drop_truncations else rendered
+    if drop_truncations:
+        stats.dropped_truncations += int((over & rendered).sum())
+    else:
+        stats.truncated += int((over & rendered).sum())
+    stats.skipped_render += int((~rendered).sum())
+    stats.skipped_no_answer_in_cutoff += int((counted & (status == NO_ANSWER_IN_CUTOFF)).sum())
+    stats.skipped_identical_after_truncation += int((counted & (status == IDENTICAL_AFTER_TRUNCATION)).sum())
+    keep = counted & (status == KEPT)
+    stats.kept += int(keep.sum())
+    return keep
+
+
+def tokenize_units(items: Sequence[Item], tokenizer, cutoff_len: int, *, last_only: bool = False,
+                   train_on_inputs: bool = False,
+                   add_eos_token: bool = True) -> tuple[TokenBatch, np.ndarray, Outcomes]:
+    """One batch tokenized and cut at ``cutoff_len``, nothing dropped for length yet: the sequences of
+    the units that can train (too long ones included, cut), each one's learned tokens, and every
+    unit's outcome (RENDER_FAILED for a unit with a sequence that could not be rendered), so the
+    truncation policy can be applied later (:func:`count_outcomes`), as the token cache does."""
+    batch, rendered = encode_batch(items, tokenizer, last_only=last_only, train_on_inputs=train_on_inputs,
+                                   add_eos_token=add_eos_token)
+    item_units = np.array([item.unit for item in items], dtype=np.int64)
+    units = np.unique(item_units)
+    failed = np.unique(item_units[~rendered])
+    if len(failed):  # a pair whose other answer rendered goes too
+        batch = _select(batch, ~np.isin(batch.rows, failed))
+    batch, outcomes, learned = cut(batch, cutoff_len)
+    at = np.searchsorted(units, outcomes.units)
+    status = np.full(len(units), RENDER_FAILED, dtype=np.int8)
+    over = np.zeros(len(units), dtype=bool)
+    status[at], over[at] = outcomes.status, outcomes.over
+    keep_row = status[np.searchsorted(units, batch.rows)] == KEPT
+    return _select(batch, keep_row), learned[keep_row], Outcomes(units, over, status)
 
 
 def tokenize_items(items: Sequence[Item], tokenizer, cutoff_len: int, stats: TokenizeStats, *, last_only: bool = False,
                    train_on_inputs: bool = False, add_eos_token: bool = True, drop_truncations: bool = False,
                    batch_rows: int = 512, desc: str = "tokenize", progress: bool = True) -> Iterator[TokenBatch]:
-    """Tokenized batches of ``items`` (see :func:`encode_batch` and :func:`fit`); ``stats`` counts units."""
+    """Tokenized batches of ``items`` under the truncation policy (see :func:`tokenize_units`);
+    ``stats`` counts units."""
     with tqdm(total=len(items), desc=desc, disable=not progress, mininterval=2) as bar:
         for start in range(0, len(items), batch_rows):
             chunk = items[start:start + batch_rows]
-            batch, rendered = encode_batch(chunk, tokenizer, last_only=last_only, train_on_inputs=train_on_inputs,
-                                           add_eos_token=add_eos_token)
-            units = np.array([item.unit for item in chunk])
-            failed = np.unique(units[~rendered])
-            stats.rows += len(np.unique(units))
-            stats.skipped_render += len(failed)
-            if len(failed):  # a pair whose other answer rendered goes too
-                keep = ~np.isin(batch.rows, failed)
-                batch = fit(_select(batch, keep), cutoff_len, drop_truncations=drop_truncations, stats=stats)
-            else:
-                batch = fit(batch, cutoff_len, drop_truncations=drop_truncations, stats=stats)
+            batch, learned, outcomes = tokenize_units(chunk, tokenizer, cutoff_len, last_only=last_only,
+                                                      train_on_inputs=train_on_inputs, add_eos_token=add_eos_token)
+            stats.rows += len(outcomes.units)
+            keep = count_outcomes(outcomes.over, outcomes.status, drop_truncations, stats)
+            keep_row = keep[np.searchsorted(outcomes.units, batch.rows)]
+            stats.tokens += int(batch.lengths[keep_row].sum())
+            stats.learned_tokens += int(learned[keep_row].sum())
             bar.update(len(chunk))
-            yield batch
+            yield _select(batch, keep_row)
 
 
 def _select(batch: TokenBatch, keep: np.ndarray) -> TokenBatch:

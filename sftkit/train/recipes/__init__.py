@@ -19,27 +19,31 @@ units in the step, so the gradient is the same whatever the split over micro-bat
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
 
 from sftkit import atomic
 from sftkit.errors import DataError
 from sftkit.prompt_format import write_prompt_format
 from sftkit.prompts import PromptError, get_prompt_type
+from sftkit.train import distributed, token_cache
 from sftkit.train.batching import collate_pairs
 from sftkit.train.config import TrainConfig
-from sftkit.train.data import split_validation
+from sftkit.train.data import validation_indices
 from sftkit.train.modeling import is_peft
-from sftkit.train.preference import load_pairs
-from sftkit.train.tokenize import tokenize_pairs
+from sftkit.train.tokenize import TokenizeStats
 
 
 @dataclass
 class Data:
     """What a recipe trains and validates on, with every count for metrics.json."""
 
-    train: list
-    valid: list
+    train: object  # a tokenized set (sftkit/train/batching.py): a token_cache view, or a list
+    valid: object
     stats: dict = field(default_factory=dict)
     summary: str = ""  # one log line
 
@@ -100,27 +104,51 @@ class Recipe:
                                     generation_config=None if is_peft(model) else model.generation_config)
 
 
+def open_cache(config: TrainConfig, source: token_cache.Source, tokenizer, progress: bool,
+               desc: str) -> token_cache.TokenCache:
+    """``source``'s tokenized cache, built once per node: local rank 0 builds, the other ranks wait on
+    its lock (every rank prints what it did, the main one the progress bar)."""
+    rank, size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    prefix = f"[rank {rank}] " if size > 1 else ""
+    return token_cache.open_source(source, tokenizer, config.tokenized_cache_dir, workers=config.tokenize_workers,
+                                   progress=progress, desc=desc, local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+                                   barrier=distributed.barrier, say=lambda message: tqdm.write(prefix + message))
+
+
+def split_off_validation(config: TrainConfig, cache: token_cache.TokenCache, sources: dict, tokenizer,
+                         progress: bool, desc: str) -> tuple:
+    """(the training units of ``cache``: a mask, or None for all; the validation cache, or None; its
+    rows; their counts; what metrics.json adds): ``--valid_path``'s own cache, else ``--val_set_size``
+    units of ``cache`` held out by ``--seed``, else none. Validation rows are cut, never dropped."""
+    if "valid" in sources:
+        valid = open_cache(config, sources["valid"], tokenizer, progress, desc)
+        return (None, valid, *token_cache.select(valid, None, False),
+                {"valid_rows_skipped": valid.read_stats.skipped})
+    if config.val_set_size > 0:
+        train_units = np.ones(len(cache.status), dtype=bool)
+        train_units[validation_indices(len(cache.status), config.val_set_size, config.seed)] = False
+        return (train_units, cache, *token_cache.select(cache, ~train_units, False), {})
+    return None, None, np.zeros(0, dtype=np.int64), TokenizeStats(), {}
+
+
 def read_pair_data(config: TrainConfig, tokenizer, progress: bool, *, add_eos_token: bool) -> Data:
-    """Preference pairs for RM and DPO: read, split off validation, tokenize."""
+    """Preference pairs for RM and DPO: tokenized once into a cache, the validation pairs split off."""
     if get_prompt_type(config.fixed_prompt_type).name == "chat" and not getattr(tokenizer, "chat_template", None):
         raise PromptError("--prompt_type=chat needs a tokenizer with a chat template; this one has none")
-    path = config.resolved_data_path()
-    pairs, read_stats = load_pairs(path, config.data_col_dict)
+    sources = token_cache.config_sources(config, "pairs", add_eos_token)
+    path = sources["train"].path
+    cache = open_cache(config, sources["train"], tokenizer, progress, "tokenize train pairs")
+    read_stats = cache.read_stats
     stats: dict = {"data_path": path, "rows_read": read_stats.rows, "rows_skipped": read_stats.skipped}
-    if config.valid_path:
-        val_pairs, val_read = load_pairs(config.valid_path, config.data_col_dict)
-        stats["valid_rows_skipped"] = val_read.skipped
-    elif config.val_set_size > 0:
-        pairs, val_pairs = split_validation(pairs, config.val_set_size, config.seed)
-    else:
-        val_pairs = []
-    kw = dict(cutoff_len=config.cutoff_len, add_eos_token=add_eos_token, progress=progress)
-    train = tokenize_pairs(pairs, tokenizer, config.fixed_prompt_type, drop_truncations=config.drop_truncations,
-                           desc="tokenize train pairs", **kw)
-    val = tokenize_pairs(val_pairs, tokenizer, config.fixed_prompt_type, desc="tokenize valid pairs", **kw)
-    stats["train"], stats["valid"] = train.stats.as_dict(), val.stats.as_dict()
+    train_units, val_cache, val_rows, val_stats, more = split_off_validation(config, cache, sources, tokenizer,
+                                                                             progress, "tokenize valid pairs")
+    stats.update(more)
+    train_rows, train_stats = token_cache.select(cache, train_units, config.drop_truncations)
+    train = token_cache.Pairs(cache, token_cache.pair_firsts(train_rows))
+    valid = token_cache.Pairs(val_cache, token_cache.pair_firsts(val_rows)) if val_cache else token_cache.Pairs()
+    stats["train"], stats["valid"] = train_stats.as_dict(), val_stats.as_dict()
     t = stats["train"]
-    if not train.examples:
+    if not len(train):
         raise DataError(f"{path}: no training pairs left after tokenizing {t['rows']}: "
                         f"{t['skipped_identical_after_truncation']} became identical when cut at "
                         f"--cutoff_len={config.cutoff_len}, {t['skipped_no_answer_in_cutoff']} had no answer within it, "
@@ -128,12 +156,12 @@ def read_pair_data(config: TrainConfig, tokenizer, progress: bool, *, add_eos_to
                         f"rendered; raise --cutoff_len or check the prompt_type")
     skipped = (sum(read_stats.skipped.values()) + t["skipped_no_answer_in_cutoff"] + t["skipped_render"]
                + t["skipped_identical_after_truncation"])
-    summary = (f"data: {path}: {read_stats.rows} rows read, {len(train.examples)} train / {len(val.examples)} "
+    summary = (f"data: {path}: {read_stats.rows} rows read, {len(train)} train / {len(valid)} "
                f"valid pairs; truncated {t['truncated']}, dropped {t['dropped_truncations']}, skipped {skipped} "
                f"(identical after truncation {t['skipped_identical_after_truncation']})")
     if read_stats.summary():
         summary += f"\ndata: {path}: {read_stats.summary()}"
-    return Data(train.examples, val.examples, stats, summary)
+    return Data(train, valid, stats, summary)
 
 
 class PairRecipe(Recipe):

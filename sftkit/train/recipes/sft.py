@@ -6,14 +6,14 @@ import torch
 from sftkit.generation import GenerateConfig, Models, Request
 from sftkit.generation import generate_answers as engine_answers
 from sftkit.prompts import encode, stop_strings
-from sftkit.train import distributed
+from sftkit.train import distributed, token_cache
 from sftkit.train.batching import collate
-from sftkit.train.data import DataError, load_conversations, mix_in, split_validation
+from sftkit.train.data import DataError, mix_in_picks
 from sftkit.train.loss import CausalLMLoss
 from sftkit.train.metrics import compute_metrics
 from sftkit.train.modeling import build_causal_lm
-from sftkit.train.recipes import Data, Recipe
-from sftkit.train.tokenize import IGNORE, check_prompt_types, tokenize_all
+from sftkit.train.recipes import Data, Recipe, open_cache, split_off_validation
+from sftkit.train.tokenize import IGNORE
 
 
 def packing_needs_block_mask(model) -> bool:
@@ -54,52 +54,46 @@ class SFTRecipe(Recipe):
         return model
 
     def read_data(self, tokenizer, progress: bool) -> Data:
-        """Read, mix, split and tokenize; train and validation examples with every count."""
+        """Tokenize once into caches (sftkit/train/token_cache.py), then split and mix over their rows;
+        train and validation sets with every count."""
         config = self.config
-        path = config.resolved_data_path()
+        sources = token_cache.config_sources(config, "sft", config.add_eos_token)
+        path = sources["train"].path
         # Each row keeps its own prompt_type column unless --prompt_type is given; the summary says which won.
-        train_convs, read_stats = load_conversations(path, config.data_col_dict, config.prompt_type)
-        check_prompt_types(read_stats.prompt_types, tokenizer)
+        cache = open_cache(config, sources["train"], tokenizer, progress, "tokenize train")
+        read_stats = cache.read_stats
         self.data_prompt_types = dict(read_stats.prompt_types)
         stats: dict = {"data_path": path, "rows_read": read_stats.rows, "rows_skipped": read_stats.skipped,
                        "prompt_type": read_stats.prompt_type_summary()}
-        if config.valid_path:
-            val_convs, val_read = load_conversations(config.valid_path, config.data_col_dict, config.prompt_type)
-            stats["valid_rows_skipped"] = val_read.skipped
-        elif config.val_set_size > 0:
-            train_convs, val_convs = split_validation(train_convs, config.val_set_size, config.seed)
-        else:
-            val_convs = []
-        kw = dict(cutoff_len=config.cutoff_len, train_on_inputs=config.train_on_inputs,
-                  add_eos_token=config.add_eos_token, drop_truncations=config.drop_truncations, progress=progress)
-        train = tokenize_all(train_convs, tokenizer, config.prompt_type, desc="tokenize train", **kw)
-        stats["train"] = train.stats.as_dict()
-        examples = train.examples
-        if config.data_mix_in_path and config.data_mix_in_factor > 0:
-            mix_convs, mix_read = load_conversations(config.data_mix_in_path, config.data_mix_in_col_dict,
-                                                     config.data_mix_in_prompt_type or config.prompt_type)
-            check_prompt_types(mix_read.prompt_types, tokenizer)
-            mixed = tokenize_all(mix_convs, tokenizer, config.data_mix_in_prompt_type or config.prompt_type,
-                                 desc="tokenize mix-in", **kw)
-            examples = mix_in(examples, mixed.examples, config.data_mix_in_factor, config.seed)
-            stats["mix_in"] = {"path": config.data_mix_in_path, "rows_skipped": mix_read.skipped,
-                               **mixed.stats.as_dict(), "rows_added": len(examples) - len(train.examples)}
-        val = tokenize_all(val_convs, tokenizer, config.prompt_type, desc="tokenize valid",
-                           **{**kw, "drop_truncations": False})
-        stats["valid"] = val.stats.as_dict()
-        if not examples:
+        train_units, val_cache, val_rows, val_stats, more = split_off_validation(config, cache, sources, tokenizer,
+                                                                                 progress, "tokenize valid")
+        stats.update(more)
+        valid = token_cache.Examples([(val_cache, val_rows)] if val_cache else [])
+        train_rows, train_stats = token_cache.select(cache, train_units, config.drop_truncations)
+        stats["train"] = train_stats.as_dict()
+        parts = [(cache, train_rows)]
+        if "mix_in" in sources:
+            mix_cache = open_cache(config, sources["mix_in"], tokenizer, progress, "tokenize mix-in")
+            mix_rows, mix_stats = token_cache.select(mix_cache, None, config.drop_truncations)
+            picks = mix_in_picks(len(train_rows), len(mix_rows), config.data_mix_in_factor, config.seed)
+            parts.append((mix_cache, mix_rows[picks]))
+            stats["mix_in"] = {"path": config.data_mix_in_path, "rows_skipped": mix_cache.read_stats.skipped,
+                               **mix_stats.as_dict(), "rows_added": len(picks)}
+        examples = token_cache.Examples(parts)
+        stats["valid"] = val_stats.as_dict()
+        if not len(examples):
             raise DataError(f"{path}: no training rows left after tokenizing (truncated/dropped/skipped: "
-                            f"{train.stats.as_dict()}); raise --cutoff_len or check the prompt_type")
+                            f"{train_stats.as_dict()}); raise --cutoff_len or check the prompt_type")
         t = stats["train"]
         skipped = sum(stats["rows_skipped"].values()) + t["skipped_no_answer_in_cutoff"] + t["skipped_render"]
-        summary = (f"data: {path}: {read_stats.rows} rows read, {len(examples)} train / {len(val.examples)} valid "
+        summary = (f"data: {path}: {read_stats.rows} rows read, {len(examples)} train / {len(valid)} valid "
                    f"examples; truncated {t['truncated']}, dropped {t['dropped_truncations']}, skipped {skipped}"
                    + (f"; mixed in {stats['mix_in']['rows_added']} rows of {config.data_mix_in_path}"
                       if "mix_in" in stats else ""))
         summary += f"\n{read_stats.prompt_type_summary()}"
         if read_stats.summary():
             summary += f"\ndata: {path}: {read_stats.summary()}"
-        return Data(examples, val.examples, stats, summary)
+        return Data(examples, valid, stats, summary)
 
     def trained_prompt_type(self) -> str:
         """--prompt_type, else the one most training rows were written in (their prompt_type column)."""
