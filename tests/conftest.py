@@ -1,4 +1,8 @@
+import atexit
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -8,6 +12,23 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _session_cache() -> None:
+    """A cache folder of this test session's own: the tokenized data caches that training writes start
+    empty every session (a cache left by an earlier session or code version is never reused), while the
+    embedded model and other converted files of the user's cache are linked in, not converted again."""
+    user = Path(os.environ.get("SFTKIT_CACHE") or Path.home() / ".cache" / "sftkit")
+    session = Path(tempfile.mkdtemp(prefix="sftkit-test-cache-"))
+    atexit.register(shutil.rmtree, session, ignore_errors=True)
+    if user.is_dir():
+        for entry in user.iterdir():
+            if entry.name != "tokenized" and not entry.name.startswith("."):
+                (session / entry.name).symlink_to(entry)
+    os.environ["SFTKIT_CACHE"] = str(session)
+
+
+_session_cache()
 
 
 @pytest.fixture(scope="session")
