@@ -368,11 +368,19 @@ class Examples:
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return [self._one(i) for i in range(*index.indices(len(self)))]
+            return self.take(np.arange(len(self))[index])
         return self._one(int(index))
 
     def __iter__(self):
         return (self._one(i) for i in range(len(self)))
+
+    def take(self, indices: np.ndarray) -> "Examples":
+        """The set of these items, in this order: a view over the same caches."""
+        indices = np.asarray(indices, dtype=np.int64)
+        part = np.searchsorted(self._bounds, indices, side="right") - 1
+        runs = np.flatnonzero(np.diff(part, prepend=-1, append=-1))  # where the part changes
+        return Examples([(self.parts[part[a]][0], self.parts[part[a]][1][indices[a:b] - self._bounds[part[a]]])
+                         for a, b in zip(runs[:-1], runs[1:])])
 
 
 class Pairs(Examples):
@@ -386,6 +394,12 @@ class Pairs(Examples):
         self._bounds = np.array([0, len(self.first)])
         self.ref_chosen = np.zeros(len(self.first))
         self.ref_rejected = np.zeros(len(self.first))
+
+    def take(self, indices: np.ndarray) -> "Pairs":
+        indices = np.asarray(indices, dtype=np.int64)
+        view = Pairs(self.cache, self.first[indices])
+        view.ref_chosen, view.ref_rejected = self.ref_chosen[indices], self.ref_rejected[indices]
+        return view
 
     def _one(self, index: int):
         if not -len(self) <= index < len(self):
