@@ -1,4 +1,5 @@
 """OpenAI-compatible API: a real uvicorn server on 127.0.0.1 driven by the official openai client."""
+import contextlib
 import json
 import socket
 import threading
@@ -185,16 +186,26 @@ def test_sixteen_concurrent_clients_all_get_answers_batched(api):
     assert api["server"].app.state.api.scheduler.batches - batches_before < 16, "concurrent requests share batches"
 
 
-@pytest.fixture
-def one_slot_server(tiny_llama):
-    config = tiny_config(tiny_llama, max_new_tokens=400, api=True, server_port=free_port(), api_queue_size=1,
-                         api_batch_size=1)
+@contextlib.contextmanager
+def slow_one_at_a_time_server(tiny_llama, queue_size: int):
+    """A server answering one request at a time (``queue_size`` waiting), slowed so generation takes a
+    while: (server, models, config, forwards), the last the list of forward passes made so far."""
+    config = tiny_config(tiny_llama, max_new_tokens=400, api=True, server_port=free_port(),
+                         api_queue_size=queue_size, api_batch_size=1)
     models = load_models(config)
     forwards = []
     models.model.register_forward_pre_hook(lambda module, args: forwards.append(time.sleep(0.005)))
     server = Server(models, config).start()
-    yield server, forwards
-    server.close()
+    try:
+        yield server, models, config, forwards
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def one_slot_server(tiny_llama):
+    with slow_one_at_a_time_server(tiny_llama, queue_size=1) as (server, _, _, forwards):
+        yield server, forwards
 
 
 def test_a_full_queue_is_429_and_a_cut_connection_frees_its_slot(one_slot_server):

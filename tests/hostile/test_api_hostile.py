@@ -26,7 +26,7 @@ import pytest
 from sftkit.generation import Request, build_prompt, generate_answers, load_models
 from sftkit.generation.api import Server
 from tests.generation.conftest import tiny_config
-from tests.generation.test_api import free_port, wait_until
+from tests.generation.test_api import free_port, slow_one_at_a_time_server, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = {"model": "base", "max_tokens": 4, "temperature": 0, "messages": [{"role": "user", "content": "Hi"}]}
@@ -249,14 +249,8 @@ def test_a_large_prompt_is_tokenized_off_the_event_loop(wide_context):
 def one_slot(tiny_llama):
     """A server answering one request at a time (one waiting), slowed so generation takes a while; and
     the count of forward passes, which says how long generation really ran."""
-    config = tiny_config(tiny_llama, max_new_tokens=400, api=True, server_port=free_port(), api_queue_size=2,
-                         api_batch_size=1)
-    models = load_models(config)
-    forwards = []
-    models.model.register_forward_pre_hook(lambda module, args: forwards.append(time.sleep(0.005)))
-    server = Server(models, config).start()
-    yield server, models, config, forwards
-    server.close()
+    with slow_one_at_a_time_server(tiny_llama, queue_size=2) as started:
+        yield started
 
 
 def scheduler_of(server):
