@@ -48,7 +48,7 @@ def _needs_walk(text: str) -> bool:
     """Whether a parsed record could be too deep or hold a surrogate: more brackets than MAX_DEPTH, a
     \\u escape or a surrogate in the text (cheap tests on the text, so most records are never walked)."""
     return ("\\u" in text or text.count("[") + text.count("{") > MAX_DEPTH
-            or _SURROGATE.search(text) is not None)
+            or (not text.isascii() and _SURROGATE.search(text) is not None))  # isascii: a flag, no scan
 
 
 def value_problem(text: str, value) -> str | None:

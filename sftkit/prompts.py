@@ -50,6 +50,8 @@ Turn = tuple[str, str]
 Span = tuple[int, int]
 
 _TURN_MARKER = re.compile(r"(<human>:|<bot>:)")
+_SPACES = re.compile(" *")
+_NON_SPACE = re.compile(r"\S")
 
 
 @dataclass(frozen=True)
@@ -417,8 +419,8 @@ def _marker_spans(text: str) -> list[Span]:
         if here.group() != BOT:
             continue
         end = after.start() if after else len(text)
-        start = here.end() + len(text[here.end():end]) - len(text[here.end():end].lstrip(" "))
-        if text[start:end].strip():
+        start = _SPACES.match(text, here.end(), end).end()
+        if _NON_SPACE.search(text, start, end):  # no slices: rows are long and this runs per row
             spans.append((start, end))
     return spans
 

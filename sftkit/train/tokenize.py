@@ -2,12 +2,15 @@
 
 One tokenizer serves SFT and preference pairs: a pair is two conversations of which only the last
 answer is learned. A batch of conversations is rendered to (text, learned character spans) by
-:func:`sftkit.prompts.render_conversation`, encoded by the fast tokenizer in one call per batch
-(:func:`sftkit.prompts.encode`, with offsets), and the labels are placed with numpy: a token is
-learned when its character range overlaps a span (``np.searchsorted`` over the batch's span
-boundaries), or every token with ``train_on_inputs``. The appended EOS is learned when the text
-ends with an answer (its stop included): h2oGPT's rows ending ``…<bot>: a\\n<human>:`` learn both
-the ``<human>:`` and the EOS. ``labels[0]`` is never learned (no token predicts it).
+:func:`sftkit.prompts.render_conversation`, encoded by the fast tokenizer in one call per batch,
+and the labels are placed with numpy: a token is learned when its range overlaps a span
+(``np.searchsorted`` over the batch's span boundaries), or every token with ``train_on_inputs``.
+A token's range comes from a table of each token's length in bytes when the tokenizer is byte-level
+BPE (its tokens spell the text's UTF-8 bytes, checked per text), else from the tokenizer's offsets;
+the table saves moving every token's offsets from Rust into Python, a fifth of the tokenizing time
+(profiled). The appended EOS is learned when the text ends with an answer (its stop included):
+h2oGPT's rows ending ``…<bot>: a\\n<human>:`` learn both the ``<human>:`` and the EOS. ``labels[0]``
+is never learned (no token predicts it).
 
 Each batch comes out as flat arrays (:class:`TokenBatch`: ids, labels, lengths and the source row
 of every sequence), with what became of every unit (:class:`Outcomes`), the shape the tokenized
@@ -16,14 +19,16 @@ applied to the outcomes when counting (:func:`count_outcomes`).
 """
 from __future__ import annotations
 
+import functools
 import itertools
+import json
 from dataclasses import dataclass, field, fields
 from typing import Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from sftkit.prompts import (ANSWER_ROLES, DEFAULT_PROMPT_TYPE, PromptError, Turn, adds_special_tokens, encode,
+from sftkit.prompts import (ANSWER_ROLES, DEFAULT_PROMPT_TYPE, PromptError, Turn, adds_special_tokens,
                             get_prompt_type, render_conversation)
 from sftkit.rows import Conversation, Pair
 
@@ -157,34 +162,21 @@ def encode_batch(items: Sequence[Item], tokenizer, *, last_only: bool = False, t
     ok = np.array([r is not None for r in rendered], dtype=bool)
     kept = [(item, r) for item, r in zip(items, rendered) if r is not None]
     texts = [r[0] for _, r in kept]
-    ids: list = [None] * len(kept)
-    offsets: list = [None] * len(kept)
-    for special in (True, False):  # a chat template writes its own special tokens; other types get the tokenizer's
-        index = [i for i, (item, _) in enumerate(kept) if adds_special_tokens(item.prompt_type) == special]
-        if index:
-            for i, token_ids, token_offsets in zip(index, *_ids_and_offsets(tokenizer, [texts[i] for i in index],
-                                                                            kept[index[0]][0].prompt_type)):
-                ids[i], offsets[i] = token_ids, token_offsets
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    tokens = _encode(tokenizer, texts, [adds_special_tokens(item.prompt_type) for item, _ in kept])
+    flat_ids, lengths = tokens.ids, tokens.lengths
     total = int(lengths.sum())
-    flat_ids = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=total)
-    flat_offsets = np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(offsets)),
-                               dtype=np.int64, count=2 * total).reshape(total, 2)
-    row_of_token = np.repeat(np.arange(len(kept)), lengths)
     if train_on_inputs:
         learned = np.ones(total, dtype=bool)
     else:
         # Every text placed one after the other: a token overlaps a span of its own text only.
-        text_base = np.concatenate([[0], np.cumsum([len(t) for t in texts])])[:-1]
-        spans = [(a + base, b + base) for (_, r), base in zip(kept, text_base.tolist()) for a, b in r[1]]
+        spans = [(tokens.position(i, text, a), tokens.position(i, text, b))
+                 for i, (text, (_, r)) in enumerate(zip(texts, kept)) for a, b in r[1]]
         starts = np.fromiter((a for a, _ in spans), dtype=np.int64, count=len(spans))
         ends = np.fromiter((b for _, b in spans), dtype=np.int64, count=len(spans))
-        token_start = flat_offsets[:, 0] + text_base[row_of_token]
-        token_end = flat_offsets[:, 1] + text_base[row_of_token]
-        first = np.searchsorted(ends, token_start, side="right")  # the first span ending after the token starts
+        first = np.searchsorted(ends, tokens.start, side="right")  # the first span ending after the token starts
         hit = first < len(spans)
-        learned = hit & (token_end > token_start)
-        learned[hit] &= starts[first[hit]] < token_end[hit]
+        learned = hit & (tokens.end > tokens.start)
+        learned[hit] &= starts[first[hit]] < tokens.end[hit]
     labels = np.where(learned, flat_ids, IGNORE)
 
     # The EOS: appended when missing, learned when the text ends with an answer (a template's own EOS too).
@@ -205,9 +197,9 @@ def encode_batch(items: Sequence[Item], tokenizer, *, last_only: bool = False, t
     labels[row_start[lengths > 0]] = IGNORE
 
     prompts, references = [], []
-    for (item, (text, _, (start, end), reference)), first_end in zip(kept, _first_token_ends(offsets)):
+    for i, (item, (text, _, (start, end), reference)) in enumerate(kept):
         if start == 0:  # a text learned whole: its first token (never learned) is the prompt
-            start = first_end
+            start = tokens.first_token_end(i, text)
         prompts.append(text[:start].rstrip(" "))
         references.append(reference if reference is not None else text[start:end].strip())
     batch = TokenBatch(flat_ids, labels, lengths, np.array([item.unit for item, _ in kept], dtype=np.int64),
@@ -215,21 +207,117 @@ def encode_batch(items: Sequence[Item], tokenizer, *, last_only: bool = False, t
     return batch, ok
 
 
-def _ids_and_offsets(tokenizer, texts: list[str], prompt_type: str) -> tuple[list, list]:
-    """Token ids and character offsets of ``texts``, as :func:`sftkit.prompts.encode` gives them; straight
-    from the Rust tokenizer when there is one (transformers' per-row conversion to its output dict
-    costs an eighth of the tokenizing time, profiled)."""
+@dataclass
+class _Tokens:
+    """A batch's texts encoded one after the other: the ids, each text's token count, and each token's
+    ``[start, end)`` in one position space where text ``i`` begins at ``base[i]``: UTF-8 bytes when
+    the tokens are byte strings of the text (byte-level BPE: their lengths come from a table, so no
+    per-token offsets cross from Rust into Python), else characters (the tokenizer's offsets)."""
+
+    ids: np.ndarray
+    lengths: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    base: np.ndarray
+    in_bytes: bool
+
+    def position(self, i: int, text: str, char: int) -> int:
+        """Where character ``char`` of text ``i`` is."""
+        if self.in_bytes and not text.isascii():
+            char = len(text[:char].encode("utf-8"))
+        return int(self.base[i]) + char
+
+    def first_token_end(self, i: int, text: str) -> int:
+        """The character where text ``i``'s first token that covers any text ends (0 when none does)."""
+        row = slice(int(self.lengths[:i].sum()), int(self.lengths[:i + 1].sum()))
+        ends = self.end[row][self.end[row] > self.base[i]] - self.base[i]
+        if not len(ends):
+            return 0
+        if not self.in_bytes:
+            return int(ends[0])
+        return len(text.encode("utf-8")[:int(ends[0])].decode("utf-8", "replace"))  # a cut character counts whole
+
+
+def _encode(tokenizer, texts: list[str], special: list[bool]) -> _Tokens:
+    """``texts`` tokenized, text ``i`` with the tokenizer's own special tokens when ``special[i]``: in
+    one call per rule, straight from the Rust tokenizer when there is one (transformers' per-row
+    conversion to its output dict costs an eighth of the tokenizing time, profiled)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        encoded = encode(tokenizer, texts, prompt_type, return_offsets_mapping=True)
-        return encoded["input_ids"], encoded["offset_mapping"]
-    encodings = backend.encode_batch(texts, add_special_tokens=adds_special_tokens(prompt_type))
-    return [e.ids for e in encodings], [e.offsets for e in encodings]
+    encodings: list = [None] * len(texts)
+    for rule in (True, False):
+        index = [i for i, s in enumerate(special) if s == rule]
+        if not index:
+            continue
+        batch = [texts[i] for i in index]
+        if backend is None:
+            found = tokenizer(batch, add_special_tokens=rule, return_offsets_mapping=True)
+            found = list(zip(found["input_ids"], found["offset_mapping"]))
+        else:
+            found = backend.encode_batch(batch, add_special_tokens=rule)
+        for i, encoding in zip(index, found):
+            encodings[i] = encoding
+    ids = [e[0] if backend is None else e.ids for e in encodings]
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat_ids = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+    table = _byte_lengths(tokenizer) if backend is not None else None
+    added = {rule: table.added(rule) for rule in set(special)} if table is not None else {}
+    known = table is not None and (not len(flat_ids) or flat_ids.max() < len(table.lengths))  # no token added since
+    if known and None not in added.values():
+        token_bytes = table.lengths[flat_ids]
+        bounds = np.concatenate([[0], np.cumsum(lengths)])
+        for i, rule in enumerate(special):  # the special tokens a rule adds are not in the text
+            prefix, suffix = added[rule]
+            if prefix or suffix:
+                token_bytes[bounds[i]:bounds[i] + prefix] = 0
+                token_bytes[bounds[i + 1] - suffix:bounds[i + 1]] = 0
+        end = np.cumsum(token_bytes)
+        text_bytes = np.fromiter((len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts), dtype=np.int64,
+                                 count=len(texts))
+        base = np.concatenate([[0], np.cumsum(text_bytes)])
+        if np.array_equal(np.concatenate([[0], end])[bounds], base):  # every text's tokens spell it exactly
+            return _Tokens(flat_ids, lengths, end - token_bytes, end, base[:-1], True)
+    offsets = [e[1] if backend is None else e.offsets for e in encodings]
+    flat = np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(offsets)), dtype=np.int64,
+                       count=2 * len(flat_ids)).reshape(-1, 2)
+    base = np.concatenate([[0], np.cumsum([len(t) for t in texts])])[:-1]
+    shift = np.repeat(base, lengths)
+    return _Tokens(flat_ids, lengths, flat[:, 0] + shift, flat[:, 1] + shift, base, False)
 
 
-def _first_token_ends(offsets) -> Iterator[int]:
-    for token_offsets in offsets:
-        yield next((end for _, end in token_offsets if end > 0), 0)
+@dataclass(frozen=True)
+class _ByteTable:
+    """Each token's length in UTF-8 bytes, and how many tokens the tokenizer's own special-token rule
+    adds before and after a text (they spell none of it)."""
+
+    lengths: np.ndarray
+    special: tuple[int, int] | None  # None: the rule adds tokens elsewhere, so byte positions cannot be told
+
+    def added(self, rule: bool) -> tuple[int, int] | None:
+        return self.special if rule else (0, 0)
+
+
+@functools.lru_cache(maxsize=8)
+def _byte_lengths(tokenizer) -> _ByteTable | None:
+    """The byte table of a byte-level BPE tokenizer (no normalizer: its tokens' bytes, one after the
+    other, are the text's), else None. A text whose tokens do not add up to it is still checked."""
+    backend = tokenizer.backend_tokenizer
+    described = json.loads(backend.to_str())
+    decoders = described.get("decoder") or {}
+    decoders = decoders.get("decoders", [decoders]) if decoders.get("type") == "Sequence" else [decoders]
+    if (described.get("normalizer") is not None or (described.get("model") or {}).get("type") != "BPE"
+            or not any(d.get("type") == "ByteLevel" for d in decoders)):
+        return None
+    added = {i: len(token.content.encode("utf-8")) for i, token in backend.get_added_tokens_decoder().items()}
+    vocab = backend.get_vocab(with_added_tokens=False)
+    lengths = np.zeros(max([*vocab.values(), *added, -1]) + 1, dtype=np.int64)
+    for token, i in vocab.items():
+        lengths[i] = len(token)  # a byte-level token writes each byte as one character
+    for i, size in added.items():
+        lengths[i] = size
+    plain = backend.encode("a", add_special_tokens=False).ids
+    full = backend.encode("a", add_special_tokens=True).ids
+    at = next((k for k in range(len(full) - len(plain) + 1) if full[k:k + len(plain)] == plain), None)
+    return _ByteTable(lengths, None if at is None else (at, len(full) - at - len(plain)))
 
 
 # What became of a unit (a conversation, or a pair) once cut at cutoff_len; the token cache stores one per unit.

@@ -215,3 +215,53 @@ def test_tool_calls_are_learned_and_tool_results_masked_token_by_token(tokenizer
     learned = learned_text(tokenizer, ex)
     assert "get_weather" in learned and '"city": "Oslo"' in learned and "It is 3 degrees in Oslo." in learned
     assert "temp_c" not in learned and "What is the weather" not in learned and '"parameters"' not in learned
+
+
+# ---------------------------------------------------------------- token positions: byte table or offsets
+HARD_TEXTS = [("human", "Ça va? 🙂 日本語で答えて  please"),
+              ("bot", "  Oui 🙂🙂 très bien — 日本語も OK.\n    indented"),
+              ("human", "e\u0301 combining, tabs\tand <|im_end|> written by a user"), ("bot", "Noted <|im_end|> 👍")]
+
+
+def _variants(tiny_llama):
+    """The test tokenizer as built (byte-level BPE), with a BOS added by its post-processor, with an
+    added token that swallows the spaces before it, and with a normalizer (no byte table)."""
+    from tokenizers import AddedToken, normalizers, processors
+
+    plain = load_tokenizer(tiny_llama)
+    with_bos = load_tokenizer(tiny_llama)
+    bos = with_bos.convert_tokens_to_ids("<s>")
+    with_bos.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                                               special_tokens=[("<s>", bos)])
+    stripping = load_tokenizer(tiny_llama)
+    stripping.backend_tokenizer.add_special_tokens([AddedToken("<|im_end|>", lstrip=True, special=True)])
+    normalized = load_tokenizer(tiny_llama)
+    normalized.backend_tokenizer.normalizer = normalizers.NFKC()
+    return {"byte-level": plain, "bos": with_bos, "lstrip": stripping, "normalizer": normalized}
+
+
+@pytest.mark.parametrize("prompt_type", ["human_bot", "chat", "plain", "instruct"])
+def test_byte_table_positions_equal_the_tokenizers_offsets(tiny_llama, monkeypatch, prompt_type):
+    """Labels from token byte lengths (no offsets out of Rust) are the labels the offsets give, for
+    multi-byte, split and combining characters, special tokens in the text, a BOS the tokenizer adds;
+    a tokenizer whose tokens do not spell the text bytes falls back to its offsets."""
+    from sftkit.train import tokenize
+
+    items = [tokenize.Item(HARD_TEXTS[:n], prompt_type, n) for n in (2, 4)]
+    items.append(tokenize.Item([("human", "🙂 hi"), ("bot", "日本 ok")], prompt_type, 5,
+                               text="<human>: 🙂 hi\n<bot>: 日本 ok\n<human>:"))
+    if prompt_type == "plain":  # learned whole: the prompt is its first token, here part of a character
+        items.append(tokenize.Item([("human", "x"), ("bot", "y")], prompt_type, 6, text="🙂🙂 learned whole"))
+    for name, tok in _variants(tiny_llama).items():
+        texts = [tokenize._render(item, tok, False)[0] for item in items]
+        special = [tokenize.adds_special_tokens(prompt_type)] * len(texts)
+        assert tokenize._encode(tok, texts, special).in_bytes == (name in ("byte-level", "bos")), name
+        fast, _ = tokenize.encode_batch(items, tok)
+        with monkeypatch.context() as m:
+            m.setattr(tokenize, "_byte_lengths", lambda tokenizer: None)
+            assert not tokenize._encode(tok, texts, special).in_bytes
+            slow, _ = tokenize.encode_batch(items, tok)
+        assert fast.input_ids.tolist() == slow.input_ids.tolist(), name
+        assert fast.labels.tolist() == slow.labels.tolist(), name
+        assert (fast.prompts, fast.references) == (slow.prompts, slow.references), name
+        assert (fast.labels != IGNORE).sum() > 10
