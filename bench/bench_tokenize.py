@@ -17,7 +17,9 @@ plan (the step follows), and the peak RSS of the largest process. The DATASETS B
 run, is a process doing what HF ``datasets`` users do before training: JSON → Arrow
 (``load_dataset("json")``) and ``.map`` with the fast tokenizer, batched, over the same number of
 processes (tokenizing the text alone, no label masks: less work than sftkit's). ``--cache_rows=100000,400000``
-is the issue's measurement; the default is shorter.
+is the issue's measurement; the default is shorter. The START-UP FLOOR above the table is what any
+trainer pays before its data: a process that imports torch, transformers and peft and loads the
+model with LoRA, nothing else.
 """
 from __future__ import annotations
 
@@ -91,6 +93,16 @@ tokenized = rows.map(lambda batch: tokenizer(batch["input"], truncation=True, ma
 print(f"tokenized {len(tokenized)} rows in {time.perf_counter() - started:.3f} s", flush=True)
 """
 
+START_UP_FLOOR = """
+import sys, time
+import peft, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+AutoTokenizer.from_pretrained(sys.argv[1])
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
+peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
+print("ready", flush=True)
+"""
+
 
 def write_rows(path: Path, count: int) -> None:
     with open(path, "w", encoding="utf-8") as fh:
@@ -135,6 +147,9 @@ def cache_table(counts: list[int], base_model: str, workers: int, cutoff_len: in
           f"printed (before the step, whose own peak depends on the rows it draws). DATASETS BASELINE: "
           f"load_dataset('json') + .map(batched, num_proc={workers}) seconds, imports and tokenizer load excluded; "
           f"GiB: peak RSS of its largest process.\n")
+    floor, _, _ = timed([sys.executable, "-c", START_UP_FLOOR, model_dir], {"ready": r"^ready"})
+    print(f"START-UP FLOOR: {floor['ready'][0]:.1f} s from a process start to the model loaded with LoRA "
+          f"(import torch, transformers and peft, load the tokenizer and the model, nothing else), in this run.\n")
     print("| rows | DATASETS BASELINE s | GiB | first run (builds): data s | start s | GiB | rerun (reuses): data s "
           "| start s | GiB | first run data / baseline | rerun data / baseline |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
