@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
 from sftkit.models import load_tokenizer
@@ -286,3 +288,18 @@ def test_dpo_reference_logps_are_stored_and_a_rerun_reads_them_back(tiny_llama, 
     other = train(dataclasses.replace(config, output_dir=str(tmp_path / "third"), micro_batch_size=1))
     assert "reference log-probs reused" not in capsys.readouterr().out  # other batches: computed again
     assert other["history"][0]["margin"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_columns_read_from_their_buffers_equal_pyarrows_own_reading():
+    columns = [pa.array(np.arange(-5, 300, dtype=np.int64)), pa.array(np.arange(300, dtype=np.int32) * 7),
+               pa.array(np.arange(100, dtype=np.int8)), pa.array(np.linspace(0, 1, 50)),
+               pa.array([True, False, False, True, True] * 13)]
+    for column in columns:
+        expected = column.to_numpy(zero_copy_only=False)
+        for part in (column, column.slice(3, 17), column.slice(len(column) - 1), column.slice(0, 0)):
+            assert np.array_equal(token_cache._numpy(part), part.to_numpy(zero_copy_only=False))
+        chunked = pa.chunked_array([column.slice(0, 9), column.slice(9, 21), column.slice(30)])
+        assert np.array_equal(token_cache._numpy(chunked), expected)
+        assert token_cache._numpy(chunked).dtype == expected.dtype
+    with pytest.raises(ValueError):
+        token_cache._numpy(pa.array([1, None, 3]))
