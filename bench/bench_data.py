@@ -21,10 +21,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from sftkit import flags  # noqa: E402
 
 
 def sample_conversations() -> list[tuple[str, str | None]]:
@@ -147,7 +150,15 @@ def sentence_splitting() -> list[tuple[str, float]]:
     return results
 
 
-def main(rows: int = 200_000, baseline_rows: int = 1000, workers: int = 0) -> None:
+@dataclass
+class BenchConfig:
+    rows: int = flags.flag(200_000, "Conversations of the larger run (the smaller one is a quarter).")
+    baseline_rows: int = flags.flag(1000, "Conversations the naive per-row baseline processes.")
+    workers: int = flags.flag(0, "Worker processes of the stages (0: one per core).")
+
+
+def main(cfg: BenchConfig) -> None:
+    rows, baseline_rows, workers = cfg.rows, cfg.baseline_rows, cfg.workers
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         results = {}
@@ -192,6 +203,5 @@ def main(rows: int = 200_000, baseline_rows: int = 1000, workers: int = 0) -> No
 
 
 if __name__ == "__main__":
-    import fire
-
-    fire.Fire(main)
+    flags.main(BenchConfig, main, prog="bench_data.py",
+               summary="The data stages' rows/s and peak memory against a naive per-row baseline.")
