@@ -13,6 +13,7 @@ import sys
 
 from sftkit import flags
 from sftkit.errors import GenerationError
+from sftkit.models import resolve_base_model
 
 DATA_SUMMARY = "Raw conversation files to a clean instruct dataset, in five resumable stages."
 FINETUNE_SUMMARY = "LoRA / 8-bit / 4-bit / full fine-tuning, under torchrun or DeepSpeed."
@@ -80,8 +81,6 @@ def skip_bitsandbytes(base_model: str) -> bool:
     ``sys.modules`` is Python's own way to refuse an import, and peft and transformers then see the
     library as not installed. For a process that runs one training that does not quantize, then ends.
     """
-    from sftkit.models import resolve_base_model
-
     if "bitsandbytes" in sys.modules:
         return False
     config_file = os.path.join(resolve_base_model(base_model), "config.json")
