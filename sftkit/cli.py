@@ -83,13 +83,11 @@ def skip_bitsandbytes(base_model: str) -> bool:
     """
     if "bitsandbytes" in sys.modules:
         return False
-    config_file = os.path.join(resolve_base_model(base_model), "config.json")
     try:
-        with open(config_file, encoding="utf-8") as fh:
-            saved_quantized = "quantization_config" in fh.read()
+        with open(os.path.join(resolve_base_model(base_model), "config.json"), encoding="utf-8") as fh:
+            if "quantization_config" in fh.read():
+                return False
     except OSError:  # a hub id, or no config: it may be quantized, so leave it importable
-        return False
-    if saved_quantized:
         return False
     sys.modules["bitsandbytes"] = None
     return True

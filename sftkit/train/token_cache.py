@@ -233,7 +233,8 @@ def build(source: Source, tokenizer, folder: Path, *, workers: int = 1, batch_un
     check_usable(source.path, stats, totals["units"], "usable preference pairs" if source.kind == "pairs"
                  else "usable rows")
     meta = {"version": CACHE_VERSION, "source": dataclasses.asdict(source), "read_stats": dataclasses.asdict(stats),
-            **totals, "batch_sizes": batch_sizes, "workers": processes[-1], "seconds": round(time.perf_counter() - started, 3)}
+            **totals, "batch_sizes": batch_sizes, "workers": processes[-1],
+            "seconds": round(time.perf_counter() - started, 3)}
     (folder / META).write_text(json.dumps(meta, indent=1, default=list) + "\n")
     return meta
 
@@ -327,7 +328,7 @@ class TokenCache:
         self.unit = _numpy(rows.column("unit"))
         self._sequences = pa.ipc.open_file(pa.memory_map(str(self.path / SEQUENCES)))
         self._batch_start = np.cumsum([0] + self.meta["batch_sizes"])
-        self._batches: dict[int, pa.RecordBatch] = {}
+        self._batches: dict[int, tuple] = {}  # record batch, then its token offsets, ids and labels
 
     def __len__(self) -> int:
         return len(self.lengths)

@@ -28,7 +28,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from sftkit.prompts import (ANSWER_ROLES, DEFAULT_PROMPT_TYPE, PromptError, Turn, adds_special_tokens,
+from sftkit.prompts import (ANSWER_ROLES, DEFAULT_PROMPT_TYPE, PromptError, Turn, adds_special_tokens, encode,
                             get_prompt_type, render_conversation)
 from sftkit.rows import Conversation, Pair
 
@@ -162,7 +162,7 @@ def encode_batch(items: Sequence[Item], tokenizer, *, last_only: bool = False, t
     ok = np.array([r is not None for r in rendered], dtype=bool)
     kept = [(item, r) for item, r in zip(items, rendered) if r is not None]
     texts = [r[0] for _, r in kept]
-    tokens = _encode(tokenizer, texts, [adds_special_tokens(item.prompt_type) for item, _ in kept])
+    tokens = _encode(tokenizer, texts, [item.prompt_type for item, _ in kept])
     flat_ids, lengths = tokens.ids, tokens.lengths
     total = int(lengths.sum())
     if train_on_inputs:
@@ -238,11 +238,12 @@ class _Tokens:
         return len(text.encode("utf-8")[:int(ends[0])].decode("utf-8", "replace"))  # a cut character counts whole
 
 
-def _encode(tokenizer, texts: list[str], special: list[bool]) -> _Tokens:
-    """``texts`` tokenized, text ``i`` with the tokenizer's own special tokens when ``special[i]``: in
-    one call per rule, straight from the Rust tokenizer when there is one (transformers' per-row
-    conversion to its output dict costs an eighth of the tokenizing time, profiled)."""
+def _encode(tokenizer, texts: list[str], prompt_types: list[str]) -> _Tokens:
+    """``texts`` tokenized, each as its prompt type says (:func:`sftkit.prompts.encode`): in one call
+    per special-tokens rule, straight from the Rust tokenizer when there is one (transformers'
+    per-row conversion to its output dict costs an eighth of the tokenizing time, profiled)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
+    special = [adds_special_tokens(name) for name in prompt_types]
     encodings: list = [None] * len(texts)
     for rule in (True, False):
         index = [i for i, s in enumerate(special) if s == rule]
@@ -250,7 +251,7 @@ def _encode(tokenizer, texts: list[str], special: list[bool]) -> _Tokens:
             continue
         batch = [texts[i] for i in index]
         if backend is None:
-            found = tokenizer(batch, add_special_tokens=rule, return_offsets_mapping=True)
+            found = encode(tokenizer, batch, prompt_types[index[0]], return_offsets_mapping=True)
             found = list(zip(found["input_ids"], found["offset_mapping"]))
         else:
             found = backend.encode_batch(batch, add_special_tokens=rule)

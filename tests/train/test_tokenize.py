@@ -254,12 +254,12 @@ def test_byte_table_positions_equal_the_tokenizers_offsets(tiny_llama, monkeypat
         items.append(tokenize.Item([("human", "x"), ("bot", "y")], prompt_type, 6, text="🙂🙂 learned whole"))
     for name, tok in _variants(tiny_llama).items():
         texts = [tokenize._render(item, tok, False)[0] for item in items]
-        special = [tokenize.adds_special_tokens(prompt_type)] * len(texts)
-        assert tokenize._encode(tok, texts, special).in_bytes == (name in ("byte-level", "bos")), name
+        prompt_types = [prompt_type] * len(texts)
+        assert tokenize._encode(tok, texts, prompt_types).in_bytes == (name in ("byte-level", "bos")), name
         fast, _ = tokenize.encode_batch(items, tok)
         with monkeypatch.context() as m:
             m.setattr(tokenize, "_byte_lengths", lambda tokenizer: None)
-            assert not tokenize._encode(tok, texts, special).in_bytes
+            assert not tokenize._encode(tok, texts, prompt_types).in_bytes
             slow, _ = tokenize.encode_batch(items, tok)
         assert fast.input_ids.tolist() == slow.input_ids.tolist(), name
         assert fast.labels.tolist() == slow.labels.tolist(), name
