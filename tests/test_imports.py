@@ -152,3 +152,17 @@ def test_the_checks_see_a_hidden_cycle(tmp_path):
     assert sftkit_imports(tree, "sftkit.x", tmp_path / "x.py", known) == [(1, "sftkit.data.pipeline"),
                                                                          (4, "sftkit.data.run.runner"),
                                                                          (5, "sftkit.data")]
+
+
+def test_help_answers_without_loading_torch():
+    """Each script's --help (and a package import on the way) never pays for torch and transformers."""
+    import subprocess
+    import sys
+
+    probe = ("import runpy, sys\nsys.argv = [sys.argv[1], *sys.argv[2:]]\n"
+             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print('loaded:', sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    for script, args in (("finetune.py", ["--help"]), ("generate.py", ["--help"]), ("create_data.py", ["--help"])):
+        done = subprocess.run([sys.executable, "-c", probe, str(ROOT / script), *args], capture_output=True,
+                              text=True, cwd=ROOT, timeout=120)
+        assert "--" in done.stdout and "loaded: []" in done.stdout, (script, done.stdout[-500:], done.stderr[-500:])

@@ -9,13 +9,22 @@ OpenAI's shapes, ``scheduler`` batches them on the one generating thread), ``bat
 mode, with ``report``). ``session`` is the chat history the UI and the terminal share.
 generate.py picks one (sftkit.cli.generate_main).
 """
+import importlib
+
 from sftkit.errors import GenerationError
 from sftkit.generation.config import GenerateConfig
-from sftkit.generation.decoding import StopTextFilter, generation_kwargs
-from sftkit.generation.engine import Answer, AnswerStream, BatchStream, Request, generate_answers
-from sftkit.generation.loading import Models, load_models, resolve_adapter
-from sftkit.generation.prompting import Prompt, build_prompt, context_length
 
-__all__ = ["Answer", "AnswerStream", "BatchStream", "GenerateConfig", "GenerationError", "Models", "Prompt",
-           "Request", "StopTextFilter", "build_prompt", "context_length", "generate_answers", "generation_kwargs",
-           "load_models", "resolve_adapter"]
+# The engine's names, loaded on first use: importing the package (generate.py --help reads
+# sftkit.generation.config) must not load torch and transformers, 2 s.
+_LAZY = {"StopTextFilter": "decoding", "generation_kwargs": "decoding", "Answer": "engine", "AnswerStream": "engine",
+         "BatchStream": "engine", "Request": "engine", "generate_answers": "engine", "Models": "loading",
+         "load_models": "loading", "resolve_adapter": "loading", "Prompt": "prompting", "build_prompt": "prompting",
+         "context_length": "prompting"}
+
+__all__ = ["GenerateConfig", "GenerationError", *sorted(_LAZY)]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
