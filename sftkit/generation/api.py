@@ -35,7 +35,7 @@ from sftkit.errors import GenerationError
 from sftkit.generation.config import GenerateConfig
 from sftkit.generation.engine import Answer
 from sftkit.generation.loading import Models
-from sftkit.generation.protocol import ApiError, Chunks, Limits, Prepared, prepare, response
+from sftkit.generation.protocol import ApiError, Chunks, Limits, Prepared, prepare, resolve_model, response
 from sftkit.generation.scheduler import Job, Scheduler
 
 RETRY_AFTER_SECONDS = 1
@@ -173,11 +173,7 @@ async def list_models(api: Api, request: HttpRequest) -> dict:
 
 async def get_model(api: Api, request: HttpRequest, name: str) -> dict:
     authorize(api, request)
-    try:
-        return _model_card(api, api.models.resolve(name))
-    except GenerationError:
-        raise ApiError(404, f"The model {name[:100]!r} does not exist; this server has "
-                            f"{', '.join(api.models.names)}", code="model_not_found", param="model") from None
+    return _model_card(api, resolve_model(api.models, name))
 
 
 async def completions(api: Api, request: HttpRequest, kind: str):

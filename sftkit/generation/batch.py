@@ -132,13 +132,14 @@ def answer_batch(models: Models, prompts: list[EvalPrompt | str], config: Genera
                     warnings.warn(f"prompt {n}: {prompt.warning()}", stacklevel=2)
                 requests.append(Request(prompt.text, model))
             answers = generate_answers(models, requests, config)
-            new = [dict(prompt=chunk[i // repeats].text,
-                        **({"history": chunk[i // repeats].history} if chunk[i // repeats].history else {}),
-                        response=a.text, new_tokens=a.new_tokens, finish_reason=a.finish_reason,
-                        seconds=round(a.seconds / len(answers), 4),
-                        **(tool_call_fields(a.text, chunk[i // repeats].tools, config.prompt_type)
-                           if chunk[i // repeats].tools else {}))
-                   for i, a in enumerate(answers)]
+            new = []
+            for i, a in enumerate(answers):
+                question = chunk[i // repeats]
+                new.append(dict(prompt=question.text, **({"history": question.history} if question.history else {}),
+                                response=a.text, new_tokens=a.new_tokens, finish_reason=a.finish_reason,
+                                seconds=round(a.seconds / len(answers), 4),
+                                **(tool_call_fields(a.text, question.tools, config.prompt_type)
+                                   if question.tools else {})))
             rows += new
             if on_rows:
                 on_rows(new)

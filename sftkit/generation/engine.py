@@ -60,9 +60,10 @@ class _Batch:
     """One ``generate`` call over a list of requests: its inputs, arguments and the follower of its rows."""
 
     def __init__(self, models: Models, requests: list[Request], config: GenerateConfig,
-                 cancel: list[threading.Event | None], on_text=None):
+                 cancel: threading.Event | None, on_text=None):
         model, tokenizer = models.model, models.tokenizer
-        self.requests = requests
+        self.models, self.requests, self.config, self.cancel = models, requests, config, cancel
+        self.beams = config.num_beams > 1
         common = answer_stop_strings(config, tokenizer)
         self.stops = [[*common, *(s for s in r.stop if s)] for r in requests]
         self.limits = [r.max_new_tokens or config.max_new_tokens for r in requests]
@@ -74,24 +75,23 @@ class _Batch:
         self.prompt_length = self.inputs["input_ids"].shape[1]
         self.prompt_tokens = self.inputs["attention_mask"].sum(dim=1).tolist()
         self.follower = AnswerFollower(tokenizer, self.stops, self.prompt_length, self.limits,
-                                       self.kwargs["eos_token_id"], [r.cancel for r in requests], cancel,
-                                       beams=config.num_beams > 1, on_text=on_text)
+                                       self.kwargs["eos_token_id"], [r.cancel for r in requests], [cancel],
+                                       beams=self.beams, on_text=on_text)
         names = [models.peft_adapter(r.model) for r in requests]  # an unknown name fails here
         if is_peft(model) and set(names) != {model.active_adapter}:  # else a plain forward does it
             self.kwargs["adapter_names"] = names
 
-    def generate(self, model, config: GenerateConfig, **extra):
-        reseed(config)
-        return model.generate(**self.inputs, **self.kwargs, stopping_criteria=StoppingCriteriaList([self.follower]),
-                              **extra)
+    def generate(self, **extra):
+        reseed(self.config)
+        return self.models.model.generate(**self.inputs, **self.kwargs,
+                                          stopping_criteria=StoppingCriteriaList([self.follower]), **extra)
 
 
-def _answers(batch: _Batch, output, tokenizer, seconds: float, cancel: threading.Event | None,
-             beams: bool = False) -> list[Answer]:
+def _answers(batch: _Batch, output, seconds: float) -> list[Answer]:
     """The answers of a finished batch. An answer's text is its tokens decoded and cut at the first stop
     string; it ended at a stop string if one was found, else at its end-of-sequence token, else by a
     cancel before its limit, else at its limit."""
-    eos_ids = set(batch.kwargs["eos_token_id"])
+    eos_ids, beams, tokenizer = set(batch.kwargs["eos_token_id"]), batch.beams, batch.models.tokenizer
     per_request = output.shape[0] // len(batch.requests)
     follower = batch.follower
     answers = []
@@ -104,7 +104,7 @@ def _answers(batch: _Batch, output, tokenizer, seconds: float, cancel: threading
                             None if beams else follower.cut_at.get(row)) if n is not None]
         count = min(ends, default=len(ids))
         text, found = cut_at_stop(tokenizer.decode(ids[:count], skip_special_tokens=True), batch.stops[source])
-        cancelled = any(event is not None and event.is_set() for event in (cancel, request.cancel))
+        cancelled = any(event is not None and event.is_set() for event in (batch.cancel, request.cancel))
         if found:
             reason = "stop_string"
         elif count and ids[count - 1] in eos_ids:
@@ -135,15 +135,15 @@ def generate_answers(models: Models, prompts: list[str] | list[Request], config:
     beams = config.num_beams > 1
     if repeats > 1 and not beams:  # sampled alternatives: repeat the rows
         requests = [r for r in requests for _ in range(repeats)]
-    batch = _Batch(models, requests, config, [cancel])
+    batch = _Batch(models, requests, config, cancel)
     extra = {"synced_gpus": True} if synced_gpus else {}
     if repeats > 1 and beams:
         extra["num_return_sequences"] = min(repeats, config.num_beams)
     start = time.perf_counter()
     # Under ZeRO-3 the gathered weights must not become inference tensors: training goes on after.
     with torch.no_grad() if synced_gpus else torch.inference_mode():
-        output = batch.generate(models.model, config, **extra)
-    return _answers(batch, output, models.tokenizer, time.perf_counter() - start, cancel, beams)
+        output = batch.generate(**extra)
+    return _answers(batch, output, time.perf_counter() - start)
 
 
 class BatchStream:
@@ -173,14 +173,14 @@ class BatchStream:
                     yield row, answer.text
             return
         pieces: queue.Queue = queue.Queue()
-        batch = _Batch(self.models, self.requests, self.config, [self.cancel],
+        batch = _Batch(self.models, self.requests, self.config, self.cancel,
                        on_text=lambda row, text: pieces.put((row, text)))
         result: dict = {}
 
         def work():
             try:
                 with torch.inference_mode():
-                    result["output"] = batch.generate(self.models.model, self.config)
+                    result["output"] = batch.generate()
                 batch.follower.finish()
             except BaseException as exc:  # re-raised in the consuming thread
                 result["error"] = exc
@@ -198,8 +198,7 @@ class BatchStream:
                 thread.join()
         if "error" in result:
             raise result["error"]
-        self.answers = _answers(batch, result["output"], self.models.tokenizer, time.perf_counter() - start,
-                                self.cancel)
+        self.answers = _answers(batch, result["output"], time.perf_counter() - start)
 
 
 class AnswerStream:

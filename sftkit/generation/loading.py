@@ -40,7 +40,6 @@ class Models:
     names: list[str]
     default: str
     base: str = BASE
-    base_model: str = ""
 
     def resolve(self, name: str | None) -> str:
         """The model a request names (None: the default); an unknown name is a GenerationError."""
@@ -157,7 +156,7 @@ def load_models(config: GenerateConfig) -> Models:
         model = loader.apply_adapter(model, path, base_model=config.base_model, adapter_name=name)
     model.eval()
     base = next(name for name, path in entries if path is None)
-    return Models(model, tokenizer, [name for name, _ in entries], default, base, config.base_model)
+    return Models(model, tokenizer, [name for name, _ in entries], default, base)
 
 
 def adapter_fingerprint(path: str) -> str:

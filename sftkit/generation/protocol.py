@@ -375,16 +375,21 @@ def _prompt_tokens(models: Models, config: GenerateConfig, limits: Limits, promp
     return tokens
 
 
+def resolve_model(models: Models, name: str | None) -> str:
+    """The model a request names, or a 404 in OpenAI's shape."""
+    try:
+        return models.resolve(name)
+    except GenerationError:
+        raise ApiError(404, f"The model {str(name)[:100]!r} does not exist; this server has "
+                            f"{', '.join(models.names)}", code="model_not_found", param="model") from None
+
+
 def prepare(models: Models, config: GenerateConfig, limits: Limits, kind: str, raw: bytes) -> Prepared:
     """Check a ``chat`` or ``completion`` request body and turn it into the engine's requests."""
     data = read_json(raw)
     _refuse_unimplemented(data, kind)
     body = _validated(ChatBody if kind == "chat" else CompletionBody, data)
-    try:
-        name = models.resolve(body.model)
-    except GenerationError:
-        raise ApiError(404, f"The model {body.model[:100]!r} does not exist; this server has "
-                            f"{', '.join(models.names)}", code="model_not_found", param="model") from None
+    name = resolve_model(models, body.model)
     tools = None
     if isinstance(body, ChatBody):
         tools = tool_use(body, data.get("tools"), config)

@@ -18,6 +18,7 @@ callbacks are the methods of :class:`ChatUi`, which a test can call without a br
 """
 from __future__ import annotations
 
+import functools
 import html
 import json
 import math
@@ -61,6 +62,7 @@ _MARKDOWN.enable(["table", "strikethrough"]).disable("entity")
 _MARKDOWN.add_render_rule("image", _image_as_link)
 
 
+@functools.lru_cache(maxsize=4096)  # every streamed piece re-shows the whole chat
 def shown(text: str) -> str:
     """A message as the chat shows it: Markdown rendered to HTML, any HTML or entity in the text escaped
     (shown as the characters typed), images as links, unsafe link targets (``javascript:``) left as text."""
