@@ -37,7 +37,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sftkit import flags  # noqa: E402
-from sftkit.generation import GenerateConfig, load_models  # noqa: E402
 from sftkit.models import DEFAULT_BASE_MODEL  # noqa: E402
 
 
@@ -232,8 +231,9 @@ def wait_behind(server_url: str, long_tokens: int) -> dict:
 
 
 def run(bench: BenchConfig):
-    import torch
+    import torch  # here, not at the top: the spawned hostile clients re-import the top
 
+    from sftkit.generation import GenerateConfig, load_models
     from sftkit.generation.api import Server
 
     if bench.threads:

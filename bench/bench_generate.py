@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sftkit import flags  # noqa: E402
 from sftkit.generation import (AnswerStream, GenerateConfig, build_prompt, context_length,  # noqa: E402
                                generate_answers, generation_kwargs, load_models)
-from sftkit.prompts import encode  # noqa: E402
 from sftkit.models import DEFAULT_BASE_MODEL  # noqa: E402
 from sftkit.prompts import encode  # noqa: E402
 

@@ -77,7 +77,7 @@ def detect(path: Path, requested: str = "auto") -> FileFormat:
 
 # ---- conversations as markup ----
 
-def markup_turns(turns: list[Turn]) -> list[Turn] | str:
+def markup_turns(turns: list[Turn]) -> list[Turn]:
     """Turns as the markup writes them: no system or context turn (the conversation itself is kept),
     an alpaca input joined to its instruction by a blank line, no tool calls or results (a tool
     conversation's natural-language text: see sftkit.data.algorithms.toolrows)."""
@@ -105,10 +105,7 @@ def as_markup(conversation: rows.Conversation, fmt: FileFormat) -> str:
         if fmt.name == "h2ogpt":  # h2oGPT rows end with an empty human turn
             text = re.sub(rf"\s*{re.escape(HUMAN)}\s*$", "", text)
         return text
-    turns = markup_turns(conversation.turns)
-    if not any(role == "human" for role, _ in turns):  # a tool conversation whose questions are all results
-        return "no_human_turn"
-    return join_turns(turns)
+    return join_turns(markup_turns(conversation.turns))
 
 
 # ---- OpenAssistant pairs ----

@@ -82,12 +82,18 @@ def score(cfg: DataConfig, source: ShardInput, out: Path) -> StageStats:
 
 
 def text_drops(batch: pa.RecordBatch, cfg: DataConfig) -> dict[str, np.ndarray]:
-    """Masks of the rows each text threshold drops, in the order their reasons are counted. A tool
-    conversation whose answers are all calls has no answer text to grade (sftkit.data.algorithms.toolrows)."""
+    """Masks of the rows each text threshold drops, in the order their reasons are counted."""
+    return _text_verdict(batch, cfg)[0]
+
+
+def _text_verdict(batch: pa.RecordBatch, cfg: DataConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """:func:`text_drops`, and the rows the reward model scores: those it keeps that have answer text. A
+    tool conversation whose answers are all calls has none to grade (sftkit.data.algorithms.toolrows)."""
     grade = batch.column("fk_grade").to_numpy()
     judged = ~toolrows.answerless(batch)
-    return {"grade_too_low": judged & (grade < cfg.min_grade), "grade_too_high": judged & (grade > cfg.max_grade),
-            "profane": batch.column("profane").to_numpy(zero_copy_only=False) & cfg.drop_profane}
+    drops = {"grade_too_low": judged & (grade < cfg.min_grade), "grade_too_high": judged & (grade > cfg.max_grade),
+             "profane": batch.column("profane").to_numpy(zero_copy_only=False) & cfg.drop_profane}
+    return drops, judged & ~np.logical_or.reduce(list(drops.values()))
 
 
 def reward_key(cfg: DataConfig) -> str:
@@ -149,7 +155,7 @@ def reward_units(cfg: DataConfig, scored: list[Path], cache: RewardCache, counts
     have no reward in the cache yet; ``counts`` gets the passing and already-cached totals."""
     pending: dict[str, list] = {"ids": [], "questions": [], "answers": []}
     for batch in iter_batches(scored, cfg.batch_rows):
-        passes = ~np.logical_or.reduce(list(text_drops(batch, cfg).values())) & ~toolrows.answerless(batch)
+        _, passes = _text_verdict(batch, cfg)
         ids = batch.column("id").to_numpy()
         found, _ = cache.lookup(ids)
         counts["passing"] += int(passes.sum())
@@ -197,11 +203,11 @@ def reward_phase(cfg: DataConfig, shards: list[Shard], executor) -> None:
 def judge(batch: pa.RecordBatch, cfg: DataConfig, cache: RewardCache | None, scored: Path) -> Verdict:
     """The text thresholds, then (with a reward cache) the reward threshold; every row gets its ``reward``
     (null when the reward model is off)."""
-    drops = text_drops(batch, cfg)
+    drops, rewardable = _text_verdict(batch, cfg)
     rewards = np.full(batch.num_rows, np.nan, dtype=np.float32)
     if cache is not None:  # a row with no answer text has no reward, and passes it
         found, rewards = cache.lookup(batch.column("id").to_numpy())
-        if (~found & ~np.logical_or.reduce(list(drops.values())) & ~toolrows.answerless(batch)).any():
+        if (~found & rewardable).any():
             raise DataError(f"{scored}: rows lack a reward in {cache.directory}; run grade again")
         drops["reward_too_low"] = rewards < cfg.reward_threshold
     return Verdict(drops, {"reward": pa.array(rewards, pa.float32(), mask=np.isnan(rewards))})
