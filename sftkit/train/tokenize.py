@@ -8,8 +8,11 @@ and the labels are placed with numpy: a token is learned when its range overlaps
 A token's range comes from a table of each token's length in bytes when the tokenizer is byte-level
 BPE (its tokens spell the text's UTF-8 bytes, checked per text), else from the tokenizer's offsets;
 the table saves moving every token's offsets from Rust into Python, a fifth of the tokenizing time
-(profiled). The appended EOS is learned when the text ends with an answer (its stop included):
-h2oGPT's rows ending ``…<bot>: a\\n<human>:`` learn both the ``<human>:`` and the EOS. ``labels[0]``
+(profiled), and lets the tokenizer skip computing offsets at all. With such a tokenizer a text far
+longer than the cutoff is tokenized only as far as the cutoff needs, in pieces cut where the
+pre-tokenizer always splits (:func:`_encode_pieces`): the same tokens, without tokenizing what
+truncation throws away. The appended EOS is learned when the text ends with an answer (its stop
+included): h2oGPT's rows ending ``…<bot>: a\\n<human>:`` learn both the ``<human>:`` and the EOS. ``labels[0]``
 is never learned (no token predicts it).
 
 Each batch comes out as flat arrays (:class:`TokenBatch`: ids, labels, lengths and the source row
@@ -22,6 +25,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import re
 from dataclasses import dataclass, field, fields
 from typing import Iterator, Sequence
 
@@ -155,22 +159,22 @@ def _render(item: Item, tokenizer, last_only: bool):
 
 
 def encode_batch(items: Sequence[Item], tokenizer, *, last_only: bool = False, train_on_inputs: bool = False,
-                 add_eos_token: bool = True) -> tuple[TokenBatch, np.ndarray]:
+                 add_eos_token: bool = True, keep: int | None = None) -> tuple[TokenBatch, np.ndarray]:
     """Every renderable item of the batch tokenized and labelled, before truncation, and the mask of
-    the items that rendered. The batch goes through the tokenizer once per special-tokens rule."""
+    the items that rendered. The batch goes through the tokenizer once per special-tokens rule. With
+    ``keep``, a sequence may end after its first ``keep + 1`` tokens (the caller cuts it at ``keep``)."""
     rendered = [_render(item, tokenizer, last_only) for item in items]
     ok = np.array([r is not None for r in rendered], dtype=bool)
     kept = [(item, r) for item, r in zip(items, rendered) if r is not None]
     texts = [r[0] for _, r in kept]
-    tokens = _encode(tokenizer, texts, [item.prompt_type for item, _ in kept])
+    tokens = _encode(tokenizer, texts, [item.prompt_type for item, _ in kept], keep)
     flat_ids, lengths = tokens.ids, tokens.lengths
     total = int(lengths.sum())
     if train_on_inputs:
         learned = np.ones(total, dtype=bool)
     else:
         # Every text placed one after the other: a token overlaps a span of its own text only.
-        spans = [(tokens.position(i, text, a), tokens.position(i, text, b))
-                 for i, (text, (_, r)) in enumerate(zip(texts, kept)) for a, b in r[1]]
+        spans = [(tokens.position(i, a), tokens.position(i, b)) for i, (_, r) in enumerate(kept) for a, b in r[1]]
         starts = np.fromiter((a for a, _ in spans), dtype=np.int64, count=len(spans))
         ends = np.fromiter((b for _, b in spans), dtype=np.int64, count=len(spans))
         first = np.searchsorted(ends, tokens.start, side="right")  # the first span ending after the token starts
@@ -199,7 +203,7 @@ def encode_batch(items: Sequence[Item], tokenizer, *, last_only: bool = False, t
     prompts, references = [], []
     for i, (item, (text, _, (start, end), reference)) in enumerate(kept):
         if start == 0:  # a text learned whole: its first token (never learned) is the prompt
-            start = tokens.first_token_end(i, text)
+            start = tokens.first_token_end(i)
         prompts.append(text[:start].rstrip(" "))
         references.append(reference if reference is not None else text[start:end].strip())
     batch = TokenBatch(flat_ids, labels, lengths, np.array([item.unit for item, _ in kept], dtype=np.int64),
@@ -212,7 +216,8 @@ class _Tokens:
     """A batch's texts encoded one after the other: the ids, each text's token count, and each token's
     ``[start, end)`` in one position space where text ``i`` begins at ``base[i]``: UTF-8 bytes when
     the tokens are byte strings of the text (byte-level BPE: their lengths come from a table, so no
-    per-token offsets cross from Rust into Python), else characters (the tokenizer's offsets)."""
+    per-token offsets cross from Rust into Python), else characters (the tokenizer's offsets).
+    ``texts`` are what was encoded: a text, or its head when the rest lies past the cutoff."""
 
     ids: np.ndarray
     lengths: np.ndarray
@@ -220,14 +225,17 @@ class _Tokens:
     end: np.ndarray
     base: np.ndarray
     in_bytes: bool
+    texts: list[str]
 
-    def position(self, i: int, text: str, char: int) -> int:
-        """Where character ``char`` of text ``i`` is."""
+    def position(self, i: int, char: int) -> int:
+        """Where character ``char`` of text ``i`` is (its encoded end, when past it)."""
+        text = self.texts[i]
+        char = min(char, len(text))
         if self.in_bytes and not text.isascii():
             char = len(text[:char].encode("utf-8"))
         return int(self.base[i]) + char
 
-    def first_token_end(self, i: int, text: str) -> int:
+    def first_token_end(self, i: int) -> int:
         """The character where text ``i``'s first token that covers any text ends (0 when none does)."""
         row = slice(int(self.lengths[:i].sum()), int(self.lengths[:i + 1].sum()))
         ends = self.end[row][self.end[row] > self.base[i]] - self.base[i]
@@ -235,17 +243,25 @@ class _Tokens:
             return 0
         if not self.in_bytes:
             return int(ends[0])
-        return len(text.encode("utf-8")[:int(ends[0])].decode("utf-8", "replace"))  # a cut character counts whole
+        # a cut character counts whole
+        return len(self.texts[i].encode("utf-8")[:int(ends[0])].decode("utf-8", "replace"))
 
 
-def _encode(tokenizer, texts: list[str], prompt_types: list[str]) -> _Tokens:
-    """``texts`` tokenized, each as its prompt type says (:func:`sftkit.prompts.encode`): in one call
-    per special-tokens rule, straight from the Rust tokenizer when there is one (transformers'
-    per-row conversion to its output dict costs an eighth of the tokenizing time, profiled)."""
+def _encode(tokenizer, texts: list[str], prompt_types: list[str], keep: int | None = None) -> _Tokens:
+    """``texts`` tokenized, each as its prompt type says (:func:`sftkit.prompts.encode`), straight from
+    the Rust tokenizer when there is one (transformers' per-row conversion to its output dict costs an
+    eighth of the tokenizing time, profiled). With ``keep``, a text may be tokenized only as far as its
+    first ``keep + 1`` tokens (:func:`_encode_pieces`)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     special = [adds_special_tokens(name) for name in prompt_types]
+    table = _byte_lengths(tokenizer) if backend is not None else None
+    if table is not None and None not in {table.added(rule) for rule in special}:
+        ids, heads = _encode_pieces(backend, texts, special, keep if table.cuttable else None, table)
+        tokens = _from_byte_table(ids, heads, special, table)
+        if tokens is not None:
+            return tokens
     encodings: list = [None] * len(texts)
-    for rule in (True, False):
+    for rule in (True, False):  # one call per special-tokens rule
         index = [i for i, s in enumerate(special) if s == rule]
         if not index:
             continue
@@ -260,29 +276,81 @@ def _encode(tokenizer, texts: list[str], prompt_types: list[str]) -> _Tokens:
     ids = [e[0] if backend is None else e.ids for e in encodings]
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     flat_ids = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
-    table = _byte_lengths(tokenizer) if backend is not None else None
-    added = {rule: table.added(rule) for rule in set(special)} if table is not None else {}
-    known = table is not None and (not len(flat_ids) or flat_ids.max() < len(table.lengths))  # no token added since
-    if known and None not in added.values():
-        token_bytes = table.lengths[flat_ids]
-        bounds = np.concatenate([[0], np.cumsum(lengths)])
-        for i, rule in enumerate(special):  # the special tokens a rule adds are not in the text
-            prefix, suffix = added[rule]
-            if prefix or suffix:
-                token_bytes[bounds[i]:bounds[i] + prefix] = 0
-                token_bytes[bounds[i + 1] - suffix:bounds[i + 1]] = 0
-        end = np.cumsum(token_bytes)
-        text_bytes = np.fromiter((len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts), dtype=np.int64,
-                                 count=len(texts))
-        base = np.concatenate([[0], np.cumsum(text_bytes)])
-        if np.array_equal(np.concatenate([[0], end])[bounds], base):  # every text's tokens spell it exactly
-            return _Tokens(flat_ids, lengths, end - token_bytes, end, base[:-1], True)
     offsets = [e[1] if backend is None else e.offsets for e in encodings]
     flat = np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(offsets)), dtype=np.int64,
                        count=2 * len(flat_ids)).reshape(-1, 2)
     base = np.concatenate([[0], np.cumsum([len(t) for t in texts])])[:-1]
     shift = np.repeat(base, lengths)
-    return _Tokens(flat_ids, lengths, flat[:, 0] + shift, flat[:, 1] + shift, base, False)
+    return _Tokens(flat_ids, lengths, flat[:, 0] + shift, flat[:, 1] + shift, base, False, texts)
+
+
+def _from_byte_table(ids: list[list[int]], texts: list[str], special: list[bool],
+                     table: "_ByteTable") -> _Tokens | None:
+    """The tokens' byte positions from the table, or None when some text's tokens do not spell it
+    exactly (a token added since, an added token that strips spaces, ...)."""
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat_ids = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+    if len(flat_ids) and flat_ids.max() >= len(table.lengths):  # a token added since the table was made
+        return None
+    token_bytes = table.lengths[flat_ids]
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    for i, rule in enumerate(special):  # the special tokens a rule adds are not in the text
+        prefix, suffix = table.added(rule)
+        if prefix or suffix:
+            token_bytes[bounds[i]:bounds[i] + prefix] = 0
+            token_bytes[bounds[i + 1] - suffix:bounds[i + 1]] = 0
+    end = np.cumsum(token_bytes)
+    text_bytes = np.fromiter((len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts), dtype=np.int64,
+                             count=len(texts))
+    base = np.concatenate([[0], np.cumsum(text_bytes)])
+    if not np.array_equal(np.concatenate([[0], end])[bounds], base):  # some text's tokens do not spell it
+        return None
+    return _Tokens(flat_ids, lengths, end - token_bytes, end, base[:-1], True, texts)
+
+
+# A cut between an ASCII letter and a space before another letter: the byte-level pre-tokenizers
+# the field uses (GPT-2's regex, and the Split patterns transformers' GGUF reader names) never put
+# a letter and the space after it in one piece, nor look behind a piece, so a text's tokens are the
+# tokens of its pieces cut there, one after the other.
+_WORD_GAP = re.compile(r"(?<=[A-Za-z]) (?=[A-Za-z])")
+HEAD_CHARS_PER_TOKEN = 8  # a text's first piece: this many characters per token kept (prose runs 4-7)
+
+
+def _encode_pieces(backend, texts: list[str], special: list[bool], keep: int | None,
+                   table: "_ByteTable") -> tuple[list[list[int]], list[str]]:
+    """Each text's token ids and the head of it they spell, without offsets (the byte table places
+    the tokens; the tokenizer's call without offsets takes 30% less time, measured): the text whole,
+    or with ``keep``, cut at a word gap once its tokens number more than ``keep``. A text longer than
+    its first piece goes on in pieces twice as long until it has enough tokens or ends; every piece
+    after the first adds no special tokens."""
+    ids: list[list[int]] = [[] for _ in texts]
+    done = [0] * len(texts)
+    pending, first = list(range(len(texts))), True
+    size = keep * HEAD_CHARS_PER_TOKEN if keep is not None else max(map(len, texts), default=0)
+    encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    while pending:
+        for rule in (True, False):
+            index = [i for i in pending if special[i] == rule]
+            if not index:
+                continue
+            cuts = [_cut(texts[i], done[i] + size) for i in index]
+            found = encode_batch([texts[i][done[i]:cut] for i, cut in zip(index, cuts)],
+                                 add_special_tokens=rule and first)
+            for i, cut, encoding in zip(index, cuts, found):
+                ids[i] += encoding.ids
+                done[i] = cut
+        pending = [i for i in pending if keep is not None and done[i] < len(texts[i])
+                   and len(ids[i]) - sum(table.added(special[i])) <= keep]
+        size, first = 2 * size, False
+    return ids, [text if at == len(text) else text[:at] for text, at in zip(texts, done)]
+
+
+def _cut(text: str, at: int) -> int:
+    """The first word gap at or after character ``at`` (the text's end when none)."""
+    if at >= len(text):
+        return len(text)
+    gap = _WORD_GAP.search(text, at)
+    return gap.start() if gap else len(text)
 
 
 @dataclass(frozen=True)
@@ -292,6 +360,7 @@ class _ByteTable:
 
     lengths: np.ndarray
     special: tuple[int, int] | None  # None: the rule adds tokens elsewhere, so byte positions cannot be told
+    cuttable: bool = False  # a text may be tokenized in pieces cut at word gaps (see _WORD_GAP)
 
     def added(self, rule: bool) -> tuple[int, int] | None:
         return self.special if rule else (0, 0)
@@ -318,7 +387,27 @@ def _byte_lengths(tokenizer) -> _ByteTable | None:
     plain = backend.encode("a", add_special_tokens=False).ids
     full = backend.encode("a", add_special_tokens=True).ids
     at = next((k for k in range(len(full) - len(plain) + 1) if full[k:k + len(plain)] == plain), None)
-    return _ByteTable(lengths, None if at is None else (at, len(full) - at - len(plain)))
+    special = None if at is None else (at, len(full) - at - len(plain))
+    tokens = backend.get_added_tokens_decoder().values()
+    cuttable = (special is not None and special[1] == 0 and _splits_at_word_gaps(described.get("pre_tokenizer"))
+                and not any(t.rstrip or re.search(r"\s", t.content) for t in tokens))  # no added token spans a gap
+    return _ByteTable(lengths, special, cuttable)
+
+
+def _splits_at_word_gaps(pre: dict | None) -> bool:
+    """Whether the pre-tokenizer is one that always splits at a word gap: byte-level with GPT-2's
+    regex, or a Split by one of the patterns transformers' GGUF reader names, with digit splitting beside."""
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+
+    steps = (pre or {}).get("pretokenizers", [pre] if pre else [])
+    steps = [s for s in steps if s.get("type") != "Digits"]
+    if [s.get("type") for s in steps] == ["ByteLevel"]:
+        return steps[0].get("use_regex", True)
+    if [s.get("type") for s in steps] == ["Split", "ByteLevel"]:
+        split, level = steps
+        return (not level.get("use_regex", True) and split.get("behavior") == "Isolated" and not split.get("invert")
+                and (split.get("pattern") or {}).get("Regex") in GGUF_PRE_TOKENIZER_SPLITS.values())
+    return False
 
 
 # What became of a unit (a conversation, or a pair) once cut at cutoff_len; the token cache stores one per unit.
@@ -387,7 +476,7 @@ def tokenize_units(items: Sequence[Item], tokenizer, cutoff_len: int, *, last_on
     unit's outcome (RENDER_FAILED for a unit with a sequence that could not be rendered), so the
     truncation policy can be applied later (:func:`count_outcomes`), as the token cache does."""
     batch, rendered = encode_batch(items, tokenizer, last_only=last_only, train_on_inputs=train_on_inputs,
-                                   add_eos_token=add_eos_token)
+                                   add_eos_token=add_eos_token, keep=cutoff_len)
     item_units = np.array([item.unit for item in items], dtype=np.int64)
     units = np.unique(item_units)
     failed = np.unique(item_units[~rendered])

@@ -265,3 +265,108 @@ def test_byte_table_positions_equal_the_tokenizers_offsets(tiny_llama, monkeypat
         assert fast.labels.tolist() == slow.labels.tolist(), name
         assert (fast.prompts, fast.references) == (slow.prompts, slow.references), name
         assert (fast.labels != IGNORE).sum() > 10
+
+
+# ---------------------------------------------------------------- long texts tokenized in pieces
+LONG_TEXT = ("Hello world, it's   a test:\n\n  indented  lines\tand tabs. We'll see 12345 numbers, "
+             "naïve café é x résumé 日本語 words 🙂 emoji. <|im_end|> special. Don't stop;  double  spaces "
+             "end.\r\nWindows lines\n\n\nmany breaks  ") * 6
+
+
+def _pre_tokenizers():
+    """Every pre-tokenizer the pieces are cut for: GPT-2's byte-level regex (the test tokenizer's), the
+    same after digit splitting (SmolLM's), and a Split by each pattern transformers' GGUF reader names."""
+    from tokenizers import Regex, pre_tokenizers
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+
+    yield "gpt-2", pre_tokenizers.ByteLevel(add_prefix_space=False)
+    yield "gpt-2 with a prefix space", pre_tokenizers.ByteLevel(add_prefix_space=True)
+    yield "smollm", pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                             pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    for name, pattern in GGUF_PRE_TOKENIZER_SPLITS.items():
+        yield name, pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), "isolated"),
+                                             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
+def _trained(pre):
+    """A byte-level BPE tokenizer with this pre-tokenizer, trained on the long text: it merges runs of
+    spaces and breaks, and whole words, so a cut in the wrong place changes its tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([LONG_TEXT] * 4, trainer=trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["</s>", "<|im_end|>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>")
+
+
+def test_pieces_cut_at_word_gaps_give_the_whole_texts_tokens():
+    """A text tokenized in pieces cut at word gaps has the whole text's first tokens, for every
+    pre-tokenizer the cut is used with: spaces, breaks, digits, contractions, accents, emoji and a
+    special token around the cuts."""
+    from sftkit.train import tokenize
+
+    texts = [LONG_TEXT[k:] for k in range(0, 40, 3)] + ["short", ""]
+    for name, pre in _pre_tokenizers():
+        tok = _trained(pre)
+        table = tokenize._byte_lengths(tok)
+        assert table.cuttable, name
+        whole = [e.ids for e in tok.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
+        for keep in (1, 5, 40, 10_000):
+            ids, heads = tokenize._encode_pieces(tok.backend_tokenizer, texts, [False] * len(texts), keep, table)
+            for text, full, got, head in zip(texts, whole, ids, heads):
+                assert got == full[:len(got)], (name, keep, head[-30:])
+                assert len(got) > keep or head == text
+                assert text.startswith(head)
+            if keep == 5:
+                assert sum(map(len, heads)) < sum(map(len, texts)) / 10  # the pieces left most text out
+
+
+def test_pieces_are_only_cut_where_the_tokens_stay_the_same(tiny_llama):
+    """No cutting for an unknown Split pattern, an added token with a space in it or one that strips
+    the spaces after it, or a tokenizer that appends a token of its own after the text."""
+    from tokenizers import AddedToken, Regex, pre_tokenizers, processors
+    from sftkit.train import tokenize
+
+    assert tokenize._byte_lengths(load_tokenizer(tiny_llama)).cuttable
+    unknown = load_tokenizer(tiny_llama)
+    unknown.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\w+ \w+|\s+"), "isolated"), pre_tokenizers.ByteLevel(use_regex=False)])
+    spaced = load_tokenizer(tiny_llama)
+    spaced.backend_tokenizer.add_special_tokens([AddedToken("<end of turn>", special=True)])
+    stripping = load_tokenizer(tiny_llama)
+    stripping.backend_tokenizer.add_tokens([AddedToken("Hello", rstrip=True)])
+    appending = load_tokenizer(tiny_llama)
+    eos = appending.convert_tokens_to_ids("</s>")
+    appending.backend_tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>",
+                                                                               special_tokens=[("</s>", eos)])
+    for tok in (unknown, spaced, stripping, appending):
+        table = tokenize._byte_lengths(tok)
+        assert table is None or not table.cuttable
+
+
+@pytest.mark.parametrize("prompt_type", ["human_bot", "chat", "plain"])
+def test_cut_long_rows_tokenize_as_if_tokenized_whole(tiny_llama, monkeypatch, prompt_type):
+    """tokenize_units with pieces (the cutoff far below the rows' lengths) gives the ids, labels,
+    lengths, truncation outcomes, prompts and references of tokenizing every row whole."""
+    from sftkit.train import tokenize
+
+    tok = load_tokenizer(tiny_llama)
+    items = [tokenize.Item([("human", LONG_TEXT[:n]), ("bot", LONG_TEXT[n:2 * n])], prompt_type, n)
+             for n in (7, 60, 200, 400)]
+    items.append(tokenize.Item(TURNS, prompt_type, 1000))
+    for cutoff in (8, 64, 300):
+        cut = tokenize.tokenize_units(items, tok, cutoff)
+        with monkeypatch.context() as m:
+            m.setattr(tokenize, "HEAD_CHARS_PER_TOKEN", 10**9)  # every text in one piece
+            whole = tokenize.tokenize_units(items, tok, cutoff)
+        assert cut[0].input_ids.tolist() == whole[0].input_ids.tolist(), cutoff
+        assert cut[0].labels.tolist() == whole[0].labels.tolist(), cutoff
+        assert cut[0].lengths.tolist() == whole[0].lengths.tolist()
+        assert (cut[0].prompts, cut[0].references) == (whole[0].prompts, whole[0].references)
+        assert cut[1].tolist() == whole[1].tolist()
+        assert cut[2].over.tolist() == whole[2].over.tolist() and cut[2].status.tolist() == whole[2].status.tolist()
+        assert cut[2].over.any()
