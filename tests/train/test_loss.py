@@ -94,8 +94,8 @@ def largest_saved_tensor(lm_loss, model, batch) -> int:
     """Elements of the largest tensor autograd saves for the backward of the loss."""
     sizes = [0]
 
-    def pack(tensor):
-        sizes.append(tensor.numel())
+    def pack(tensor):  # what it holds in memory: an expanded view of a weight holds the weight
+        sizes.append(tensor.untyped_storage().nbytes() // tensor.element_size())
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -103,14 +103,44 @@ def largest_saved_tensor(lm_loss, model, batch) -> int:
     return max(sizes)
 
 
-def test_whole_logits_are_never_saved_for_the_backward(tiny_llama):
-    model = build_causal_lm(TrainConfig(base_model=tiny_llama, lora_r=0), "cpu", torch.float32)
+@pytest.mark.parametrize("lora_r", [0, 8])
+def test_whole_logits_are_never_saved_for_the_backward(tiny_llama, lora_r):
+    """Neither with a trained head (full fine-tuning: checkpointed chunks) nor with a frozen one
+    (LoRA: each chunk's gradient worked out in the forward)."""
+    model = build_causal_lm(TrainConfig(base_model=tiny_llama, lora_r=lora_r), "cpu", torch.float32)
     tokenizer = load_tokenizer(tiny_llama)
     batch = batch_for(tokenizer)
     logits = batch["input_ids"].numel() * len(tokenizer)
     assert largest_saved_tensor(PLAIN, model, batch) >= logits - batch["input_ids"].size(0) * len(tokenizer)
     # the largest left is an MLP activation (tokens x 128, a third of the tokens x 384 logits)
     assert largest_saved_tensor(chunked_for(model, len(tokenizer)), model, batch) < logits / 2
+
+
+def test_a_frozen_head_computes_each_chunks_logits_once(tiny_llama, monkeypatch):
+    """With LoRA the head's matmuls are one per chunk forward and one per chunk for the gradient,
+    not a third to recompute the logits in the backward, and the loss and gradients stay the plain ones."""
+    import torch.nn.functional as F
+
+    from sftkit.train import loss as loss_module
+
+    model = build_causal_lm(TrainConfig(base_model=tiny_llama, lora_dropout=0.0), "cpu", torch.float32)
+    tokenizer = load_tokenizer(tiny_llama)
+    batch = batch_for(tokenizer)
+    vocab = len(tokenizer)
+    calls = []
+    real_linear = F.linear
+
+    def counting_linear(x, weight, bias=None):
+        if weight.shape[0] == vocab and x.dim() == 2:  # the loss's chunks (the model's own head call is 3-D)
+            calls.append(x.shape[0])
+        return real_linear(x, weight, bias)
+
+    monkeypatch.setattr(loss_module.F, "linear", counting_linear)
+    chunked = loss_and_grads(chunked_for(model, vocab), model, batch)
+    learned = int((batch["labels"][:, 1:] != -100).sum())
+    assert sum(calls) == learned and len(calls) == -(-learned // 3)  # each chunk's logits once
+    monkeypatch.setattr(loss_module.F, "linear", real_linear)
+    assert_same(chunked, loss_and_grads(PLAIN, model, batch))
 
 
 def test_models_whose_logits_are_not_the_head_of_the_hidden_states_keep_the_plain_loss(tiny_llama):
