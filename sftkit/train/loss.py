@@ -9,8 +9,8 @@ under activation checkpointing: its float32 logits exist during its own forward 
 own backward, never all at once. When the head is not trained (LoRA elsewhere, the usual case) each
 chunk's gradient with respect to its hidden states is worked out in the forward instead
 (:class:`_FrozenHeadLosses`), so no logits are computed twice. A plain ``nn.Linear`` head (tied to
-the embeddings or not) is applied as a matmul of its weight, gathered chunk by chunk under DeepSpeed ZeRO-3 in the forward and
-again in the recomputation; any other head (LoRA on it, a quantized one), and a head that ZeRO-3
+the embeddings or not) is applied as a matmul of its weight, gathered chunk by chunk under DeepSpeed
+ZeRO-3 in the forward and again in any recomputation; any other head (LoRA on it, a quantized one), and a head that ZeRO-3
 partitions and trains, is called as the module, whose ZeRO-3 hooks gather it; under ZeRO-3 a head
 other than a plain Linear keeps whole logits. On CUDA with ``liger-kernel`` installed, a plain head
 with its weight whole (not ZeRO-3) goes through Liger's fused linear cross entropy for the SFT loss.
