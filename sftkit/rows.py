@@ -341,6 +341,18 @@ def data_files(path: str | Path) -> list[Path]:
     return []
 
 
+def hub_dataset(name: str):
+    """The train split of the hub dataset ``name`` (the local datasets cache's copy when there is
+    one), or a DataError saying that ``name`` is neither a file nor a loadable dataset."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, split="train")
+    except Exception as exc:  # offline, unknown id, no train split: all mean the same to the user
+        raise DataError(f"{name}: no such file or directory, and not a loadable hub dataset "
+                        f"({str(exc).splitlines()[0][:200]}). Give a json/jsonl/parquet file or directory.") from None
+
+
 # ---------------------------------------------------------------- the role table
 
 # Every speaker spelling any format uses (ShareGPT's "from", a message's "role", OpenAssistant's

@@ -24,7 +24,7 @@ import yaml
 import sftkit
 from sftkit import atomic, lock
 from sftkit.errors import FlagError, TrainError
-from sftkit.rows import data_files
+from sftkit.rows import data_files, hub_dataset
 from sftkit.train.rewards import functions_fingerprint
 
 SETTINGS_FILE = "run_settings.json"
@@ -46,13 +46,20 @@ DATA_FLAGS = ("data_path", "valid_path", "data_mix_in_path")
 
 
 def data_fingerprint(path: str) -> str:
-    """sha256 over the names and bytes of the data files at ``path`` (a hub id hashes as its name)."""
+    """sha256 over the names and bytes of the data files at ``path``; for a hub dataset, over its name
+    and the fingerprint ``datasets`` gives the copy it loads (a new revision of the data gets another)."""
     if not path:
         return ""
     files = data_files(path)
     if not files:
-        return hashlib.sha256(f"hub:{path}".encode()).hexdigest()
+        return _hub_sha256(path)
     return _files_sha256(tuple((str(f), f.name, _stat_key(f)) for f in files))
+
+
+@functools.lru_cache(maxsize=8)
+def _hub_sha256(name: str) -> str:
+    """Worked out once per process: each load asks the hub for the dataset's latest revision."""
+    return hashlib.sha256(f"hub:{name}:{hub_dataset(name)._fingerprint}".encode()).hexdigest()
 
 
 def _stat_key(file: Path) -> tuple[int, int, int]:

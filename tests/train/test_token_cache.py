@@ -137,6 +137,40 @@ def test_a_rerun_reuses_and_a_change_rebuilds(tiny_llama, tmp_path):
     assert line.startswith("tokenized cache built") and rebuilt.path != cache.path
 
 
+def test_a_hub_dataset_is_keyed_by_the_copy_it_loads(tiny_llama, tmp_path, monkeypatch):
+    """A hub id is read through ``datasets``; its cache key follows the loaded copy's fingerprint, so
+    a new revision of the data rebuilds the cache instead of reusing the old one."""
+    import datasets
+
+    from sftkit.train import run_record
+
+    served = {"rows": [dict(ROWS[0]) for _ in range(8)]}  # h2oGPT rows, as the hub's h2oai sets hold
+    asked = []
+
+    def load_dataset(name, split):
+        asked.append((name, split))
+        return datasets.Dataset.from_list(served["rows"])
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    tokenizer = load_tokenizer(tiny_llama)
+    source = token_cache.Source("sft", "some-org/some-dataset", cutoff_len=64)
+    said = []
+
+    def opened():
+        run_record._hub_sha256.cache_clear()  # a new process
+        said.clear()
+        cache = token_cache.open_source(source, tokenizer, tmp_path / "cache", progress=False, say=said.append)
+        return cache, said[-1]
+
+    first, line = opened()
+    assert line.startswith("tokenized cache built") and first.meta["units"] == len(served["rows"])
+    assert opened()[1] == f"tokenized cache reused: {first.path}"
+    served["rows"][0]["input"] = served["rows"][0]["input"].replace("Paris", "Lyon")
+    second, line = opened()
+    assert line.startswith("tokenized cache built") and second.path != first.path
+    assert set(asked) == {("some-org/some-dataset", "train")}
+
+
 KILLED_BUILD = """
 import os, signal, sys
 from sftkit.models import load_tokenizer
