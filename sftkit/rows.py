@@ -45,6 +45,7 @@ pairs or its reason.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import itertools
@@ -341,9 +342,12 @@ def data_files(path: str | Path) -> list[Path]:
     return []
 
 
+@functools.lru_cache(maxsize=4)
 def hub_dataset(name: str):
     """The train split of the hub dataset ``name`` (the local datasets cache's copy when there is
-    one), or a DataError saying that ``name`` is neither a file nor a loadable dataset."""
+    one), or a DataError saying that ``name`` is neither a file nor a loadable dataset. Loaded once
+    per process (memory-mapped): each load asks the hub for the latest revision, and a run both
+    fingerprints and reads it."""
     import datasets
 
     try:

@@ -52,14 +52,8 @@ def data_fingerprint(path: str) -> str:
         return ""
     files = data_files(path)
     if not files:
-        return _hub_sha256(path)
+        return hashlib.sha256(f"hub:{path}:{hub_dataset(path)._fingerprint}".encode()).hexdigest()
     return _files_sha256(tuple((str(f), f.name, _stat_key(f)) for f in files))
-
-
-@functools.lru_cache(maxsize=8)
-def _hub_sha256(name: str) -> str:
-    """Worked out once per process: each load asks the hub for the dataset's latest revision."""
-    return hashlib.sha256(f"hub:{name}:{hub_dataset(name)._fingerprint}".encode()).hexdigest()
 
 
 def _stat_key(file: Path) -> tuple[int, int, int]:

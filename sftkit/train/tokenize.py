@@ -273,9 +273,7 @@ def _encode(tokenizer, texts: list[str], prompt_types: list[str], keep: int | No
             found = backend.encode_batch(batch, add_special_tokens=rule)
         for i, encoding in zip(index, found):
             encodings[i] = encoding
-    ids = [e[0] if backend is None else e.ids for e in encodings]
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    flat_ids = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+    flat_ids, lengths = _flatten([e[0] if backend is None else e.ids for e in encodings])
     offsets = [e[1] if backend is None else e.offsets for e in encodings]
     flat = np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(offsets)), dtype=np.int64,
                        count=2 * len(flat_ids)).reshape(-1, 2)
@@ -284,12 +282,17 @@ def _encode(tokenizer, texts: list[str], prompt_types: list[str], keep: int | No
     return _Tokens(flat_ids, lengths, flat[:, 0] + shift, flat[:, 1] + shift, base, False, texts)
 
 
+def _flatten(ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Every text's ids one after the other, and each text's count."""
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    return np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum())), lengths
+
+
 def _from_byte_table(ids: list[list[int]], texts: list[str], special: list[bool],
                      table: "_ByteTable") -> _Tokens | None:
     """The tokens' byte positions from the table, or None when some text's tokens do not spell it
     exactly (a token added since, an added token that strips spaces, ...)."""
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    flat_ids = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+    flat_ids, lengths = _flatten(ids)
     if len(flat_ids) and flat_ids.max() >= len(table.lengths):  # a token added since the table was made
         return None
     token_bytes = table.lengths[flat_ids]
@@ -377,7 +380,8 @@ def _byte_lengths(tokenizer) -> _ByteTable | None:
     if (described.get("normalizer") is not None or (described.get("model") or {}).get("type") != "BPE"
             or not any(d.get("type") == "ByteLevel" for d in decoders)):
         return None
-    added = {i: len(token.content.encode("utf-8")) for i, token in backend.get_added_tokens_decoder().items()}
+    added_tokens = backend.get_added_tokens_decoder()
+    added = {i: len(token.content.encode("utf-8")) for i, token in added_tokens.items()}
     vocab = backend.get_vocab(with_added_tokens=False)
     lengths = np.zeros(max([*vocab.values(), *added, -1]) + 1, dtype=np.int64)
     for token, i in vocab.items():
@@ -388,9 +392,9 @@ def _byte_lengths(tokenizer) -> _ByteTable | None:
     full = backend.encode("a", add_special_tokens=True).ids
     at = next((k for k in range(len(full) - len(plain) + 1) if full[k:k + len(plain)] == plain), None)
     special = None if at is None else (at, len(full) - at - len(plain))
-    tokens = backend.get_added_tokens_decoder().values()
     cuttable = (special is not None and special[1] == 0 and _splits_at_word_gaps(described.get("pre_tokenizer"))
-                and not any(t.rstrip or re.search(r"\s", t.content) for t in tokens))  # no added token spans a gap
+                and not any(t.rstrip or re.search(r"\s", t.content)  # no added token spans a gap
+                            for t in added_tokens.values()))
     return _ByteTable(lengths, special, cuttable)
 
 

@@ -142,7 +142,7 @@ def test_a_hub_dataset_is_keyed_by_the_copy_it_loads(tiny_llama, tmp_path, monke
     a new revision of the data rebuilds the cache instead of reusing the old one."""
     import datasets
 
-    from sftkit.train import run_record
+    from sftkit import rows
 
     served = {"rows": [dict(ROWS[0]) for _ in range(8)]}  # h2oGPT rows, as the hub's h2oai sets hold
     asked = []
@@ -157,7 +157,7 @@ def test_a_hub_dataset_is_keyed_by_the_copy_it_loads(tiny_llama, tmp_path, monke
     said = []
 
     def opened():
-        run_record._hub_sha256.cache_clear()  # a new process
+        rows.hub_dataset.cache_clear()  # a new process
         said.clear()
         cache = token_cache.open_source(source, tokenizer, tmp_path / "cache", progress=False, say=said.append)
         return cache, said[-1]
